@@ -1,0 +1,1 @@
+"""Holds the grammar file so that the installed wheel carries it (``lossdsl.grammar``)."""
