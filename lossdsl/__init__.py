@@ -1,0 +1,45 @@
+"""lossdsl: write a training loss as text, get one differentiable PyTorch module.
+
+>>> import torch, lossdsl
+>>> crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+>>> loss = crit(torch.zeros(2, 4, 1), torch.ones(2, 4, 1))
+>>> sorted(crit.terms)
+['huber', 'temporal_diff']
+"""
+
+from . import terms as _terms  # noqa: F401  (registers the catalogue)
+from .ast import Program
+from .compile import check, compile
+from .errors import (
+    LossArgumentError,
+    LossDSLError,
+    LossInputError,
+    LossNameError,
+    LossSyntaxError,
+    LossTypeError,
+    NonFiniteLossError,
+)
+from .module import Loss
+from .registry import registry, term
+from .syntax import parse
+from .unparse import unparse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile",
+    "check",
+    "parse",
+    "unparse",
+    "term",
+    "registry",
+    "Loss",
+    "Program",
+    "LossDSLError",
+    "LossSyntaxError",
+    "LossNameError",
+    "LossArgumentError",
+    "LossTypeError",
+    "LossInputError",
+    "NonFiniteLossError",
+]

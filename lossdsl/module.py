@@ -1,0 +1,263 @@
+"""``Loss``: the compiled program as one differentiable ``torch.nn.Module`` (DESIGN.md §4).
+
+>>> import torch, lossdsl
+>>> crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+>>> pred = torch.randn(4, 8, 2, requires_grad=True)
+>>> loss = crit(pred, torch.randn(4, 8, 2))
+>>> loss.backward()
+>>> sorted(crit.terms), crit.weights["huber"].item()
+(['huber', 'temporal_diff'], 0.699999988079071)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import ir
+from .errors import LossDSLError, LossInputError, did_you_mean
+from .nonfinite import POLICIES, NonFiniteGuard
+from .plan import Env, build_plan, missing_input, read_path, sweep
+from .schedules import schedule_value
+
+__all__ = ["Loss"]
+
+_STATE_VERSION = 1
+
+
+class Loss(nn.Module):
+    """A compiled loss program. Build one with :func:`lossdsl.compile`.
+
+    ``forward(pred=None, target=None, *, step=None, **inputs)`` returns a 0-dim tensor.
+    After a call, ``terms`` holds each term's raw value and ``weights`` its effective weight
+    ``d total / d term``; ``monitor`` keeps running statistics.
+    """
+
+    def __init__(
+        self,
+        resolved: ir.Resolved,
+        *,
+        strict: bool = True,
+        nonfinite: str = "raise",
+        compile_args: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if nonfinite not in POLICIES:
+            raise LossDSLError(
+                f"unknown nonfinite policy {nonfinite!r}",
+                hint="use one of " + ", ".join(repr(p) for p in POLICIES),
+            )
+        self.source: str = resolved.source
+        self.canonical: str = resolved.canonical
+        self.strict = bool(strict)
+        self.nonfinite = nonfinite
+        self._compile_args = compile_args or {}
+        self._resolved = resolved
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._build()
+
+    # --- construction ---------------------------------------------------------------------
+
+    def _build(self, keep_modules: bool = False) -> None:
+        from .monitor import Monitor
+
+        resolved = self._resolved
+        plan = build_plan(
+            resolved,
+            make_term_runner=self._term_runner,
+            make_schedule_runner=self._schedule_runner,
+        )
+        self._plan = plan
+        self._runs = [instr.run for instr in plan.instrs]
+        self._root = plan.root
+        self._logged_slots = plan.logged_slots
+        self.term_names: list[str] = list(plan.logged_names)
+        self._read = resolved.inputs_read
+        if plan.balancers:
+            from .balance import make_balancer
+
+            if not keep_modules:
+                self.balancers = nn.ModuleList(
+                    make_balancer(b.method, len(b.args), dict(b.params)) for b in plan.balancers
+                )
+            for instr in plan.instrs:
+                if instr.balancer is not None:
+                    instr.run = self._balance_runner(instr)
+                    self._runs[instr.slot] = instr.run
+        elif not keep_modules:
+            self.balancers = nn.ModuleList()
+        constant = plan.constant_weights
+        self.register_buffer(
+            "_constant_weights",
+            None if constant is None else torch.tensor(constant, dtype=torch.float32),
+            persistent=False,
+        )
+        self._guard = NonFiniteGuard(self.nonfinite, plan, self.source)
+        if not keep_modules:
+            self.monitor = Monitor(self.term_names)
+            self._last_raw: Tensor | None = None
+            self._last_weights: Tensor | None = None
+
+    def _term_runner(self, term: ir.Term):
+        fn = term.spec.func
+        hyper = dict(term.hyper)
+        routes = term.routes
+        source = self.source
+        name = term.name
+        simple = [r.path[0] for r in routes] == [r.param for r in routes] and all(
+            len(r.path) == 1 for r in routes
+        )
+
+        def fetch(env: Env) -> list:
+            args = []
+            for route in routes:
+                value = read_path(env, route.path)
+                if value is None and route.required:
+                    raise missing_input(term, route.param, route.path).located(source, term.span)
+                args.append(value)
+            return args
+
+        if simple and [r.param for r in routes[:2]] == ["pred", "target"] and all(
+            r.required for r in routes[:2]
+        ):
+            rest = routes[2:]
+
+            def fetch(env: Env) -> list:  # noqa: F811 - the common case, without path walking
+                pred, target = env.pred, env.target
+                if pred is None or target is None:
+                    which = "pred" if pred is None else "target"
+                    raise missing_input(term, which, (which,)).located(source, term.span)
+                args = [pred, target]
+                for route in rest:
+                    value = env.inputs.get(route.param)
+                    if value is None and route.required:
+                        raise missing_input(term, route.param, route.path).located(source, term.span)
+                    args.append(value)
+                return args
+
+        def run(vals, env: Env):
+            args = fetch(env)
+            try:
+                return fn(*args, **hyper)
+            except LossDSLError as err:
+                if err.term is None:
+                    err.message = f"term '{name}': {err.message}"
+                raise err.located(source, term.span, name) from None
+            except Exception as err:
+                err.add_note(f"lossdsl: raised while computing term '{name}' of: {source}")
+                raise
+
+        return run
+
+    def _schedule_runner(self, schedule: ir.Schedule):
+        params = dict(schedule.params)
+        name = schedule.name
+        return lambda vals, env: schedule_value(name, env.step, params)
+
+    def _balance_runner(self, instr):
+        balancer = self.balancers[instr.balancer]
+        args = instr.args
+        return lambda vals, env: balancer([vals[a] for a in args])
+
+    # --- the call -------------------------------------------------------------------------
+
+    def forward(
+        self, pred: Any = None, target: Any = None, *, step: int | Tensor | None = None, **inputs: Any
+    ) -> Tensor:
+        if step is not None:
+            self.step.fill_(step)
+        if inputs and self.strict:
+            unread = inputs.keys() - self._read
+            if unread:
+                raise self._unread_error(sorted(unread))
+        env = Env(pred, target, inputs, self.step)
+        vals: list[Any] = []
+        for run in self._runs:
+            vals.append(run(vals, env))
+        logged = [vals[s] for s in self._logged_slots]
+        logged, total = self._guard(logged, vals, vals[self._root], int_step=self.step)
+        raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else logged[0].detach().reshape(1)
+        weights = self._weights(vals)
+        self._last_raw, self._last_weights = raw, weights
+        if self.monitor.enabled:
+            self.monitor.record(raw, weights, total, logged, env)
+        return total
+
+    def _weights(self, vals: list) -> Tensor:
+        if self._constant_weights is not None:
+            return self._constant_weights
+        detached = [v.detach() if isinstance(v, Tensor) else v for v in vals]
+        balancer_weights = [b.last_weights for b in self.balancers]
+        ws = sweep(self._plan, detached, balancer_weights)
+        ref = next(v for v in detached if isinstance(v, Tensor))
+        return torch.stack(
+            [w.to(torch.float32) if isinstance(w, Tensor) else torch.tensor(float(w), device=ref.device) for w in ws]
+        )
+
+    def _unread_error(self, unread: list[str]) -> LossInputError:
+        readable = sorted(self._read - {"pred", "target"})
+        read = ", ".join(readable) or "no keyword inputs"
+        names = ", ".join(repr(u) for u in unread)
+        close = did_you_mean(unread[0], readable)
+        return LossInputError(
+            f"no term reads the input{'s' if len(unread) > 1 else ''} {names}",
+            hint=(close + " " if close else "")
+            + f"this loss reads {read}; check the spelling, or compile with strict=False",
+        )
+
+    # --- what the last call saw -----------------------------------------------------------
+
+    @property
+    def terms(self) -> dict[str, Tensor]:
+        """Raw (unweighted) value of every term and named composite of the last call, detached."""
+        if self._last_raw is None:
+            return {}
+        return dict(zip(self.term_names, self._last_raw.unbind(0)))
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        """Effective weight ``d total / d term`` of every term in the last call."""
+        if self._last_weights is None:
+            if self._constant_weights is None:
+                return {}
+            return dict(zip(self.term_names, self._constant_weights.unbind(0)))
+        return dict(zip(self.term_names, self._last_weights.unbind(0)))
+
+    def set_step(self, step: int) -> None:
+        """Set the stored optimizer step that schedules and balancers read."""
+        self.step.fill_(int(step))
+
+    # --- state ----------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict:
+        return {"source": self.canonical, "version": _STATE_VERSION}
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = state.get("source") if isinstance(state, Mapping) else None
+        if saved != self.canonical:
+            raise LossDSLError(
+                "this state was saved from a different loss program",
+                hint=f"saved: {saved!r}; this loss: {self.canonical!r}. Compile the saved "
+                "program, or load with strict=False to skip this check",
+            )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        # closures do not pickle; the plan is rebuilt from the resolved program on load
+        for key in ("_plan", "_runs", "_guard"):
+            state.pop(key, None)
+        state["_resolved"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        from .compile import _resolve_cached
+
+        args = self._compile_args
+        self._resolved = _resolve_cached(self.source, args.get("terms"))
+        self._build(keep_modules=True)
+
+    def extra_repr(self) -> str:
+        return repr(self.canonical)

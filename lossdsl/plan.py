@@ -1,0 +1,255 @@
+"""Resolved program to straight-line code: a list of small closures, one per operation.
+
+``forward`` runs the list in order, each closure appending one value; there is no tree walk
+and no lookup by name per call. Effective weights ``d total / d term`` come from a reverse
+sweep over the same list using each operation's local derivatives; when every derivative on
+the way is a constant (the usual ``0.7*a + 0.3*b``) the sweep runs once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import ir, ops
+from .errors import LossDSLError, LossInputError
+
+__all__ = ["Plan", "build_plan", "Env"]
+
+
+class Env:
+    """The inputs of one ``forward`` call."""
+
+    __slots__ = ("pred", "target", "inputs", "step")
+
+    def __init__(self, pred, target, inputs, step) -> None:
+        self.pred, self.target, self.inputs, self.step = pred, target, inputs, step
+
+
+@dataclass
+class Instr:
+    """One operation: ``run(vals, env)`` returns the value of slot ``slot``."""
+
+    slot: int
+    run: Callable[[list, Env], Any]
+    args: tuple[int, ...] = ()
+    fn: str | None = None  # an operation of lossdsl.ops (for the weight sweep), else None
+    params: dict | None = None
+    balancer: int | None = None  # index into Loss.balancers
+
+
+@dataclass
+class Plan:
+    instrs: list[Instr]
+    root: int
+    logged_slots: list[int]
+    logged_names: list[str]
+    logged_items: list[Any]
+    const_slots: dict[int, float]
+    constant_weights: list[float] | None  # None: the weights depend on the values
+    adjoint_order: list[Instr]  # instrs the weight sweep visits, last first
+    balancers: list[ir.Balance]
+    schedules: list[ir.Schedule]
+
+
+def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner) -> Plan:
+    """Lay the resolved program out as straight-line code.
+
+    ``make_term_runner(term) -> run(vals, env)`` and ``make_schedule_runner(schedule)`` come
+    from the module, which owns input routing and the step.
+    """
+    builder = _Builder(make_term_runner, make_schedule_runner)
+    root = builder.emit(resolved.root)
+    logged_slots = [builder.slot_of[id(item)] for item in resolved.logged]
+    plan = Plan(
+        instrs=builder.instrs,
+        root=root,
+        logged_slots=logged_slots,
+        logged_names=[item.name for item in resolved.logged],
+        logged_items=list(resolved.logged),
+        const_slots=builder.consts,
+        constant_weights=None,
+        adjoint_order=[],
+        balancers=builder.balancers,
+        schedules=builder.schedules,
+    )
+    _prepare_weights(plan)
+    return plan
+
+
+class _Builder:
+    def __init__(self, make_term_runner, make_schedule_runner) -> None:
+        self.instrs: list[Instr] = []
+        self.slot_of: dict[int, int] = {}
+        self.consts: dict[int, float] = {}
+        self.balancers: list[ir.Balance] = []
+        self.schedules: list[ir.Schedule] = []
+        self.make_term_runner = make_term_runner
+        self.make_schedule_runner = make_schedule_runner
+
+    def _add(self, node, run, args=(), fn=None, params=None, balancer=None) -> int:
+        slot = len(self.instrs)
+        self.instrs.append(Instr(slot, run, tuple(args), fn, params, balancer))
+        self.slot_of[id(node)] = slot
+        return slot
+
+    def emit(self, node) -> int:
+        if id(node) in self.slot_of:
+            return self.slot_of[id(node)]
+        if isinstance(node, ir.Const):
+            value = node.value
+            slot = self._add(node, lambda vals, env, v=value: v)
+            self.consts[slot] = value
+            return slot
+        if isinstance(node, ir.Term):
+            return self._add(node, self.make_term_runner(node))
+        if isinstance(node, ir.Schedule):
+            self.schedules.append(node)
+            return self._add(node, self.make_schedule_runner(node))
+        if isinstance(node, ir.Named):
+            inner = self.emit(node.value)
+            return self._add(node, lambda vals, env, i=inner: vals[i], (inner,), "named", {})
+        if isinstance(node, ir.Balance):
+            args = [self.emit(a) for a in node.args]
+            index = len(self.balancers)
+            self.balancers.append(node)
+            return self._add(node, None, args, None, None, balancer=index)
+        if isinstance(node, ir.Apply):
+            return self._apply(node)
+        raise TypeError(f"cannot compile {type(node).__name__}")
+
+    def _apply(self, node: ir.Apply) -> int:
+        params = dict(node.params)
+        if node.fn == "sum":
+            # watch(...) adds exactly 0: keep its term computed but leave it out of the sum.
+            slots = [self.emit(a) for a in node.args]  # in source order
+            kept = [(s, slot) for s, a, slot in zip(params["signs"], node.args, slots) if not _is_watch(a)]
+            if len(kept) == 1 and kept[0][0] > 0:
+                inner = kept[0][1]
+                return self._add(node, lambda vals, env, i=inner: vals[i], (inner,), "named", {})
+            if not kept:
+                return self._add(node, lambda vals, env: 0.0)
+            params = {"signs": tuple(s for s, _ in kept)}
+            args = [slot for _, slot in kept]
+        else:
+            args = [self.emit(a) for a in node.args]
+        run = _op_runner(node.fn, args, params)
+        return self._add(node, run, args, node.fn, params)
+
+
+def _is_watch(node) -> bool:
+    return isinstance(node, ir.Apply) and node.fn == "watch"
+
+
+def _op_runner(fn: str, args: list[int], params: dict):
+    # Specialised closures for the common shapes keep the per-call cost at one Python call.
+    if fn == "sum" and len(args) == 2:
+        (i, j), (si, sj) = args, params["signs"]
+        if si > 0 and sj > 0:
+            return lambda vals, env: vals[i] + vals[j]
+        if si > 0:
+            return lambda vals, env: vals[i] - vals[j]
+    if fn == "product" and len(args) == 2:
+        i, j = args
+        if params["ops"][0] == "*":
+            return lambda vals, env: vals[i] * vals[j]
+        return lambda vals, env: vals[i] / vals[j]
+    return lambda vals, env: ops.apply(fn, [vals[a] for a in args], params)
+
+
+def _prepare_weights(plan: Plan) -> None:
+    """Find which instructions the weight sweep must visit, and fold constant weights."""
+    needed = set(plan.logged_slots)
+    # Every slot between the root and a logged slot carries an adjoint.
+    feeds = {instr.slot: set(instr.args) for instr in plan.instrs}
+    reaches: dict[int, bool] = {}
+    for instr in plan.instrs:  # slots are topologically ordered
+        reaches[instr.slot] = instr.slot in needed or any(reaches[a] for a in feeds[instr.slot])
+    order = [i for i in reversed(plan.instrs) if reaches[i.slot] and i.args]
+    plan.adjoint_order = order
+    constant = all(
+        i.fn in ops.CONSTANT_PARTIALS
+        or (i.fn == "product" and _one_varying_factor(i, plan.const_slots))
+        or (i.fn == "pow" and i.args[1] in plan.const_slots and plan.const_slots[i.args[1]] == 1.0)
+        for i in order
+    )
+    if constant:
+        vals: dict[int, Any] = dict(plan.const_slots)
+        plan.constant_weights = [float(w) for w in sweep(plan, vals, constant=True)]
+
+
+def _one_varying_factor(instr: Instr, const_slots) -> bool:
+    ops_ = ("*",) + tuple(instr.params["ops"])
+    varying = [op for s, op in zip(instr.args, ops_) if s not in const_slots]
+    return varying == ["*"]
+
+
+def sweep(plan: Plan, vals, balancer_weights=None, constant: bool = False) -> list[Any]:
+    """Reverse-mode derivative of the root with respect to every logged slot."""
+    adjoint: dict[int, Any] = {plan.root: 1.0}
+    for instr in plan.adjoint_order:
+        a = adjoint.get(instr.slot)
+        if a is None:
+            continue
+        if instr.balancer is not None:
+            local = list(balancer_weights[instr.balancer])
+        elif constant:
+            local = _constant_partials(instr, vals)
+        else:
+            args = [vals[s] for s in instr.args]
+            local = ops.partials(instr.fn, args, vals[instr.slot], instr.params)
+        for s, d in zip(instr.args, local):
+            if s in plan.const_slots:
+                continue
+            contribution = a * d
+            adjoint[s] = adjoint[s] + contribution if s in adjoint else contribution
+    return [adjoint.get(s, 0.0) for s in plan.logged_slots]
+
+
+def _constant_partials(instr: Instr, vals) -> list[Any]:
+    if instr.fn == "product":
+        # one operand varies, the others are constants: its derivative is their product
+        varying = [s not in vals for s in instr.args]
+        d = 1.0
+        for s, op, var in zip(instr.args, ("*",) + tuple(instr.params["ops"]), varying):
+            if not var:
+                d = d * vals[s] if op == "*" else d / vals[s]
+        return [d if var else 0.0 for var in varying]
+    if instr.fn == "pow":
+        return [1.0, 0.0]
+    return ops.partials(instr.fn, [0.0] * len(instr.args), 0.0, instr.params)
+
+
+def missing_input(term: ir.Term, param: str, path: tuple[str, ...]) -> LossInputError:
+    where = ".".join(path)
+    if path == (param,) and param in ("pred", "target"):
+        how = f"call the loss as crit({'pred, target' if param == 'target' else 'pred'}, ...)"
+    else:
+        how = f"pass {path[0]}=... to the loss call"
+    return LossInputError(
+        f"term '{term.name}' needs input '{where}' for its '{param}', but the call did not give it",
+        span=term.span,
+        hint=how,
+        term=term.name,
+    )
+
+
+def read_path(env: Env, path: tuple[str, ...]):
+    """Follow an input reference: mapping keys or public attributes, never private names."""
+    head = path[0]
+    if head == "pred":
+        value = env.pred
+    elif head == "target":
+        value = env.target
+    else:
+        value = env.inputs.get(head)
+    for part in path[1:]:
+        if value is None:
+            return None
+        if isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__"):
+            value = value[part] if part in value else None
+        else:
+            value = getattr(value, part, None)
+    return value

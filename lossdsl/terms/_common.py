@@ -1,0 +1,91 @@
+"""Shared pieces of the term functions: shape checks, half precision, weighted reduction.
+
+>>> import torch
+>>> from lossdsl.terms._common import reduce_elementwise
+>>> l = torch.tensor([1.0, 2.0, 3.0, 4.0])
+>>> float(reduce_elementwise(l, weight=None, mask=torch.tensor([1.0, 1.0, 0.0, 0.0])))
+1.5
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..errors import LossInputError
+
+__all__ = ["Reduction", "check_same_shape", "check_tensor", "compute_dtype", "upcast", "reduce_elementwise"]
+
+Reduction = Literal["mean", "sum"]
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_tensor(value, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise LossInputError(
+            f"input '{name}' must be a tensor, got {type(value).__name__}",
+            hint=f"pass a torch.Tensor as {name}",
+        )
+    return value
+
+
+def check_same_shape(pred: Tensor, target: Tensor, what: str = "target") -> None:
+    """Elementwise terms never broadcast pred against target silently."""
+    check_tensor(pred, "pred")
+    check_tensor(target, what)
+    if pred.shape != target.shape:
+        raise LossInputError(
+            f"pred has shape {tuple(pred.shape)} but {what} has shape {tuple(target.shape)}",
+            hint="elementwise terms need equal shapes (no broadcasting); reshape or squeeze one of them",
+        )
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float16/bfloat16 are computed in float32; other dtypes as they are."""
+    return torch.float32 if x.dtype in _HALF else x.dtype
+
+
+def upcast(*tensors: Tensor | None) -> list[Tensor | None]:
+    """Cast half-precision tensors to float32 for the computation (no-op otherwise)."""
+    return [t.float() if t is not None and t.dtype in _HALF else t for t in tensors]
+
+
+def _check_broadcast(x: Tensor, shape: torch.Size, name: str) -> None:
+    check_tensor(x, name)
+    try:
+        ok = torch.broadcast_shapes(x.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise LossInputError(
+            f"{name} has shape {tuple(x.shape)}, which does not broadcast to pred's {tuple(shape)}",
+            hint=f"give {name} the shape of pred, or a shape that broadcasts to it",
+        )
+
+
+def reduce_elementwise(
+    loss: Tensor,
+    weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Reduce an elementwise loss (DESIGN.md §5).
+
+    ``weight``: ``mean(weight * l)`` (``sum`` with ``reduction="sum"``). ``mask``:
+    ``sum(mask * l) / sum(mask)`` (``sum(mask * l)`` with ``"sum"``). Both: the mask's
+    formula applied to ``weight * l``. An all-zero mask gives 0, not NaN.
+    """
+    if weight is not None:
+        _check_broadcast(weight, loss.shape, "weight")
+        loss = loss * weight.to(loss.dtype)
+    if mask is not None:
+        _check_broadcast(mask, loss.shape, "mask")
+        m = mask.to(loss.dtype)
+        masked = (loss * m).sum()
+        if reduction == "sum":
+            return masked
+        count = torch.broadcast_to(m, loss.shape).sum()
+        return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
+    return loss.sum() if reduction == "sum" else loss.mean()

@@ -1,0 +1,53 @@
+"""Sequence terms: differences along a time axis (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from annotated_types import Ge, Gt
+from torch import Tensor
+
+from ..errors import LossInputError
+from ..registry import registry
+from ._common import Reduction, check_same_shape, upcast
+
+__all__ = ["temporal_diff"]
+
+
+def _difference(x: Tensor, order: int, dim: int) -> Tensor:
+    if dim >= x.dim() or dim < -x.dim():
+        raise LossInputError(
+            f"dim={dim} is out of range for an input with {x.dim()} dimensions",
+            hint="choose the time axis, e.g. dim=1 for (batch, time, features)",
+        )
+    if x.shape[dim] <= order:
+        raise LossInputError(
+            f"a difference of order {order} along dim {dim} needs more than {order} steps, "
+            f"the input has {x.shape[dim]}",
+            hint="lower order= or check which axis is time (dim=)",
+        )
+    return torch.diff(x, n=order, dim=dim)
+
+
+def temporal_diff(
+    pred: Tensor, target: Tensor,
+    *, order: Annotated[int, Ge(1)] = 1, dim: int = 1, p: Annotated[float, Gt(0)] = 1.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Temporal difference penalty: mean(abs(D pred - D target)^p), D the order-th difference along dim.
+
+    Penalises a forecast whose changes from step to step differ from the target's, e.g.
+    ``0.7*huber(delta=1) + 0.3*temporal_diff(order=1, dim=1)`` for (batch, time, features).
+    """
+    check_same_shape(pred, target)
+    pr, t = upcast(pred, target)
+    # D is linear, so D pred - D target = D (pred - target): one difference instead of two.
+    d = _difference(pr - t, order, dim).abs()
+    if p != 1:
+        d = d.pow(p)
+    out = d.sum() if reduction == "sum" else d.mean()
+    return out.to(pred.dtype)
+
+
+registry.register(temporal_diff, replace=True)
