@@ -10,6 +10,7 @@
 from . import terms as _terms  # noqa: F401  (registers the catalogue)
 from .ast import Program
 from .compile import check, compile
+from .config import LossConfig, from_config
 from .errors import (
     LossArgumentError,
     LossDSLError,
@@ -20,7 +21,10 @@ from .errors import (
     NonFiniteLossError,
 )
 from .module import Loss
+from .monitor import Monitor
 from .registry import registry, term
+from .sinks import JsonlWriter, TensorBoardWriter
+from .suggest import Suggestion
 from .syntax import parse
 from .unparse import unparse
 
@@ -28,12 +32,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compile",
+    "from_config",
+    "LossConfig",
     "check",
     "parse",
     "unparse",
     "term",
     "registry",
     "Loss",
+    "Monitor",
+    "Suggestion",
+    "JsonlWriter",
+    "TensorBoardWriter",
     "Program",
     "LossDSLError",
     "LossSyntaxError",

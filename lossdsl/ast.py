@@ -80,11 +80,17 @@ class Number(Node):
     kind: Literal["number"] = Field(default="number", repr=False)
     value: int | float
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _not_bool(cls, v):
+        # checked before pydantic turns True into 1
+        if isinstance(v, bool):
+            raise ValueError("a number, not a boolean")
+        return v
+
     @field_validator("value")
     @classmethod
     def _finite(cls, v: int | float) -> int | float:
-        if isinstance(v, bool):
-            raise ValueError("a number, not a boolean")
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError("numbers must be finite")
         return v

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Builtin", "BUILTINS", "BALANCE_METHODS", "BALANCE_PARAMS"]
 
@@ -54,20 +54,28 @@ class RampParams(BaseModel):
 
 
 class PiecewiseParams(BaseModel):
+    """Field validators (not a model validator) so an error points at the bad ``key=value``."""
+
     model_config = _STRICT
     boundaries: list[float] = Field(min_length=1)
     values: list[float] = Field(min_length=2)
 
-    @model_validator(mode="after")
-    def _shape(self):
-        b = self.boundaries
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, b: list[float]) -> list[float]:
         if any(later <= earlier for earlier, later in zip(b, b[1:])):
             raise ValueError("boundaries must be strictly increasing")
-        if len(self.values) != len(b) + 1:
+        return b
+
+    @field_validator("values")
+    @classmethod
+    def _one_more(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        b = info.data.get("boundaries")
+        if b is not None and len(values) != len(b) + 1:
             raise ValueError(
-                f"values needs one more item than boundaries ({len(b) + 1}), got {len(self.values)}"
+                f"values needs one more item than boundaries ({len(b) + 1}), got {len(values)}"
             )
-        return self
+        return values
 
 
 class CyclicParams(BaseModel):

@@ -61,13 +61,15 @@ def compile(
     terms: Mapping[str, Callable] | None = None,
     strict: bool = True,
     nonfinite: str = "raise",
+    fuse: bool = False,
 ) -> Loss:
     """Compile a loss program into a :class:`~lossdsl.Loss` module.
 
     ``terms``: extra ``{name: function}`` for this loss only. ``strict``: a keyword input
     that no term reads is an error. ``nonfinite``: ``"raise" | "warn" | "zero_term" |
-    "skip_batch"``. Every problem in the text raises a :class:`~lossdsl.LossDSLError` here,
-    before training starts.
+    "skip_batch"``. ``fuse``: compute an elementwise program's value and gradient in one pass
+    (``lossdsl/fused.py``); ``crit.fused`` says whether it does. Every problem in the text
+    raises a :class:`~lossdsl.LossDSLError` here, before training starts.
 
     >>> import lossdsl
     >>> lossdsl.compile("recon = huber(delta=1)\\n0.7*recon + 0.3*mae").term_names
@@ -79,6 +81,7 @@ def compile(
         strict=strict,
         nonfinite=nonfinite,
         compile_args={"terms": dict(terms) if terms else None},
+        fuse=fuse,
     )
 
 

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from . import ir
 from .errors import LossDSLError, LossInputError, did_you_mean
-from .nonfinite import POLICIES, NonFiniteGuard
-from .plan import Env, build_plan, missing_input, read_path, sweep
+from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, call_guarded
+from .fused import fused_call, fused_program_for
+from .plan import Env, build_plan, shared_plan, missing_input, read_path, sweep
 from .schedules import schedule_value
 
 __all__ = ["Loss"]
@@ -42,6 +43,7 @@ class Loss(nn.Module):
         strict: bool = True,
         nonfinite: str = "raise",
         compile_args: dict | None = None,
+        fuse: bool = False,
     ) -> None:
         super().__init__()
         if nonfinite not in POLICIES:
@@ -55,6 +57,7 @@ class Loss(nn.Module):
         self.nonfinite = nonfinite
         self._compile_args = compile_args or {}
         self._resolved = resolved
+        self.fuse = bool(fuse)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._build()
 
@@ -64,15 +67,21 @@ class Loss(nn.Module):
         from .monitor import Monitor
 
         resolved = self._resolved
-        plan = build_plan(
+        # the runners depend only on the program and the policy: compiled once, shared
+        plan = shared_plan(resolved, self.nonfinite, lambda: build_plan(
             resolved,
             make_term_runner=self._term_runner,
             make_schedule_runner=self._schedule_runner,
-        )
+        ))
         self._plan = plan
         self._runs = [instr.run for instr in plan.instrs]
         self._root = plan.root
         self._logged_slots = plan.logged_slots
+        # Slots of the terms: the total takes their dtype (a float32 schedule or balancer
+        # weight must not turn a bfloat16 loss into float32).
+        self._term_slots = [
+            s for s, item in zip(plan.logged_slots, plan.logged_items) if isinstance(item, ir.Term)
+        ]
         self.term_names: list[str] = list(plan.logged_names)
         self._read = resolved.inputs_read
         if plan.balancers:
@@ -95,10 +104,15 @@ class Loss(nn.Module):
             persistent=False,
         )
         self._guard = NonFiniteGuard(self.nonfinite, plan, self.source)
+        # fuse=True: the one-pass value-and-gradient path, when the program allows it
+        self._fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
+        self.fused = self._fused is not None
         if not keep_modules:
-            self.monitor = Monitor(self.term_names)
+            self.monitor = Monitor(self.term_names, resolved)
             self._last_raw: Tensor | None = None
             self._last_weights: Tensor | None = None
+        else:
+            self.monitor.program = resolved  # not pickled with the monitor: rebuilt here
 
     def _term_runner(self, term: ir.Term):
         fn = term.spec.func
@@ -137,9 +151,13 @@ class Loss(nn.Module):
                     args.append(value)
                 return args
 
+        guarded = self.nonfinite in GATED_POLICIES
+
         def run(vals, env: Env):
             args = fetch(env)
             try:
+                if guarded:  # zero_term / skip_batch: NaN/inf become 0 before any combination
+                    return call_guarded(fn, args, hyper, env, name)
                 return fn(*args, **hyper)
             except LossDSLError as err:
                 if err.term is None:
@@ -173,13 +191,22 @@ class Loss(nn.Module):
             if unread:
                 raise self._unread_error(sorted(unread))
         env = Env(pred, target, inputs, self.step)
-        vals: list[Any] = []
-        for run in self._runs:
-            vals.append(run(vals, env))
-        logged = [vals[s] for s in self._logged_slots]
-        logged, total = self._guard(logged, vals, vals[self._root], int_step=self.step)
-        raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else logged[0].detach().reshape(1)
-        weights = self._weights(vals)
+        fused = self._fused and fused_call(self._fused, pred, target, inputs)
+        if fused:
+            # the terms' values come out of the fused pass without a graph each: no probe
+            (total, raw), logged, weights = fused, None, self._constant_weights
+        else:
+            vals: list[Any] = []
+            for run in self._runs:
+                vals.append(run(vals, env))
+            logged = [vals[s] for s in self._logged_slots]
+            total = vals[self._root]
+            if self._term_slots and total.dtype != vals[self._term_slots[0]].dtype:
+                total = total.to(_result_dtype([vals[s] for s in self._term_slots]))
+            logged, total = self._guard.finish(logged, total, env)
+            raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else logged[0].detach().reshape(1)
+            weights = self._weights(vals)
+        self._guard.check(raw, total, self.step)
         self._last_raw, self._last_weights = raw, weights
         if self.monitor.enabled:
             self.monitor.record(raw, weights, total, logged, env)
@@ -261,3 +288,11 @@ class Loss(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.canonical)
+
+
+def _result_dtype(values: list) -> torch.dtype:
+    """The dtype the term values promote to: the dtype of the loss."""
+    dtype = values[0].dtype
+    for v in values[1:]:
+        dtype = torch.promote_types(dtype, v.dtype)
+    return dtype

@@ -1,17 +1,495 @@
-"""Per-term magnitudes (DESIGN.md §7). Minimal placeholder interface; see issue 4."""
+"""Per-term magnitudes (DESIGN.md §7): raw value, effective weight, weighted contribution and
+share of every term, kept as running statistics on the inputs' device.
+
+The per-call path never reads a tensor on the host. In eager mode a call writes one row
+``[raw..., weight..., total]`` into a small preallocated history buffer (one ``cat``); rows
+are folded into the statistics, vectorised, when the buffer is full or when someone reads.
+Inside ``torch.compile`` the same fold runs on the single row in the graph, where it is fused.
+
+>>> import torch, lossdsl
+>>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
+>>> for _ in range(3):
+...     _ = crit(torch.zeros(4), torch.ones(4))
+>>> logs = crit.monitor.as_dict()
+>>> round(logs["loss/mse/weighted"], 3), round(logs["loss/mae/share"], 3)
+(0.7, 0.3)
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import math
+from typing import Any, NamedTuple, Sequence
 
-__all__ = ["Monitor"]
+import torch
+from torch import Tensor, nn
+
+from .sinks import JsonlWriter, TensorBoardWriter, as_sink
+from .suggest import Suggestion, suggest
+
+__all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
+
+QUANTITIES = ("raw", "weight", "weighted", "share")
+_HISTORY_ROWS = 128
+# Statistics with their initial fill; reset() restores them. "seen" (the sinks' step) is kept.
+_LIFE = {"calls": 0, "count": 0, "sums": 0.0, "ema_acc": 0.0, "ema_norm": 0.0, "low": math.inf,
+         "high": -math.inf, "probe_count": 0, "probe_sums": 0.0}
+_WINDOW = {"win_calls": 0, "win_count": 0, "win_sums": 0.0, "win_probe_count": 0, "win_probe_sums": 0.0}
+_REDUCE = {"low": "MIN", "high": "MAX", "seen": "MAX"}  # all others add up over ranks
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps long running sums exact enough; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class Increment(NamedTuple):
+    count: Tensor  # (C,) finite rows per column
+    sums: Tensor  # (Q, C)
+    decay: Tensor  # (C,) factor on the old EMA
+    ema_add: Tensor  # (Q, C)
+    norm_add: Tensor  # (C,)
+    low: Tensor  # (Q, C)
+    high: Tensor  # (Q, C)
+
+
+def fold_rows(rows: Tensor, k: int, leaf: Tensor, beta: float) -> Increment:
+    """Statistics of ``n`` recorded calls, rows ``[raw (k), weight (k), total]``.
+
+    Columns are the k logged names and the total; quantities are raw, weight, weighted
+    (raw * weight) and share (``|weighted| / sum |weighted|`` over the columns where ``leaf``
+    is 1; the total's share is the sum of the terms' shares). A non-finite weighted value
+    leaves its column out of every statistic of that call.
+
+    >>> import torch
+    >>> inc = fold_rows(torch.tensor([[2.0, 8.0, 0.5, 0.25, 3.0]]), 2, torch.tensor([1.0, 1, 0]), 0.9)
+    >>> [round(x, 4) for x in inc.sums[3].tolist()]   # shares of 1.0 and 2.0, and their sum
+    [0.3333, 0.6667, 1.0]
+    """
+    r = torch.cat([rows[:, :k], rows[:, 2 * k :]], 1)
+    w = torch.cat([rows[:, k : 2 * k], torch.ones_like(rows[:, :1])], 1)
+    c = r * w
+    fin = torch.isfinite(c)
+    a = torch.where(fin, c.abs(), 0)
+    denom = (a * leaf).sum(1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+    share = a / denom
+    share = torch.cat([share[:, :k], (share * leaf).sum(1, keepdim=True)], 1)
+    vals = torch.stack([r, w, c, share], 1)  # (n, Q, C)
+    fin_q = fin[:, None]
+    clean = torch.where(fin_q, vals, 0)
+    count = fin.sum(0)
+    # each finite value is decayed once for every finite value of its column after it
+    after = (count - fin.cumsum(0)).to(rows.dtype)
+    coef = torch.where(fin, (1 - beta) * torch.pow(beta, after), 0)
+    return Increment(
+        count,
+        clean.sum(0),
+        torch.pow(beta, count.to(rows.dtype)),
+        (coef[:, None] * clean).sum(0),
+        coef.sum(0),
+        torch.where(fin_q, vals, math.inf).amin(0),
+        torch.where(fin_q, vals, -math.inf).amax(0),
+    )
 
 
 class Monitor(nn.Module):
-    def __init__(self, names: list[str]) -> None:
+    """Running statistics of every term of a :class:`~lossdsl.Loss`: ``crit.monitor``.
+
+    ``names``: the logged terms and named composites, in order. ``program``: the resolved
+    program (which names are terms; the source for :meth:`suggest_weights`). ``ema``: decay
+    of the exponential moving average (bias-corrected when read). ``enabled=False`` stops
+    recording. Statistics are buffers (in ``crit.state_dict()``), with an extra column for
+    the total. ``as_dict()`` gives the means since the previous ``as_dict()``; ``summary()``
+    and ``stats()`` the statistics since ``reset()``. Reading syncs with the device once.
+    """
+
+    def __init__(self, names: Sequence[str], program: Any = None, *, ema: float = 0.99) -> None:
         super().__init__()
         self.names = list(names)
-        self.enabled = False
+        self.enabled = True
+        self.ema = float(ema)
+        k = len(self.names)
+        q, c = len(QUANTITIES), k + 1
+        shape = {"calls": (), "win_calls": (), "sums": (q, c), "ema_acc": (q, c), "low": (q, c),
+                 "high": (q, c), "win_sums": (q, c)}
+        acc = _acc_dtype(torch.device("cpu"))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        for name, fill in {**_LIFE, **_WINDOW}.items():
+            dtype = torch.long if isinstance(fill, int) else acc
+            self.register_buffer(name, torch.full(shape.get(name, (c,)), fill, dtype=dtype))
+        rows = torch.zeros(_HISTORY_ROWS, 2 * k + 1, dtype=acc)
+        self.register_buffer("_history", rows, persistent=False)
+        self.register_buffer("_leaf", torch.ones(c, dtype=acc), persistent=False)
+        self._pending = 0  # rows of _history not folded yet
+        self._calls_py = 0  # eager calls, for the every-N of the probe and the sinks
+        self._probe_every = 0
+        self._probe_inputs: tuple[str, ...] = ("pred",)
+        self._sinks: list[tuple[Any, int]] = []
+        self._moved_weights: dict = {}
+        self.program = program
 
-    def record(self, raw, weights, total, logged, env) -> None:
-        pass
+    @property
+    def program(self) -> Any:
+        return self._program
+
+    @program.setter
+    def program(self, program: Any) -> None:
+        self._program = program
+        k = len(self.names)
+        # composites are not terms: every share is relative to the sum over the terms only
+        leaf = [float(hasattr(item, "spec")) for item in program.logged] if program else [1.0] * k
+        self._leaf.copy_(torch.tensor(leaf + [0.0], dtype=self._leaf.dtype))
+
+    # --- the per-call path ----------------------------------------------------------------
+
+    def record(self, raw: Tensor, weights: Tensor, total: Any, logged=None, env=None) -> None:
+        """Record one call: raw term values (K,), effective weights (K,) and the total."""
+        device = raw.device
+        if self._history.device != device:
+            self._move(device)
+        if weights.device != device:
+            weights = self._weights_on(weights, device)
+        flat = total.detach().reshape(1) if isinstance(total, Tensor) else raw.new_full((1,), total)
+        if torch.compiler.is_compiling():
+            # One row, folded inside the graph. The probe and the sinks need the host, so they
+            # run in eager calls only.
+            self._fold(torch.cat([raw, weights.detach(), flat]).to(self._history.dtype)[None])
+            return
+        row = self._pending
+        if row == _HISTORY_ROWS:
+            self._flush()
+            row = 0
+        torch.cat([raw, weights.detach(), flat], out=self._history[row])
+        self._pending = row + 1
+        self._calls_py += 1
+        if self._probe_every and (self._calls_py - 1) % self._probe_every == 0 and logged:
+            self._probe(weights, list(logged) + [total], env)
+        if self._sinks:
+            due = [sink for sink, every in self._sinks if self._calls_py % every == 0]
+            if due:
+                self._write(due)
+
+    def _fold(self, rows: Tensor) -> None:
+        inc = fold_rows(rows, len(self.names), self._leaf, self.ema)
+        n = rows.shape[0]
+        for counter in (self.seen, self.calls, self.win_calls):
+            counter.add_(n)
+        for buf, add in ((self.count, inc.count), (self.win_count, inc.count),
+                         (self.sums, inc.sums), (self.win_sums, inc.sums)):
+            buf.add_(add)
+        self.ema_acc.mul_(inc.decay).add_(inc.ema_add)
+        self.ema_norm.mul_(inc.decay).add_(inc.norm_add)
+        torch.minimum(self.low, inc.low, out=self.low)
+        torch.maximum(self.high, inc.high, out=self.high)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._fold(self._history[: self._pending])
+            self._pending = 0
+
+    def _move(self, device: torch.device) -> None:
+        """Follow the inputs to another device (once, when it changes)."""
+        self._flush()
+        acc = _acc_dtype(device)
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[name] = buf.to(device, acc if buf.is_floating_point() else buf.dtype)
+        self._moved_weights.clear()
+
+    def _weights_on(self, weights: Tensor, device: torch.device) -> Tensor:
+        # a constant-weight buffer left on another device: copy it once, not on every call
+        cached = self._moved_weights.get(device)
+        if cached is None or cached[0] is not weights:
+            cached = (weights, weights.detach().to(device))
+            self._moved_weights[device] = cached
+        return cached[1]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        acc = _acc_dtype(self._history.device)  # .half() must not lower the statistics' precision
+        for name, buf in self._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != acc:
+                self._buffers[name] = buf.to(acc)
+        return self
+
+    # --- gradient-norm probe --------------------------------------------------------------
+
+    def probe(self, every: int = 1, inputs: Sequence[str] = ("pred",)) -> "Monitor":
+        """Every ``every`` calls (the first included) also record the gradient norm of each
+        weighted term with respect to ``inputs`` (``pred``, ``target`` or keyword inputs).
+
+        It calls ``torch.autograd.grad(..., retain_graph=True)`` with those inputs only, so no
+        parameter's ``.grad`` changes and the later ``backward()`` is unaffected. Calls whose
+        inputs do not require grad are skipped. ``every=0`` turns it off. The probe runs in
+        eager calls only: inside ``torch.compile`` it is skipped.
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse + mae")
+        >>> _ = crit.monitor.probe(every=10)
+        >>> _ = crit(torch.zeros(4, requires_grad=True), torch.ones(4))
+        >>> crit.monitor.as_dict()["loss/mse/grad_norm"]   # |2 e / n| * sqrt(n)
+        1.0
+        """
+        if every < 0:
+            raise ValueError("probe(every=...) must be >= 0")
+        self._probe_every = int(every)
+        self._probe_inputs = tuple(inputs)
+        return self
+
+    def _probe(self, weights: Tensor, outputs: list, env) -> None:
+        wrt = [_input(env, name) for name in self._probe_inputs]
+        wrt = [t for t in wrt if isinstance(t, Tensor) and t.requires_grad]
+        if not wrt:
+            return
+        acc, device = self._history.dtype, self._history.device
+        norms = torch.stack([_grad_norm(v, wrt, acc, device) for v in outputs])
+        scale = torch.cat([weights.detach().abs().to(acc), norms.new_ones(1)])
+        gn = norms * scale  # the norm of a weighted term is |weight| times the term's norm
+        fin = torch.isfinite(gn)
+        gn = torch.where(fin, gn, 0)
+        for buf, add in ((self.probe_count, fin), (self.win_probe_count, fin),
+                         (self.probe_sums, gn), (self.win_probe_sums, gn)):
+            buf.add_(add)
+
+    # --- sinks ----------------------------------------------------------------------------
+
+    def attach(self, sink: Any, every: int = 10) -> Any:
+        """Write ``as_dict()`` to ``sink`` every ``every`` calls (eager calls; under
+        ``torch.compile`` call :meth:`write` from the training loop instead).
+
+        ``sink``: a :class:`~lossdsl.JsonlWriter`, a :class:`~lossdsl.TensorBoardWriter`, a
+        path (a JSONL file), any object with ``write(scalars, step)``, or a function
+        ``f(scalars, step)``. The step is the number of recorded calls. Sinks due on the same
+        call get the same means; each write starts a new averaging window for all of them.
+
+        >>> import torch, lossdsl, tempfile, os
+        >>> crit = lossdsl.compile("mse")
+        >>> seen = []
+        >>> _ = crit.monitor.attach(lambda scalars, step: seen.append(step), every=2)
+        >>> for _ in range(4):
+        ...     _ = crit(torch.zeros(3), torch.ones(3))
+        >>> seen
+        [2, 4]
+        """
+        if every < 1:
+            raise ValueError("attach(every=...) must be >= 1")
+        sink = as_sink(sink)
+        self._sinks.append((sink, int(every)))
+        return sink
+
+    def write(self, step: int | None = None) -> dict[str, float]:
+        """Write the means since the last read to every attached sink now; returns them."""
+        return self._write([sink for sink, _ in self._sinks], step)
+
+    def _write(self, sinks: list, step: int | None = None) -> dict[str, float]:
+        scalars, seen = self._window(prefix="loss/", sync=False)
+        if scalars:
+            for sink in sinks:
+                sink.write(scalars, seen if step is None else int(step))
+        return scalars
+
+    def flush(self) -> None:
+        """Flush the attached sinks."""
+        for sink, _ in self._sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        """Close and detach every sink."""
+        for sink, _ in self._sinks:
+            sink.close()
+        self._sinks = []
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _read(self, names: Sequence[str], sync: bool) -> dict[str, Tensor]:
+        """The named buffers as float64 CPU tensors, in one device-to-host copy (after an
+        all-reduce over the process group when ``sync``)."""
+        self._flush()
+        parts = {name: getattr(self, name) for name in names}
+        if sync:
+            parts = _all_reduce(parts)
+        acc = self._history.dtype
+        flat = torch.cat([p.reshape(-1).to(acc) for p in parts.values()]).cpu().double()
+        out, start = {}, 0
+        for name, p in parts.items():
+            out[name] = flat[start : start + p.numel()].reshape(p.shape)
+            start += p.numel()
+        return out
+
+    def _window(self, prefix: str, sync: bool) -> tuple[dict[str, float], int]:
+        snap = self._read(list(_WINDOW) + ["seen"], sync)
+        for name, fill in _WINDOW.items():
+            getattr(self, name).fill_(fill)
+        seen = int(snap["seen"])
+        if snap["win_calls"] == 0:
+            return {}, seen
+        means = _mean(snap["win_sums"], snap["win_count"]).tolist()
+        grads = _mean(snap["win_probe_sums"], snap["win_probe_count"]).tolist()
+        probed = snap["win_probe_count"][:-1].tolist()
+        out = {f"{prefix}total": means[0][-1]}
+        for i, name in enumerate(self.names):
+            key = prefix + name
+            out[key] = means[0][i]
+            for q in (1, 2, 3):
+                out[f"{key}/{QUANTITIES[q]}"] = means[q][i]
+            if probed[i]:
+                out[f"{key}/grad_norm"] = grads[i]
+        return out, seen
+
+    def as_dict(self, prefix: str = "loss/", sync: bool = False) -> dict[str, float]:
+        """Means since the last ``as_dict()`` (or ``reset()``), as plain floats, for any
+        logger (``self.log_dict(crit.monitor.as_dict())`` in Lightning). Keys: ``total``,
+        ``<term>`` (raw), ``<term>/weight``, ``<term>/weighted``, ``<term>/share`` and
+        ``<term>/grad_norm`` (when probed), each after ``prefix``. A term that was never
+        finite in the window reads NaN. ``sync=True`` adds up the windows of every rank of
+        ``torch.distributed``. Empty when nothing was recorded since the last read.
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("2*mse")
+        >>> _ = crit(torch.zeros(2), torch.ones(2))
+        >>> crit.monitor.as_dict(prefix="")
+        {'total': 2.0, 'mse': 1.0, 'mse/weight': 2.0, 'mse/weighted': 2.0, 'mse/share': 1.0}
+        """
+        return self._window(prefix, sync)[0]
+
+    def stats(self, sync: bool = False) -> dict[str, dict[str, float]]:
+        """Statistics since ``reset()`` for every name and ``"total"``: ``mean`` ``ema``
+        ``min`` ``max`` (of the raw value), ``nonfinite`` (calls where it was not finite),
+        ``count`` (finite calls), means of ``weight`` ``weighted`` ``share``, and
+        ``grad_norm`` (NaN when never probed). With ``sync=True`` over all ranks (counts and
+        sums add up, min/max reduce, the EMAs are averaged by their weight).
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse")
+        >>> for value in (1.0, 3.0):
+        ...     _ = crit(torch.zeros(1), torch.full((1,), value))
+        >>> s = crit.monitor.stats()["mse"]
+        >>> s["mean"], s["min"], s["max"], s["nonfinite"]
+        (5.0, 1.0, 9.0, 0.0)
+        """
+        snap = self._read(list(_LIFE), sync)
+        means = _mean(snap["sums"], snap["count"])
+        ema = _mean(snap["ema_acc"], snap["ema_norm"])
+        found = snap["count"] > 0
+        low = torch.where(found, snap["low"], math.nan)
+        high = torch.where(found, snap["high"], math.nan)
+        grads = _mean(snap["probe_sums"], snap["probe_count"])
+        columns = {"mean": means[0], "ema": ema[0], "min": low[0], "max": high[0],
+                   "nonfinite": snap["calls"] - snap["count"], "count": snap["count"],
+                   "weight": means[1], "weighted": means[2], "share": means[3], "grad_norm": grads}
+        table = {key: col.tolist() for key, col in columns.items()}
+        return {name: {key: col[i] for key, col in table.items()}
+                for i, name in enumerate(self.names + ["total"])}
+
+    def summary(self, sync: bool = False) -> str:
+        """A readable table of :meth:`stats`: weight, raw mean/EMA/min/max, weighted mean,
+        share %, share of the gradient norm % (when probed) and the non-finite count."""
+        return format_table(self.stats(sync), self._leaf.tolist())
+
+    def reset(self) -> None:
+        """Clear every statistic (the sinks' step counter keeps counting)."""
+        self._pending = 0
+        for name, fill in {**_LIFE, **_WINDOW}.items():
+            getattr(self, name).fill_(fill)
+
+    def suggest_weights(self, target: dict[str, float] | None = None) -> Suggestion:
+        """Weights that give every term an equal share (or the ``target`` shares) of the
+        gradient norm where probed, else of the weighted magnitude, and the source rewritten
+        with them (see :func:`lossdsl.suggest.suggest`).
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse + mae  # two terms")
+        >>> _ = crit(torch.zeros(4), torch.full((4,), 10.0))
+        >>> crit.monitor.suggest_weights().source
+        '0.55*mse + 5.5*mae  # two terms'
+        """
+        table = self.stats()
+        probed = any(table[n]["grad_norm"] > 0 for n in self.names)
+        magnitude = {n: abs(table[n]["grad_norm" if probed else "weighted"]) for n in self.names}
+        weights = {n: table[n]["weight"] for n in self.names}
+        return suggest(self.program, weights, magnitude, target)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        self._flush()  # pending rows belong in the saved statistics
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._pending = 0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self):
+        self._flush()
+        state = self.__dict__.copy()
+        state.update(_sinks=[], _moved_weights={}, _program=None)  # files and closures stay here
+        return state
+
+    def extra_repr(self) -> str:
+        return f"{len(self.names)} terms, ema={self.ema}, probe_every={self._probe_every}"
+
+
+def _mean(sums: Tensor, counts: Tensor) -> Tensor:
+    return torch.where(counts > 0, sums / counts.clamp_min(1e-300), math.nan)
+
+
+def _input(env, name: str):
+    if name in ("pred", "target"):
+        return getattr(env, name, None)
+    return (getattr(env, "inputs", None) or {}).get(name)
+
+
+def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Tensor:
+    if not isinstance(value, Tensor) or not value.requires_grad:
+        return torch.zeros((), dtype=dtype, device=device)
+    grads = torch.autograd.grad(value, wrt, retain_graph=True, allow_unused=True)
+    norms = [torch.linalg.vector_norm(g.to(dtype)) for g in grads if g is not None]
+    if not norms:
+        return torch.zeros((), dtype=dtype, device=device)
+    return torch.linalg.vector_norm(torch.stack(norms)).to(device)
+
+
+def _all_reduce(parts: dict[str, Tensor]) -> dict[str, Tensor]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return parts
+    out = dict(parts)
+    for op in ("SUM", "MIN", "MAX"):
+        names = [n for n in parts if _REDUCE.get(n, "SUM") == op]
+        if not names:
+            continue
+        flat = torch.cat([parts[n].reshape(-1).to(torch.float64) for n in names])
+        dist.all_reduce(flat, op=getattr(dist.ReduceOp, op))
+        start = 0
+        for n in names:
+            size = parts[n].numel()
+            out[n] = flat[start : start + size].reshape(parts[n].shape)
+            start += size
+    return out
+
+
+def format_table(table: dict[str, dict[str, float]], leaf: Sequence[float]) -> str:
+    """Render :meth:`Monitor.stats` as text; shares of the gradient norm are over the terms."""
+    names = list(table)
+    grads = [table[n]["grad_norm"] for n in names]
+    probed = any(g == g for g in grads)
+    gsum = sum(g for g, is_leaf in zip(grads, leaf) if is_leaf and g == g)
+    head = ["term", "weight", "raw mean", "raw ema", "raw min", "raw max", "weighted", "share %"]
+    head += ["grad %"] if probed else []
+    rows = [head + ["non-finite"]]
+    for name, g in zip(names, grads):
+        s = table[name]
+        row = [name] + [_num(s[k]) for k in ("weight", "mean", "ema", "min", "max", "weighted")]
+        row.append(_num(100 * s["share"], ".1f"))
+        if probed:
+            row.append(_num(100 * g / gsum, ".1f") if gsum > 0 and name != "total" else "")
+        rows.append(row + [str(int(s["nonfinite"]))])
+    rows[-1][1] = ""  # the total has no weight
+    width = [max(len(r[i]) for r in rows) for i in range(len(head) + 1)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
+             for r in rows]
+    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+
+
+def _num(x: float, fmt: str = ".4g") -> str:
+    return "nan" if x != x else format(x, fmt)

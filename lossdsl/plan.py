@@ -8,13 +8,14 @@ the way is a constant (the usual ``0.7*a + 0.3*b``) the sweep runs once, here.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from . import ir, ops
-from .errors import LossDSLError, LossInputError
+from .errors import LossArgumentError, LossDSLError, LossInputError
 
 __all__ = ["Plan", "build_plan", "Env"]
 
@@ -22,10 +23,11 @@ __all__ = ["Plan", "build_plan", "Env"]
 class Env:
     """The inputs of one ``forward`` call."""
 
-    __slots__ = ("pred", "target", "inputs", "step")
+    __slots__ = ("pred", "target", "inputs", "step", "guarded")
 
     def __init__(self, pred, target, inputs, step) -> None:
         self.pred, self.target, self.inputs, self.step = pred, target, inputs, step
+        self.guarded = None  # terms run under nonfinite="zero_term"/"skip_batch" (nonfinite.py)
 
 
 @dataclass
@@ -61,7 +63,10 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
     from the module, which owns input routing and the step.
     """
     builder = _Builder(make_term_runner, make_schedule_runner)
-    root = builder.emit(resolved.root)
+    try:
+        root = builder.emit(resolved.root)
+    except LossDSLError as err:
+        raise err.located(resolved.source, err.span) from None
     logged_slots = [builder.slot_of[id(item)] for item in resolved.logged]
     plan = Plan(
         instrs=builder.instrs,
@@ -76,6 +81,25 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
         schedules=builder.schedules,
     )
     _prepare_weights(plan)
+    return plan
+
+
+# Plans shared by the modules compiled from one resolved program (which compile caches), so
+# compiling the same text again does not lay it out again. Weak keys: a program dropped from
+# the resolve cache takes its plans with it.
+_SHARED_PLANS: "weakref.WeakKeyDictionary[ir.Resolved, dict]" = weakref.WeakKeyDictionary()
+
+
+def shared_plan(resolved: ir.Resolved, key: Any, build: Callable[[], Plan]) -> Plan:
+    """``build()``'s plan for ``resolved``, built once per ``key`` (e.g. the non-finite policy
+    the runners depend on). A plan with balancers is never shared: the module binds its own
+    balancer modules into the instructions."""
+    per_key = _SHARED_PLANS.get(resolved)
+    plan = None if per_key is None else per_key.get(key)
+    if plan is None:
+        plan = build()
+        if not plan.balancers:
+            _SHARED_PLANS.setdefault(resolved, {})[key] = plan
     return plan
 
 
@@ -122,6 +146,8 @@ class _Builder:
 
     def _apply(self, node: ir.Apply) -> int:
         params = dict(node.params)
+        if node.fn == "product":
+            _refuse_division_by_zero(node, params["ops"])
         if node.fn == "sum":
             # watch(...) adds exactly 0: keep its term computed but leave it out of the sum.
             slots = [self.emit(a) for a in node.args]  # in source order
@@ -137,6 +163,17 @@ class _Builder:
             args = [self.emit(a) for a in node.args]
         run = _op_runner(node.fn, args, params)
         return self._add(node, run, args, node.fn, params)
+
+
+def _refuse_division_by_zero(node: ir.Apply, ops_: tuple[str, ...]) -> None:
+    # `mse/0` would only show up as inf at the first call; say so when compiling instead.
+    for op, arg in zip(ops_, node.args[1:]):
+        if op == "/" and isinstance(arg, ir.Const) and arg.value == 0:
+            raise LossArgumentError(
+                "division by zero",
+                span=arg.span or node.span,
+                hint="divide by a non-zero number, or multiply by a weight instead",
+            )
 
 
 def _is_watch(node) -> bool:
@@ -248,6 +285,12 @@ def read_path(env: Env, path: tuple[str, ...]):
     for part in path[1:]:
         if value is None:
             return None
+        if part.startswith("_"):
+            # resolve refuses these when compiling; refuse here too, whatever built the path
+            raise LossInputError(
+                f"input reference '{'.'.join(path)}' reads a private name '{part}'",
+                hint="input references read mapping keys or public attributes only",
+            )
         if isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__"):
             value = value[part] if part in value else None
         else:

@@ -12,6 +12,7 @@ suggestions. Constant sub-expressions are folded here, so ``2*0.5*mse`` costs on
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
@@ -60,6 +61,7 @@ class _Resolver:
         self.local = local
         self.registry = reg
         self.bindings: dict[str, ast.Binding] = {}
+        self.all_bindings: set[str] = set()
         self.resolved: dict[str, Any] = {}
         self.used: set[str] = set()
         self.terms: list[ir.Term] = []
@@ -69,6 +71,8 @@ class _Resolver:
     # --- program --------------------------------------------------------------------------
 
     def run(self, program: ast.Program, source: str | None) -> ir.Resolved:
+        # Every binding name, so that a use above the definition says so instead of "unknown".
+        self.all_bindings = {b.name for b in program.bindings}
         for binding in program.bindings:
             if binding.name in self.bindings:
                 raise LossNameError(
@@ -97,6 +101,12 @@ class _Resolver:
                 "the expression has no loss term",
                 span=program.expr.offsets,
                 hint="a program needs at least one term, e.g. mse or 0.5*huber(delta=1)",
+            )
+        if not _contributes(root):
+            raise LossTypeError(
+                "every term is inside watch(...), so the loss is always 0",
+                span=program.expr.offsets,
+                hint="add a term outside watch, e.g. mse + watch(mae)",
             )
         self._name_terms()
         read = frozenset(route.path[0] for t in self.terms for route in t.routes)
@@ -172,7 +182,7 @@ class _Resolver:
             return self._term(node, spec, log_name or name)
         if name in BUILTINS:
             return self._builtin(node, BUILTINS[name])
-        if name in self.bindings:  # used before its definition
+        if name in self.all_bindings:  # used before its definition
             return self._binding_ref(node)
         candidates = list(self.bindings) + list(self.registry) + list(self.local) + list(BUILTINS)
         raise LossNameError(
@@ -423,6 +433,20 @@ class _Resolver:
         raise LossArgumentError(f"bad value for '{param}'", span=span)
 
 
+def _contributes(node: Any) -> bool:
+    """Whether a term outside ``watch(...)`` reaches ``node`` (so the loss trains something)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (ir.Term, ir.Balance)):
+            return True
+        if isinstance(item, ir.Named):
+            stack.append(item.value)
+        elif isinstance(item, ir.Apply) and item.fn != "watch":
+            stack.extend(item.args)
+    return False
+
+
 def _is_int_literal(arg: ast.Node) -> bool:
     while isinstance(arg, ast.Neg):
         arg = arg.operand
@@ -461,14 +485,26 @@ def _validate(owner, model, values, places, call_span, hyper=None) -> dict[str, 
             ) from None
         reason = msg.removeprefix("Value error, ")
         reason = reason.replace("Input should be", f"{key} must be", 1)
-        shown = values[key]
-        shown = f'"{shown}"' if isinstance(shown, str) else shown
+        shown = _as_written(values[key])
         raise LossArgumentError(
             f"{owner}: {key}={shown} is not allowed",
             span=places.get(key) or call_span,
             hint=reason + described,
         ) from None
     return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+
+def _as_written(value: Any) -> str:
+    """A literal as the program writes it (``true``, ``none``, ``"ema"``, ``[1, 2]``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    return str(value)
 
 
 def _fold(fn: str, values: list[float], params: dict, span) -> float:

@@ -115,8 +115,9 @@ def _number(token: Token) -> ast.Number:
             value = float(value)
         node = ast.Number(value=value, span=_tok_span(token))
     except (ValueError, OverflowError):
+        shown = text if len(text) <= 24 else text[:20] + "..."
         raise LossSyntaxError(
-            f"number {text!r} is out of range",
+            f"number '{shown}' is out of range",
             span=(token.start_pos, token.end_pos),
             hint="numbers must be finite double-precision values",
         ) from None
@@ -236,7 +237,8 @@ class _ToAST(Transformer):
     def string(self, children):
         token = children[0]
         try:
-            value = json.loads(token.value)
+            # strict=False: a raw tab or other control character inside quotes is kept as is.
+            value = json.loads(token.value, strict=False)
         except ValueError:
             raise LossSyntaxError(
                 "bad escape in string",
@@ -329,7 +331,8 @@ def parse(text: str) -> ast.Program:
 
 
 def _only_comments(text: str) -> bool:
-    return all(not line.strip() or line.lstrip().startswith("#") for line in re.split(r"[\n;]", text))
+    # A '#' ends the line, so text that is only comments, blanks and ';' has no statement.
+    return not re.sub(r"#[^\n]*", "", text).strip(" \t\f\r\n;")
 
 
 def _deepest_span(text: str) -> tuple[int, int]:
@@ -370,14 +373,16 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
         ch = text[pos]
+        message = f"unexpected character {ch!r}"
         hint = "a program is made of names, numbers, + - * / ^, brackets, ',' '=' and ';'"
         if ch == "'":
             hint = 'strings use double quotes, e.g. method="ema"'
+        elif ch == '"':
+            message = "unterminated string"
+            hint = 'close the string with " on the same line'
         elif ch == "\n":
             hint = "a new line cannot stand here"
-        return LossSyntaxError(
-            f"unexpected character {ch!r}", source=text, span=(pos, pos + 1), hint=hint
-        )
+        return LossSyntaxError(message, source=text, span=(pos, pos + 1), hint=hint)
     expected = set(getattr(err, "expected", None) or getattr(err, "accepts", None) or ())
     token = getattr(err, "token", None)
     at_end = isinstance(err, UnexpectedEOF) or token is None or token.type == "$END"
@@ -389,15 +394,29 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         span = (token.start_pos, max(token.end_pos, token.start_pos + 1))
         pos = token.start_pos
     previous = _previous_symbol(text, pos)
-    expected = _drop_unmatched_closers(text, pos, expected)
+    expected = _possible(text, pos, expected)
     if expected & _VALUE_STARTS:
         want = f"a value after '{previous}'" if previous == "=" else "a value"
         hint = 'a keyword value is a number, "string", true/false/none, [list] or an input name'
+    elif previous == "." and "NAME" in expected:
+        want = "a name after '.'"
+        hint = "an input reference is a dotted name such as out.depth"
     elif expected & _OPERAND_STARTS:
         want = "a term"
         if previous in _CONTINUES or previous in ("(", "["):
             want = f"a term after '{previous}'"
         hint = "a term is a name such as mse, a call such as huber(delta=1), or a number"
+        if found.startswith("'\""):
+            hint = 'a string can only be a keyword value, e.g. balance(a, b, method="ema")'
+        elif found in ("'+'", "'*'", "'/'", "'^'", "'**'") and _after_statement(text, pos):
+            hint = "a new line ends the statement; to go on, end the line before with the operator"
+    elif expected <= {"_SEP", "$END"} and _after_statement(text, pos):
+        # `mse` then `mae` on the next line: only the last statement may be an expression.
+        want = "the end of the program"
+        hint = (
+            "statements before the last must be bindings such as recon = mse; "
+            "join terms with an operator such as '+'"
+        )
     else:
         words = []
         if expected & _OPERATORS:
@@ -414,32 +433,83 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
     return LossSyntaxError(f"expected {want}, found {found}", source=text, span=span, hint=hint)
 
 
-def _drop_unmatched_closers(text: str, pos: int, expected: set[str]) -> set[str]:
-    """LALR merges states, so ')' and ']' may both be listed; keep the one that is open."""
+def _after_statement(text: str, pos: int) -> bool:
+    before = re.sub(r"#[^\n]*", "", text[:pos]).rstrip(" \t\f\r")
+    return before.endswith(("\n", ";"))
+
+
+def _open_brackets(text: str, pos: int) -> list[str]:
+    """The brackets open before ``pos``, innermost last: ``call``, ``group`` or ``list``."""
     stack: list[str] = []
-    in_string = False
-    escaped = False
+    in_string = escaped = in_comment = False
+    last = ""  # the last character outside strings, comments and blanks
     for ch in text[:pos]:
-        if in_string:
-            escaped = not escaped and ch == "\\"
-            if ch == '"' and not escaped:
-                in_string = False
+        if in_comment:
+            in_comment = ch != "\n"
             continue
-        if ch == '"':
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                last = ch
+            continue
+        if ch == "#":
+            in_comment = True
+        elif ch == '"':
             in_string = True
-        elif ch in "([":
-            stack.append(ch)
+        elif ch == "(":
+            stack.append("call" if last.isalnum() or last == "_" else "group")
+        elif ch == "[":
+            stack.append("list")
         elif ch in ")]" and stack:
             stack.pop()
+        if not ch.isspace():
+            last = ch
+    return stack
+
+
+def _possible(text: str, pos: int, expected: set[str]) -> set[str]:
+    """Drop what LALR state merging lists but this place cannot take.
+
+    A ')' only closes an open call or group, a ']' an open list, ',' separates only inside a
+    call or list, the statement ends only outside brackets, and '=' follows only a name that
+    starts a statement or a call argument.
+    """
+    stack = _open_brackets(text, pos)
     inner = stack[-1] if stack else None
-    drop = {"RPAR", "RSQB"} - {{"(": "RPAR", "[": "RSQB"}.get(inner, "")}
+    drop = set()
+    if inner not in ("call", "group"):
+        drop.add("RPAR")
+    if inner != "list":
+        drop.add("RSQB")
+    if inner not in ("call", "list"):
+        drop.add("COMMA")
     if stack:
         drop |= {"_SEP", "$END"}
-    return expected - drop
+    if not _name_may_take_equal(text[:pos], inner):
+        drop.add("EQUAL")
+    kept = expected - drop
+    return kept or expected
+
+
+def _name_may_take_equal(before: str, inner: str | None) -> bool:
+    before = before.rstrip()
+    name = re.search(r"[A-Za-z_][A-Za-z_0-9]*$", before)
+    if name is None:
+        return False
+    ahead = before[: name.start()].rstrip(" \t\f\r")
+    if inner is None:
+        return not ahead or ahead.endswith(("\n", ";"))
+    return inner == "call" and ahead.rstrip().endswith(("(", ","))
 
 
 def _hint_for(expected: set[str], found: str) -> str:
-    if "RPAR" in expected and found == "end of input":
+    if found in ("')'", "']'") and not expected & {"RPAR", "RSQB"}:
+        return f"this {found} has no opening bracket to close; remove it or add the opening one"
+    if "RPAR" in expected and (found == "end of input" or "COMMA" not in expected):
         return "close the bracket with ')'"
     if "RPAR" in expected:
         return "separate arguments with ',' and close the call with ')'"

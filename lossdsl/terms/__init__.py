@@ -1,6 +1,18 @@
 """The built-in term catalogue (DESIGN.md §5), grouped by family.
 
-Importing this package registers every term with :data:`lossdsl.registry`.
+Importing this package registers every term with :data:`lossdsl.registry`:
+``regression`` (mse, mae/l1, huber, smooth_l1, adaptive_huber, log_cosh, quantile,
+charbonnier), ``sequence`` (temporal_diff, tv), ``classification`` (bce, bce_logits,
+cross_entropy, focal, focal_ce, dice), ``distribution`` (kl_div, vae_kl, gaussian_nll,
+poisson_nll), ``ranking`` (margin_ranking, pairwise_ranking, triplet, cosine_distance) and
+``regularisation`` (out_of_bounds, l2_reg).
 """
 
-from . import regression, sequence  # noqa: F401  (registration on import)
+from . import (  # noqa: F401  (registration on import)
+    classification,
+    distribution,
+    ranking,
+    regression,
+    regularisation,
+    sequence,
+)

@@ -16,7 +16,18 @@ from torch import Tensor
 
 from ..errors import LossInputError
 
-__all__ = ["Reduction", "check_same_shape", "check_tensor", "compute_dtype", "upcast", "reduce_elementwise"]
+__all__ = [
+    "Reduction",
+    "check_same_shape",
+    "check_tensor",
+    "check_dim",
+    "compute_dtype",
+    "upcast",
+    "reduce_elementwise",
+    "reduce",
+    "safe_pow",
+    "as_tensor_param",
+]
 
 Reduction = Literal["mean", "sum"]
 _HALF = (torch.float16, torch.bfloat16)
@@ -89,3 +100,51 @@ def reduce_elementwise(
         count = torch.broadcast_to(m, loss.shape).sum()
         return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
     return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def reduce(loss: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """``mean`` or ``sum`` over all elements."""
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def check_dim(x: Tensor, dim: int, name: str = "pred", hint: str | None = None) -> int:
+    """``dim`` as a non-negative axis of ``x``; a ``LossInputError`` when it is out of range."""
+    if not -x.dim() <= dim < x.dim():
+        raise LossInputError(
+            f"dim={dim} is out of range for {name} with {x.dim()} dimensions "
+            f"(shape {tuple(x.shape)})",
+            hint=hint or f"choose an axis between {-x.dim()} and {x.dim() - 1}",
+        )
+    return dim % x.dim()
+
+
+def safe_pow(x: Tensor, p: float) -> Tensor:
+    """``x ** p`` for ``x >= 0`` whose gradient at ``x == 0`` is 0, never inf or NaN.
+
+    For ``p < 1`` the derivative ``p x^(p-1)`` is infinite at 0 and, multiplied by the 0
+    derivative of ``abs``/``relu`` there, would give NaN; the double ``where`` keeps the
+    infinite branch out of the graph.
+    """
+    if p == 1:
+        return x
+    if p == 0:
+        return torch.ones_like(x)
+    if p > 1:
+        return x.pow(p)
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).pow(p), torch.zeros_like(x))
+
+
+def as_tensor_param(values, like: Tensor, name: str, length: int | None = None) -> Tensor | None:
+    """A list hyperparameter (``class_weights``, ``pos_weight``) as a tensor on ``like``'s device.
+
+    ``length``: the size it must have (the number of classes); a list of one value broadcasts.
+    """
+    if values is None:
+        return None
+    if length is not None and len(values) not in (1, length):
+        raise LossInputError(
+            f"{name} has {len(values)} values but the input has {length} classes",
+            hint=f"give {name} one value per class ({length}), or one value for all",
+        )
+    return torch.tensor(values, dtype=like.dtype, device=like.device)

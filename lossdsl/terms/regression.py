@@ -1,4 +1,6 @@
-"""Regression terms on ``e = pred - target``: mse, mae/l1, huber, smooth_l1 (DESIGN.md §5).
+"""Regression terms on ``e = pred - target`` (DESIGN.md §5).
+
+mse, mae (alias l1), huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier.
 
 Each accepts optional ``weight`` (``mean(weight * l)``) and ``mask``
 (``sum(mask * l) / sum(mask)``) inputs and ``reduction="mean" | "sum"``. Half-precision
@@ -7,16 +9,20 @@ inputs are computed in float32 and returned in the input dtype.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
+import torch
 import torch.nn.functional as F
-from annotated_types import Gt
+from annotated_types import Gt, Lt
 from torch import Tensor
 
 from ..registry import registry
 from ._common import Reduction, check_same_shape, reduce_elementwise, upcast
 
-__all__ = ["mse", "mae", "huber", "smooth_l1"]
+__all__ = ["mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
+
+_LOG2 = math.log(2.0)
 
 
 def mse(
@@ -89,6 +95,75 @@ def smooth_l1(
     return out.to(pred.dtype)
 
 
-for _fn in (mse, mae, huber, smooth_l1):
+def adaptive_huber(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, scale: Annotated[float, Gt(0)] = 0.5, reduction: Reduction = "mean",
+) -> Tensor:
+    """Huber loss whose delta follows the batch: delta = scale * mean(abs(e)), detached.
+
+    The threshold between the quadratic and the linear part adapts to the current size of
+    the errors; it is treated as a constant for the gradient. With ``mask``, delta is the
+    mean over the unmasked elements. Example: ``adaptive_huber(scale=0.5) + 0.1*mse``.
+    """
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    e = p - t
+    a = e.abs()
+    with torch.no_grad():
+        delta = scale * (a.mean() if mask is None else reduce_elementwise(a, None, mask))
+    l = torch.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta))
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def log_cosh(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, reduction: Reduction = "mean",
+) -> Tensor:
+    """Log-cosh loss: mean(log(cosh(e))).
+
+    Computed as abs(e) + softplus(-2 abs(e)) - log 2, which equals log(cosh(e)) but never
+    overflows (cosh does from abs(e) ~ 89 in float32); the gradient is tanh(e).
+    Example: ``log_cosh + 0.1*temporal_diff``.
+    """
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    a = (p - t).abs()
+    l = a + F.softplus(-2.0 * a) - _LOG2
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def quantile(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, q: Annotated[float, Gt(0), Lt(1)] = 0.5, reduction: Reduction = "mean",
+) -> Tensor:
+    """Quantile (pinball) loss: mean(max(q u, (q - 1) u)), u = target - pred.
+
+    Its minimiser is the q-th quantile of the target; q=0.5 is half the mean absolute error.
+    Example: ``quantile(q=0.1) + quantile(q=0.9)`` for an 80 % prediction interval.
+    """
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    u = t - p
+    l = torch.maximum(q * u, (q - 1.0) * u)
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def charbonnier(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, eps: Annotated[float, Gt(0)] = 1e-3, reduction: Reduction = "mean",
+) -> Tensor:
+    """Charbonnier loss: mean(sqrt(e^2 + eps^2)), a smooth L1.
+
+    Differentiable everywhere (gradient e / sqrt(e^2 + eps^2)); common in image restoration.
+    Example: ``charbonnier(eps=1e-3) + 0.05*tv``.
+    """
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    e = p - t
+    l = torch.sqrt(e * e + eps * eps)
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+for _fn in (mse, mae, huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier):
     registry.register(_fn, replace=True)
 registry.register(mae, name="l1", replace=True)

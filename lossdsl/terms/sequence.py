@@ -1,4 +1,8 @@
-"""Sequence terms: differences along a time axis (DESIGN.md §5)."""
+"""Sequence terms: differences along a time (or space) axis (DESIGN.md §5).
+
+``temporal_diff`` compares the step-to-step changes of pred and target; ``tv`` penalises
+the changes of pred alone (total variation).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, check_same_shape, upcast
+from ._common import Reduction, check_same_shape, check_tensor, reduce, safe_pow, upcast
 
-__all__ = ["temporal_diff"]
+__all__ = ["temporal_diff", "tv"]
 
 
 def _difference(x: Tensor, order: int, dim: int) -> Tensor:
@@ -37,17 +41,31 @@ def temporal_diff(
 ) -> Tensor:
     """Temporal difference penalty: mean(abs(D pred - D target)^p), D the order-th difference along dim.
 
-    Penalises a forecast whose changes from step to step differ from the target's, e.g.
-    ``0.7*huber(delta=1) + 0.3*temporal_diff(order=1, dim=1)`` for (batch, time, features).
+    Penalises a forecast whose changes from step to step differ from the target's; for
+    (batch, time, features) the time axis is dim=1. With p < 1 the gradient where
+    D pred = D target is 0, not NaN. Example: ``0.7*huber(delta=1) + 0.3*temporal_diff(order=1, dim=1)``.
     """
     check_same_shape(pred, target)
     pr, t = upcast(pred, target)
     # D is linear, so D pred - D target = D (pred - target): one difference instead of two.
-    d = _difference(pr - t, order, dim).abs()
-    if p != 1:
-        d = d.pow(p)
-    out = d.sum() if reduction == "sum" else d.mean()
-    return out.to(pred.dtype)
+    d = safe_pow(_difference(pr - t, order, dim).abs(), p)
+    return reduce(d, reduction).to(pred.dtype)
+
+
+def tv(
+    pred: Tensor,
+    *, dim: int = 1, p: Annotated[float, Gt(0)] = 1.0, reduction: Reduction = "mean",
+) -> Tensor:
+    """Total variation of pred: mean(abs(D pred)^p), D the first difference along dim.
+
+    A smoothness penalty on the prediction alone (the target is not read). With p < 1 the
+    gradient where two neighbours are equal is 0, not NaN. Example: ``mse + 0.01*tv(dim=1)``.
+    """
+    check_tensor(pred, "pred")
+    (x,) = upcast(pred)
+    d = safe_pow(_difference(x, 1, dim).abs(), p)
+    return reduce(d, reduction).to(pred.dtype)
 
 
 registry.register(temporal_diff, replace=True)
+registry.register(tv, replace=True)

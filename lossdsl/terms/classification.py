@@ -1,0 +1,219 @@
+"""Classification and segmentation terms (DESIGN.md §5).
+
+bce (probabilities), bce_logits, cross_entropy, focal (binary), focal_ce (multi-class) and
+dice. Every term on logits works in log-space (log-sum-exp, log-sigmoid), so logits of
+±100 give finite values and gradients; ``bce`` clamps its probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from torch import Tensor
+
+from ..errors import LossInputError
+from ..registry import registry
+from ._common import (
+    Reduction,
+    as_tensor_param,
+    check_dim,
+    check_same_shape,
+    check_tensor,
+    reduce,
+    reduce_elementwise,
+    safe_pow,
+    upcast,
+)
+
+__all__ = ["bce", "bce_logits", "cross_entropy", "focal", "focal_ce", "dice"]
+
+NonNegative = Annotated[float, Ge(0)]
+Weights = Annotated[list[NonNegative], MinLen(1)] | None  # one per class, or one for all
+
+
+def bce(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, eps: Annotated[float, Gt(0), Lt(0.5)] = 1e-7, reduction: Reduction = "mean",
+) -> Tensor:
+    """Binary cross entropy on probabilities, clamped to [eps, 1 - eps].
+
+    Value: mean(-(t log p + (1 - t) log(1 - p))) with p = clamp(pred, eps, 1 - eps), equal
+    to ``F.binary_cross_entropy`` on the clamped probabilities. At a clamped probability the
+    gradient is the one at the bound (finite, not zeroed), so a confidently wrong prediction
+    still learns. Prefer ``bce_logits`` where the model gives logits. Example: ``bce + 0.5*dice(from_logits=false)``.
+    """
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    # straight-through clamp: the value is clamped, the gradient passes as at the bound
+    p = p + (p.clamp(eps, 1.0 - eps) - p).detach()
+    l = F.binary_cross_entropy(p, t.to(p.dtype), reduction="none")
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def bce_logits(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, pos_weight: Weights = None, reduction: Reduction = "mean",
+) -> Tensor:
+    """Binary cross entropy on logits (log-sigmoid form, stable for any logit).
+
+    Equals ``F.binary_cross_entropy_with_logits``; ``pos_weight`` (one value, or one per
+    class along the last axis) scales the positive part: -(w t log s(x) + (1 - t) log s(-x)).
+    Example: ``bce_logits(pos_weight=[3.0])``.
+    """
+    check_same_shape(pred, target)
+    x, t = upcast(pred, target)
+    classes = x.shape[-1] if x.dim() else 1
+    pw = as_tensor_param(pos_weight, x, "pos_weight", classes)
+    l = F.binary_cross_entropy_with_logits(x, t.to(x.dtype), pos_weight=pw, reduction="none")
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def _class_axis(pred: Tensor, target: Tensor, class_dim: int, term: str) -> tuple[Tensor, Tensor, bool]:
+    """Move the class axis of pred (and of probability targets) to 1, as torch expects.
+
+    Returns (pred, target, index_targets). A 1-d pred is a single sample.
+    """
+    check_tensor(pred, "pred")
+    check_tensor(target, "target")
+    index_targets = not target.is_floating_point()
+    if pred.dim() < 2:
+        if pred.dim() == 0:
+            raise LossInputError(
+                f"{term} needs logits with a class axis, got a 0-dim pred",
+                hint="pass pred of shape (batch, classes, ...)",
+            )
+        expected = () if index_targets else tuple(pred.shape)
+        if tuple(target.shape) != expected:
+            raise _target_shape_error(pred, target, expected, index_targets)
+        return pred, target, index_targets
+    axis = check_dim(pred, class_dim, "pred", hint="class_dim= names the axis of the classes, e.g. class_dim=1 for (batch, classes, ...)")
+    if index_targets:
+        expected = tuple(s for i, s in enumerate(pred.shape) if i != axis)
+        if tuple(target.shape) != expected:
+            raise _target_shape_error(pred, target, expected, index_targets)
+        return pred.movedim(axis, 1), target, True
+    if target.shape != pred.shape:
+        raise _target_shape_error(pred, target, tuple(pred.shape), index_targets)
+    return pred.movedim(axis, 1), target.movedim(axis, 1), False
+
+
+def _target_shape_error(pred, target, expected, index_targets) -> LossInputError:
+    kind = "class indices" if index_targets else "class probabilities"
+    return LossInputError(
+        f"target ({kind}) has shape {tuple(target.shape)} but pred {tuple(pred.shape)} needs "
+        f"{expected}",
+        hint="class-index targets (integer dtype) have pred's shape without the class axis; "
+        "probability targets (float) have pred's shape; class_dim= names the class axis",
+    )
+
+
+def cross_entropy(
+    pred: Tensor, target: Tensor,
+    *, class_weights: Weights = None, label_smoothing: Annotated[float, Ge(0), Le(1)] = 0.0,
+    ignore_index: int = -100, class_dim: int = 1, reduction: Reduction = "mean",
+) -> Tensor:
+    """Cross entropy on logits: F.cross_entropy, targets class indices or probabilities.
+
+    Log-softmax based. ``class_dim`` names the class axis (torch's is 1); integer targets are
+    class indices (``ignore_index`` skipped), float targets are probabilities over the
+    classes. With ``class_weights`` the mean is weighted like torch's, sum(w_y l) / sum(w_y);
+    a batch where every target is ignored gives 0, not NaN.
+    Example: ``cross_entropy(label_smoothing=0.1, class_dim=-1)``.
+    """
+    logits, t, index_targets = _class_axis(pred, target, class_dim, "cross_entropy")
+    (x,) = upcast(logits)
+    if not index_targets:
+        t = t.to(x.dtype)
+    classes = x.shape[1] if x.dim() > 1 else x.shape[0]
+    w = as_tensor_param(class_weights, x, "class_weights", classes)
+    if w is not None and w.numel() == 1:
+        w = w.expand(classes)
+    l = F.cross_entropy(
+        x, t, weight=w, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+    )
+    if reduction == "sum":
+        return l.sum().to(pred.dtype)
+    if not index_targets:
+        return l.mean().to(pred.dtype)
+    # torch's mean divides by the summed weights of the counted targets; doing it here
+    # keeps an all-ignored batch at 0 (torch gives 0/0 = NaN there, in value and gradient)
+    valid = t != ignore_index
+    if w is None:
+        denom = valid.sum().to(x.dtype)
+    else:
+        denom = torch.where(valid, w[torch.where(valid, t, 0)], 0.0).sum()
+    return (l.sum() / denom.clamp_min(torch.finfo(x.dtype).tiny)).to(pred.dtype)
+
+
+def focal(
+    pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
+    *, gamma: NonNegative = 2.0, alpha: Annotated[float, Le(1)] = 0.25, reduction: Reduction = "mean",
+) -> Tensor:
+    """Binary focal loss on logits (Lin et al. 2017; torchvision's sigmoid_focal_loss).
+
+    mean(a_t (1 - p_t)^gamma * BCEwithlogits(x, t)), p = sigmoid(x), p_t = p t + (1-p)(1-t),
+    a_t = alpha t + (1 - alpha)(1 - t); alpha < 0 leaves a_t out. 1 - p_t is computed as
+    p (1 - t) + sigmoid(-x) t, without cancellation. Example: ``focal(gamma=2, alpha=0.25)``.
+    """
+    check_same_shape(pred, target)
+    x, t = upcast(pred, target)
+    t = t.to(x.dtype)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    one_minus_pt = torch.sigmoid(x) * (1.0 - t) + torch.sigmoid(-x) * t
+    l = ce * safe_pow(one_minus_pt, gamma)
+    if alpha >= 0:
+        l = (alpha * t + (1.0 - alpha) * (1.0 - t)) * l
+    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+
+
+def focal_ce(
+    pred: Tensor, target: Tensor,
+    *, gamma: NonNegative = 2.0, class_weights: Weights = None, class_dim: int = 1,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Multi-class focal loss on logits: mean(-w_y (1 - p_y)^gamma log p_y).
+
+    log p_y comes from log-softmax, 1 - p_y = -expm1(log p_y); targets are class indices.
+    A plain mean over samples (``cross_entropy`` with class_weights divides by sum(w_y)
+    instead). Example: ``focal_ce(gamma=2, class_weights=[1.0, 4.0])``.
+    """
+    logits, t, index_targets = _class_axis(pred, target, class_dim, "focal_ce")
+    if not index_targets:
+        raise LossInputError(
+            f"focal_ce needs class-index targets (an integer tensor), got {target.dtype}",
+            hint="pass target.long(), or use cross_entropy for probability targets",
+        )
+    (x,) = upcast(logits)
+    axis = 1 if x.dim() > 1 else 0
+    log_p = F.log_softmax(x, dim=axis)
+    log_py = log_p.gather(axis, t.unsqueeze(axis)).squeeze(axis)
+    l = -safe_pow(-torch.expm1(log_py), gamma) * log_py
+    w = as_tensor_param(class_weights, x, "class_weights", x.shape[axis])
+    if w is not None:
+        l = l * (w[t] if w.numel() > 1 else w)
+    return reduce(l, reduction).to(pred.dtype)
+
+
+def dice(
+    pred: Tensor, target: Tensor,
+    *, smooth: Annotated[float, Gt(0)] = 1.0, from_logits: bool = True,
+) -> Tensor:
+    """Dice loss: 1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth).
+
+    p = sigmoid(pred) when ``from_logits`` (the default), else pred as probabilities; the
+    sums run over all elements. ``smooth`` > 0 keeps an empty prediction and target at 0.
+    Example: ``bce_logits + dice`` for segmentation masks.
+    """
+    check_same_shape(pred, target)
+    x, t = upcast(pred, target)
+    p = torch.sigmoid(x) if from_logits else x
+    t = t.to(p.dtype)
+    overlap = 2.0 * (p * t).sum() + smooth
+    return (1.0 - overlap / (p.sum() + t.sum() + smooth)).to(pred.dtype)
+
+
+for _fn in (bce, bce_logits, cross_entropy, focal, focal_ce, dice):
+    registry.register(_fn, replace=True)
