@@ -6,7 +6,8 @@ then holds the effective weights ``d total / d L_i`` of that call (detached). St
 the detached ``L_i``; under an initialised ``torch.distributed`` they are first averaged over
 ranks so every rank computes the same weights. State lives in buffers (and the learnable
 log-variances of ``uncertainty`` in parameters), so ``state_dict`` resumes a run exactly.
-State changes only in training mode; in eval mode the stored state is used as it is.
+State changes only in training mode (and not on a call where a loss is NaN or infinite);
+in eval mode the stored state is used as it is.
 The forward pass never synchronises with the device and has no data-dependent Python
 branches, so ``torch.compile(crit, fullgraph=True)`` traces it in one graph.
 
@@ -81,6 +82,14 @@ class Balancer(nn.Module):
     def extra(self) -> Tensor | float:
         return 0.0
 
+    def _commit(self, seen: Tensor, **updates: Tensor) -> None:
+        """Store new state, unless a loss was NaN/inf: one bad batch must not poison the
+        statistics for the rest of the run (decided on the device, without a sync)."""
+        finite = torch.isfinite(seen).all()
+        for name, value in updates.items():
+            buf = getattr(self, name)
+            buf.copy_(torch.where(finite, value, buf))
+
     def forward(self, values: list[Tensor]) -> Tensor:
         losses = _stack(values)
         seen = losses.detach()
@@ -124,8 +133,7 @@ class EmaBalancer(Balancer):
         if update:
             ema = self.beta * ema + (1.0 - self.beta) * seen
             count = count + 1
-            self.ema.copy_(ema)
-            self.count.copy_(count)
+            self._commit(seen, ema=ema, count=count)
         correction = 1.0 - torch.pow(self.beta, count.to(ema.dtype))
         started = count > 0
         # Before any training step (eval only) the EMA is empty: use the losses themselves.
@@ -152,8 +160,7 @@ class DwaBalancer(Balancer):
         if update:
             history = torch.cat([history[1:], seen.to(history.dtype).unsqueeze(0)])
             count = count + 1
-            self.history.copy_(history)
-            self.count.copy_(count)
+            self._commit(seen, history=history, count=count)
         w = self.window
         ratio = history[w:].mean(0) / (history[:w].mean(0) + self.eps)
         lam = self.n * torch.softmax(ratio / self.temperature, dim=0)
@@ -186,11 +193,7 @@ class CovBalancer(Balancer):
             delta = ratio - ratio_mean
             ratio_mean = ratio_mean + delta / c
             ratio_m2 = ratio_m2 + delta * (ratio - ratio_mean)
-            for buf, new in zip(
-                (self.loss_mean, self.ratio_mean, self.ratio_m2, self.count),
-                (loss_mean, ratio_mean, ratio_m2, count),
-            ):
-                buf.copy_(new)
+            self._commit(seen, loss_mean=loss_mean, ratio_mean=ratio_mean, ratio_m2=ratio_m2, count=count)
         c = count.to(loss_mean.dtype).clamp(min=1.0)
         cv = torch.sqrt(ratio_m2 / c) / (ratio_mean + self.eps)
         total_cv = cv.sum()
@@ -217,8 +220,7 @@ class SoftAdaptBalancer(Balancer):
         slope = torch.where(self.count > 0, seen - self.previous, torch.zeros_like(seen))
         lam = torch.softmax(self.beta * slope, dim=0)
         if update:
-            self.previous.copy_(seen)
-            self.count.add_(1)
+            self._commit(seen, previous=seen, count=self.count + 1)
         return lam
 
 
@@ -300,11 +302,8 @@ class ReLoBRaLoBalancer(Balancer):
             1.0 - self.alpha
         ) * self._lhat(seen, previous)
         if update:
-            self.initial.copy_(initial)
-            self.previous.copy_(seen)
-            self.lambdas.copy_(lam)
-            self.count.add_(1)
-            self.rng_counter.add_(1)
+            self._commit(seen, initial=initial, previous=seen, lambdas=lam, count=self.count + 1)
+            self.rng_counter.add_(1)  # the draw is used up even when the step is skipped
         return lam
 
 

@@ -192,9 +192,11 @@ def cmd_gradcheck(args) -> int:
         return crit(inputs.pop("pred", None), inputs.pop("target", None), **inputs)
 
     shown = ", ".join(".".join(p) + str(tuple(t.shape)) for p, t in zip(names, tensors))
+    from torch.autograd.gradcheck import GradcheckError, gradcheck
+
     try:
-        torch.autograd.gradcheck(total, tuple(tensors), eps=1e-6, atol=1e-5, rtol=1e-3)
-    except torch.autograd.gradcheck.GradcheckError as err:
+        gradcheck(total, tuple(tensors), eps=1e-6, atol=1e-5, rtol=1e-3)
+    except GradcheckError as err:
         return _fail(f"gradcheck FAILED for {crit.canonical}\ninputs: {shown}\n{err}")
     print(f"gradcheck passed: {crit.canonical}")
     print(f"inputs (float64): {shown}")

@@ -232,11 +232,11 @@ def from_config(config: Any, *, key: str | None = None, terms: Mapping[str, Call
 
 def make_sink(target: str):
     """A sink for a path: ``*.jsonl`` gives a JSONL writer, anything else a TensorBoard directory."""
-    from . import monitor
+    from .sinks import JsonlWriter, TensorBoardWriter
 
     if str(target).endswith(".jsonl"):
-        return monitor.JsonlWriter(target)
-    return monitor.TensorBoardWriter(target)
+        return JsonlWriter(target)
+    return TensorBoardWriter(target)
 
 
 def apply_monitor_settings(crit, settings: MonitorSettings) -> None:

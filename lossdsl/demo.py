@@ -233,7 +233,7 @@ def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) ->
     suggestion = crit.monitor.suggest_weights()
     say("suggested weights (equal share of the gradient norm): " + ", ".join(
         f"{name} {weight:.3g}" for name, weight in suggestion.weights.items()))
-    say("suggested program:\n  " + suggestion.source.replace("\n", "\n  "))
+    say("suggested program:\n  " + suggestion.source.strip().replace("\n", "\n  "))
     return history
 
 

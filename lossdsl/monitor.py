@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .sinks import JsonlWriter, TensorBoardWriter, as_sink
+from .errors import LossDSLError
+from .sinks import JsonlWriter, SinkHost, TensorBoardWriter, format_table
 from .suggest import Suggestion, suggest
 
 __all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
@@ -43,13 +44,16 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 class Increment(NamedTuple):
-    count: Tensor  # (C,) finite rows per column
-    sums: Tensor  # (Q, C)
-    decay: Tensor  # (C,) factor on the old EMA
-    ema_add: Tensor  # (Q, C)
-    norm_add: Tensor  # (C,)
-    low: Tensor  # (Q, C)
-    high: Tensor  # (Q, C)
+    """What ``n`` calls add: shapes (C,) for count, decay (factor on the old EMA), norm_add;
+    (Q, C) for sums, ema_add, low, high."""
+
+    count: Tensor
+    sums: Tensor
+    decay: Tensor
+    ema_add: Tensor
+    norm_add: Tensor
+    low: Tensor
+    high: Tensor
 
 
 def fold_rows(rows: Tensor, k: int, leaf: Tensor, beta: float) -> Increment:
@@ -80,18 +84,12 @@ def fold_rows(rows: Tensor, k: int, leaf: Tensor, beta: float) -> Increment:
     # each finite value is decayed once for every finite value of its column after it
     after = (count - fin.cumsum(0)).to(rows.dtype)
     coef = torch.where(fin, (1 - beta) * torch.pow(beta, after), 0)
-    return Increment(
-        count,
-        clean.sum(0),
-        torch.pow(beta, count.to(rows.dtype)),
-        (coef[:, None] * clean).sum(0),
-        coef.sum(0),
-        torch.where(fin_q, vals, math.inf).amin(0),
-        torch.where(fin_q, vals, -math.inf).amax(0),
-    )
+    decay = torch.pow(beta, count.to(rows.dtype))
+    low, high = torch.where(fin_q, vals, math.inf).amin(0), torch.where(fin_q, vals, -math.inf).amax(0)
+    return Increment(count, clean.sum(0), decay, (coef[:, None] * clean).sum(0), coef.sum(0), low, high)
 
 
-class Monitor(nn.Module):
+class Monitor(SinkHost, nn.Module):
     """Running statistics of every term of a :class:`~lossdsl.Loss`: ``crit.monitor``.
 
     ``names``: the logged terms and named composites, in order. ``program``: the resolved
@@ -137,7 +135,8 @@ class Monitor(nn.Module):
         k = len(self.names)
         # composites are not terms: every share is relative to the sum over the terms only
         leaf = [float(hasattr(item, "spec")) for item in program.logged] if program else [1.0] * k
-        self._leaf.copy_(torch.tensor(leaf + [0.0], dtype=self._leaf.dtype))
+        self._leaf_list = leaf + [0.0]
+        self._leaf.copy_(torch.tensor(self._leaf_list, dtype=self._leaf.dtype))
 
     # --- the per-call path ----------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class Monitor(nn.Module):
         1.0
         """
         if every < 0:
-            raise ValueError("probe(every=...) must be >= 0")
+            raise LossDSLError(f"probe(every={every}): every must be >= 0", hint="0 turns the probe off")
         self._probe_every = int(every)
         self._probe_inputs = tuple(inputs)
         return self
@@ -238,10 +237,14 @@ class Monitor(nn.Module):
     def _probe(self, weights: Tensor, outputs: list, env) -> None:
         wrt = [_input(env, name) for name in self._probe_inputs]
         wrt = [t for t in wrt if isinstance(t, Tensor) and t.requires_grad]
-        if not wrt:
-            return
+        if not wrt or not any(isinstance(v, Tensor) and v.requires_grad for v in outputs):
+            return  # no graph to probe (inputs without grad, or under no_grad)
         acc, device = self._history.dtype, self._history.device
+        # autograd.grad fills .grad of a non-leaf input that retains its grad: put it back
+        kept = [(t, t.grad) for t in wrt if t.retains_grad]
         norms = torch.stack([_grad_norm(v, wrt, acc, device) for v in outputs])
+        for t, grad in kept:
+            t.grad = grad
         scale = torch.cat([weights.detach().abs().to(acc), norms.new_ones(1)])
         gn = norms * scale  # the norm of a weighted term is |weight| times the term's norm
         fin = torch.isfinite(gn)
@@ -250,54 +253,6 @@ class Monitor(nn.Module):
                          (self.probe_sums, gn), (self.win_probe_sums, gn)):
             buf.add_(add)
 
-    # --- sinks ----------------------------------------------------------------------------
-
-    def attach(self, sink: Any, every: int = 10) -> Any:
-        """Write ``as_dict()`` to ``sink`` every ``every`` calls (eager calls; under
-        ``torch.compile`` call :meth:`write` from the training loop instead).
-
-        ``sink``: a :class:`~lossdsl.JsonlWriter`, a :class:`~lossdsl.TensorBoardWriter`, a
-        path (a JSONL file), any object with ``write(scalars, step)``, or a function
-        ``f(scalars, step)``. The step is the number of recorded calls. Sinks due on the same
-        call get the same means; each write starts a new averaging window for all of them.
-
-        >>> import torch, lossdsl, tempfile, os
-        >>> crit = lossdsl.compile("mse")
-        >>> seen = []
-        >>> _ = crit.monitor.attach(lambda scalars, step: seen.append(step), every=2)
-        >>> for _ in range(4):
-        ...     _ = crit(torch.zeros(3), torch.ones(3))
-        >>> seen
-        [2, 4]
-        """
-        if every < 1:
-            raise ValueError("attach(every=...) must be >= 1")
-        sink = as_sink(sink)
-        self._sinks.append((sink, int(every)))
-        return sink
-
-    def write(self, step: int | None = None) -> dict[str, float]:
-        """Write the means since the last read to every attached sink now; returns them."""
-        return self._write([sink for sink, _ in self._sinks], step)
-
-    def _write(self, sinks: list, step: int | None = None) -> dict[str, float]:
-        scalars, seen = self._window(prefix="loss/", sync=False)
-        if scalars:
-            for sink in sinks:
-                sink.write(scalars, seen if step is None else int(step))
-        return scalars
-
-    def flush(self) -> None:
-        """Flush the attached sinks."""
-        for sink, _ in self._sinks:
-            sink.flush()
-
-    def close(self) -> None:
-        """Close and detach every sink."""
-        for sink, _ in self._sinks:
-            sink.close()
-        self._sinks = []
-
     # --- reading --------------------------------------------------------------------------
 
     def _read(self, names: Sequence[str], sync: bool) -> dict[str, Tensor]:
@@ -305,15 +260,10 @@ class Monitor(nn.Module):
         all-reduce over the process group when ``sync``)."""
         self._flush()
         parts = {name: getattr(self, name) for name in names}
-        if sync:
-            parts = _all_reduce(parts)
         acc = self._history.dtype
-        flat = torch.cat([p.reshape(-1).to(acc) for p in parts.values()]).cpu().double()
-        out, start = {}, 0
-        for name, p in parts.items():
-            out[name] = flat[start : start + p.numel()].reshape(p.shape)
-            start += p.numel()
-        return out
+        if sync:
+            parts = _all_reduce(parts, acc)
+        return _split(_pack(parts.values(), acc).cpu().double(), parts)
 
     def _window(self, prefix: str, sync: bool) -> tuple[dict[str, float], int]:
         snap = self._read(list(_WINDOW) + ["seen"], sync)
@@ -383,7 +333,7 @@ class Monitor(nn.Module):
     def summary(self, sync: bool = False) -> str:
         """A readable table of :meth:`stats`: weight, raw mean/EMA/min/max, weighted mean,
         share %, share of the gradient norm % (when probed) and the non-finite count."""
-        return format_table(self.stats(sync), self._leaf.tolist())
+        return format_table(self.stats(sync), self._leaf_list)
 
     def reset(self) -> None:
         """Clear every statistic (the sinks' step counter keeps counting)."""
@@ -448,48 +398,26 @@ def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Ten
     return torch.linalg.vector_norm(torch.stack(norms)).to(device)
 
 
-def _all_reduce(parts: dict[str, Tensor]) -> dict[str, Tensor]:
+def _pack(tensors, dtype: torch.dtype) -> Tensor:
+    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+
+
+def _split(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    sizes = [t.numel() for t in like.values()]
+    return {n: p.reshape(t.shape) for (n, t), p in zip(like.items(), flat.split(sizes))}
+
+
+def _all_reduce(parts: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """One all-reduce per operation: counts and sums add up, ``low``/``high`` take min/max."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return parts
     out = dict(parts)
     for op in ("SUM", "MIN", "MAX"):
-        names = [n for n in parts if _REDUCE.get(n, "SUM") == op]
-        if not names:
-            continue
-        flat = torch.cat([parts[n].reshape(-1).to(torch.float64) for n in names])
-        dist.all_reduce(flat, op=getattr(dist.ReduceOp, op))
-        start = 0
-        for n in names:
-            size = parts[n].numel()
-            out[n] = flat[start : start + size].reshape(parts[n].shape)
-            start += size
+        group = {n: t for n, t in parts.items() if _REDUCE.get(n, "SUM") == op}
+        if group:
+            flat = _pack(group.values(), dtype)
+            dist.all_reduce(flat, op=getattr(dist.ReduceOp, op))
+            out.update(_split(flat, group))
     return out
-
-
-def format_table(table: dict[str, dict[str, float]], leaf: Sequence[float]) -> str:
-    """Render :meth:`Monitor.stats` as text; shares of the gradient norm are over the terms."""
-    names = list(table)
-    grads = [table[n]["grad_norm"] for n in names]
-    probed = any(g == g for g in grads)
-    gsum = sum(g for g, is_leaf in zip(grads, leaf) if is_leaf and g == g)
-    head = ["term", "weight", "raw mean", "raw ema", "raw min", "raw max", "weighted", "share %"]
-    head += ["grad %"] if probed else []
-    rows = [head + ["non-finite"]]
-    for name, g in zip(names, grads):
-        s = table[name]
-        row = [name] + [_num(s[k]) for k in ("weight", "mean", "ema", "min", "max", "weighted")]
-        row.append(_num(100 * s["share"], ".1f"))
-        if probed:
-            row.append(_num(100 * g / gsum, ".1f") if gsum > 0 and name != "total" else "")
-        rows.append(row + [str(int(s["nonfinite"]))])
-    rows[-1][1] = ""  # the total has no weight
-    width = [max(len(r[i]) for r in rows) for i in range(len(head) + 1)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
-             for r in rows]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
-
-
-def _num(x: float, fmt: str = ".4g") -> str:
-    return "nan" if x != x else format(x, fmt)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import LossDSLError
 from .sinks import read_jsonl
-from .suggest import log_names
+from .suggest import log_names, log_terms
 
 __all__ = ["plot_log"]
 
@@ -50,12 +50,21 @@ def _shares(records: list[dict], keys: list[str]) -> list[list[float]]:
     return [[v / t if t > 0 else 0.0 for v, t in zip(col, totals)] for col in columns]
 
 
-def plot_log(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *, title: str | None = None) -> str:
+def plot_log(
+    jsonl_path: str | os.PathLike,
+    png_path: str | os.PathLike,
+    *,
+    source: str | None = None,
+    title: str | None = None,
+) -> str:
     """Draw ``jsonl_path`` (written by :class:`~lossdsl.JsonlWriter`) into ``png_path``.
 
     Top: each term's raw mean and the total per logged step, log scale. Middle: each term's
     share of the weighted magnitude, stacked. Bottom (when the log has gradient norms): each
-    term's share of the weighted gradient norm, stacked. Returns the PNG's path.
+    term's share of the weighted gradient norm, stacked. Named composites are drawn in the
+    top panel only (dotted); ``source``, the program that wrote the log, tells them from
+    terms exactly, else their shares do (:func:`lossdsl.suggest.log_terms`). Returns the
+    PNG's path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -68,6 +77,9 @@ def plot_log(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *, titl
             hint="write the log with crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)",
         )
     steps = _series(records, "step")
+    terms = log_terms(records, names, prefix, source)
+    palette = [f"C{i % 10}" for i in range(len(names))]  # one colour per name in every panel
+    color = dict(zip(names, palette))
     probed = any(f"{prefix}{n}/grad_norm" in r for r in records for n in names)
     panels = 3 if probed else 2
     fig = Figure(figsize=(9, 2.8 * panels), constrained_layout=True)
@@ -76,7 +88,8 @@ def plot_log(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *, titl
 
     raw_ax = axes[0]
     for name in names:
-        raw_ax.plot(steps, _positive(_series(records, prefix + name)), label=name)
+        style = "-" if name in terms else ":"
+        raw_ax.plot(steps, _positive(_series(records, prefix + name)), style, color=color[name], label=name)
     raw_ax.plot(steps, _positive(_series(records, prefix + "total")), "k--", label="total")
     raw_ax.set_yscale("log")
     raw_ax.set_ylabel("raw value")
@@ -84,13 +97,15 @@ def plot_log(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *, titl
     raw_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
 
     share_ax = axes[1]
-    share_ax.stackplot(steps, _shares(records, [f"{prefix}{n}/share" for n in names]), labels=names)
+    shares = _shares(records, [f"{prefix}{n}/share" for n in terms])
+    share_ax.stackplot(steps, shares, labels=terms, colors=[color[n] for n in terms])
     share_ax.set_ylim(0, 1)
     share_ax.set_ylabel("share of |weighted|")
 
     if probed:
         grad_ax = axes[2]
-        grad_ax.stackplot(steps, _shares(records, [f"{prefix}{n}/grad_norm" for n in names]), labels=names)
+        grads = _shares(records, [f"{prefix}{n}/grad_norm" for n in terms])
+        grad_ax.stackplot(steps, grads, labels=terms, colors=[color[n] for n in terms])
         grad_ax.set_ylim(0, 1)
         grad_ax.set_ylabel("share of grad norm")
     axes[-1].set_xlabel("step (calls)")

@@ -21,9 +21,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "as_sink", "read_jsonl"]
+from .errors import LossDSLError
+
+__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "SinkHost", "as_sink", "read_jsonl", "format_table"]
 
 
 def _is_rank_zero() -> bool:
@@ -152,6 +154,59 @@ class _Sink:
         getattr(self.inner, "close", lambda: None)()
 
 
+class SinkHost:
+    """The sink side of :class:`~lossdsl.Monitor`: attached sinks and writing to them. The
+    host provides ``_window(prefix, sync) -> (scalars, step)`` and a ``_sinks`` list."""
+
+    _sinks: list
+
+    def attach(self, sink: Any, every: int = 10) -> Any:
+        """Write ``as_dict()`` to ``sink`` every ``every`` calls (eager calls; under
+        ``torch.compile`` call :meth:`write` from the training loop instead).
+
+        ``sink``: a :class:`~lossdsl.JsonlWriter`, a :class:`~lossdsl.TensorBoardWriter`, a
+        path (a JSONL file), any object with ``write(scalars, step)``, or a function
+        ``f(scalars, step)``. The step is the number of recorded calls. Sinks due on the same
+        call get the same means; each write starts a new averaging window for all of them.
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse")
+        >>> seen = []
+        >>> _ = crit.monitor.attach(lambda scalars, step: seen.append(step), every=2)
+        >>> for _ in range(4):
+        ...     _ = crit(torch.zeros(3), torch.ones(3))
+        >>> seen
+        [2, 4]
+        """
+        if every < 1:
+            raise LossDSLError(f"attach(every={every}): every must be >= 1", hint="write every N calls, N >= 1")
+        sink = as_sink(sink)
+        self._sinks.append((sink, int(every)))
+        return sink
+
+    def write(self, step: int | None = None) -> dict[str, float]:
+        """Write the means since the last read to every attached sink now; returns them."""
+        return self._write([sink for sink, _ in self._sinks], step)
+
+    def _write(self, sinks: list, step: int | None = None) -> dict[str, float]:
+        scalars, seen = self._window(prefix="loss/", sync=False)
+        if scalars:
+            for sink in sinks:
+                sink.write(scalars, seen if step is None else int(step))
+        return scalars
+
+    def flush(self) -> None:
+        """Flush the attached sinks."""
+        for sink, _ in self._sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        """Close and detach every sink."""
+        for sink, _ in self._sinks:
+            sink.close()
+        self._sinks = []
+
+
 def as_sink(obj: Any):
     """A path becomes a :class:`JsonlWriter`; a function a :class:`FunctionSink`."""
     if isinstance(obj, (str, os.PathLike)):
@@ -162,7 +217,11 @@ def as_sink(obj: Any):
         return obj if hasattr(obj, "flush") and hasattr(obj, "close") else _Sink(obj)
     if callable(obj):
         return FunctionSink(obj)
-    raise TypeError(f"a sink needs a write(scalars, step) method, got {type(obj).__name__}")
+    raise LossDSLError(
+        f"cannot write the loss statistics to a {type(obj).__name__}",
+        hint="pass a path, lossdsl.JsonlWriter(path), lossdsl.TensorBoardWriter(dir), an object "
+        "with write(scalars, step), or a function f(scalars, step)",
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -177,3 +236,30 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if isinstance(record, dict) and "step" in record:
                 records.append({k: (math.nan if v is None else v) for k, v in record.items()})
     return records
+
+
+def format_table(table: dict[str, dict[str, float]], leaf: Sequence[float]) -> str:
+    """Render ``Monitor.stats()`` as a text table; shares of the gradient norm are over the terms."""
+    names = list(table)
+    grads = [table[n]["grad_norm"] for n in names]
+    probed = any(g == g for g in grads)
+    gsum = sum(g for g, is_leaf in zip(grads, leaf) if is_leaf and g == g)
+    head = ["term", "weight", "raw mean", "raw ema", "raw min", "raw max", "weighted", "share %"]
+    head += ["grad %"] if probed else []
+    rows = [head + ["non-finite"]]
+    for name, g in zip(names, grads):
+        s = table[name]
+        row = [name] + [_num(s[k]) for k in ("weight", "mean", "ema", "min", "max", "weighted")]
+        row.append(_num(100 * s["share"], ".1f"))
+        if probed:
+            row.append(_num(100 * g / gsum, ".1f") if gsum > 0 and name != "total" else "")
+        rows.append(row + [str(int(s["nonfinite"]))])
+    rows[-1][1] = ""  # the total has no weight
+    width = [max(len(r[i]) for r in rows) for i in range(len(head) + 1)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
+             for r in rows]
+    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+
+
+def _num(x: float, fmt: str = ".4g") -> str:
+    return "nan" if x != x else format(x, fmt)

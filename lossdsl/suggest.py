@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from . import ast, ir
 from .errors import LossDSLError
 
-__all__ = ["Suggestion", "suggest", "suggest_from_log", "target_shares"]
+__all__ = ["Suggestion", "suggest", "suggest_from_log", "target_shares", "log_names", "log_terms"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ def _rewrite(program: ir.Resolved, usable: dict, shares: dict, total: float) -> 
     from .syntax import parse
 
     tree = parse(program.source)
+    brackets = _bracket_pairs(program.source)
     bindings = {b.name: b for b in tree.bindings}
     edits: list[tuple[int, int, str]] = []
     ratio: dict[str, float] = {}
@@ -136,7 +137,7 @@ def _rewrite(program: ir.Resolved, usable: dict, shares: dict, total: float) -> 
                     start, end = operand.offsets
                     edits.append((start, end, _fmt(value)))
                     return
-        start = where.offsets[0]
+        start = _true_start(where.offsets, brackets)
         edits.append((start, start, _fmt(r) + "*"))
 
     def walk(node: Any, where: ast.Node) -> None:
@@ -174,6 +175,33 @@ def _rewrite(program: ir.Resolved, usable: dict, shares: dict, total: float) -> 
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
     return text, ratio
+
+
+def _bracket_pairs(text: str) -> dict[int, int]:
+    """Offset of each closing bracket -> offset of its opening one (strings and comments skipped)."""
+    pairs, stack, i = {}, [], 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < len(text) and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+        elif c in "([":
+            stack.append(i)
+        elif c in ")]" and stack:
+            pairs[i] = stack.pop()
+        i += 1
+    return pairs
+
+
+def _true_start(span: tuple[int, int], brackets: dict[int, int]) -> int:
+    """A node's span leaves out the brackets around its first operand (``(a)^2`` starts at
+    ``a``); the node really starts at the opening bracket of any bracket it closes."""
+    start, end = span
+    return min([start] + [o for c, o in brackets.items() if start <= c < end and o < start])
 
 
 def _terms_in(node: Any) -> list[str]:
@@ -217,7 +245,8 @@ def suggest_from_log(
     The magnitude of a term is its mean weighted gradient norm over the log when the log
     has ``/grad_norm`` entries, else its mean ``|weighted|`` value; its current weight is
     the mean of ``/weight``. With ``source`` (the program that wrote the log) the suggestion
-    carries the rewritten text; without it every logged name is treated as a term.
+    carries the rewritten text; without it, named composites are told from terms by their
+    shares (see :func:`log_terms`).
 
     >>> import os, tempfile, torch, lossdsl
     >>> from lossdsl.suggest import suggest_from_log
@@ -239,6 +268,8 @@ def suggest_from_log(
             f"no per-term values in {os.fspath(jsonl_path)!r}",
             hint="write the log with crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)",
         )
+    if source is None:
+        names = log_terms(records, names, prefix)
     probed = all(any(f"{prefix}{n}/grad_norm" in r for r in records) for n in names)
     key = "grad_norm" if probed else "weighted"
     magnitude = {n: abs(_nanmean(r.get(f"{prefix}{n}/{key}") for r in records)) for n in names}
@@ -266,6 +297,32 @@ def log_names(records: list[dict]) -> tuple[list[str], str]:
     prefix = os.path.commonprefix(raw_keys)
     prefix = prefix[: prefix.rfind("/") + 1]
     return [k[len(prefix) :] for k in raw_keys], prefix
+
+
+def log_terms(records: list[dict], names: list[str], prefix: str, source: str | None = None) -> list[str]:
+    """Which logged names are terms rather than named composites.
+
+    With the program's ``source`` this is exact. Without it: the terms' shares add up to 1
+    and a composite's share repeats those of the terms inside it, so while the mean shares
+    add up to more than 1, the name with the largest share that fits in the excess is
+    dropped (the later one on a tie: composites are logged after their terms).
+    """
+    if source is not None:
+        from .compile import check
+
+        terms = {item.name for item in check(source).logged if isinstance(item, ir.Term)}
+        return [n for n in names if n in terms]
+    share = {n: abs(_nanmean(r.get(f"{prefix}{n}/share") for r in records)) for n in names}
+    excess = sum(v for v in share.values() if v == v) - 1.0
+    dropped: set[str] = set()
+    while excess > 0.01:
+        fits = [n for n in names if n not in dropped and 0 < share[n] <= excess + 0.01]
+        if not fits:
+            break
+        best = max(reversed(fits), key=lambda n: share[n])  # max keeps the first of equals
+        dropped.add(best)
+        excess -= share[best]
+    return [n for n in names if n not in dropped]
 
 
 def _nanmean(values) -> float:

@@ -247,3 +247,20 @@ def test_dice_of_a_perfect_mask_is_near_zero_and_of_empty_inputs_zero():
     assert got.item() == pytest.approx(0.0, abs=1e-12)
     zeros = torch.zeros(4, dtype=torch.float64)
     assert lossdsl.compile("dice(from_logits=false)")(zeros, zeros).item() == 0.0
+
+
+def test_class_weights_work_with_grad_after_a_call_under_inference_mode():
+    # the weights tensor is made once per device/dtype; one made under inference_mode must
+    # still be usable by a later call that back-propagates
+    src = "cross_entropy(class_weights=[1.5, 0.5, 2.5, 1.0])"
+    inputs = {"pred": torch.randn(5, 4, dtype=torch.float64), "target": torch.tensor([0, 1, 2, 3, 1])}
+    crit = lossdsl.compile(src)
+    with torch.inference_mode():
+        crit(**inputs)
+    pred = inputs["pred"].clone().requires_grad_()
+    out = crit(pred, inputs["target"])
+    out.backward()
+    ref_pred = inputs["pred"].clone().requires_grad_()
+    w = torch.tensor([1.5, 0.5, 2.5, 1.0], dtype=torch.float64)
+    F.cross_entropy(ref_pred, inputs["target"], weight=w).backward()
+    torch.testing.assert_close(pred.grad, ref_pred.grad, rtol=1e-10, atol=0)

@@ -146,3 +146,10 @@ def test_l2_reg_refuses_what_is_not_a_model(model, what):
     with pytest.raises(lossdsl.LossInputError, match="model") as info:
         lossdsl.compile("l2_reg")(model=model)
     assert what in str(info.value) and info.value.term == "l2_reg"
+
+
+def test_l2_reg_of_a_model_with_nothing_to_count_is_zero():
+    net = nn.Sequential(nn.LayerNorm(3))  # only 1-d parameters
+    assert lossdsl.compile("l2_reg")(model=net).item() == 0.0
+    expected = 0.5 * sum((p.detach() ** 2).sum() for p in net.parameters())
+    assert lossdsl.compile("l2_reg(biases=true)")(model=net).item() == pytest.approx(expected.item())

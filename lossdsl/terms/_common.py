@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -147,4 +148,15 @@ def as_tensor_param(values, like: Tensor, name: str, length: int | None = None) 
             f"{name} has {len(values)} values but the input has {length} classes",
             hint=f"give {name} one value per class ({length}), or one value for all",
         )
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
+    if torch.compiler.is_compiling():  # a constant of the traced graph; no cache needed
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return _constant(tuple(values), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Made once per device and dtype: a fresh torch.tensor per call would copy host to
+    # device (and wait for it) on every step. Never written to, so sharing it is safe; made
+    # outside inference mode so that autograd may save it.
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)

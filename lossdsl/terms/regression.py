@@ -46,9 +46,9 @@ def mae(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, reduction: Reduction = "mean",
 ) -> Tensor:
-    """Mean absolute error: mean(abs(e)). Alias: ``l1``.
+    """Mean absolute error: mean(abs(e)).
 
-    Example: ``mae``, ``0.1*l1(mask=valid)``.
+    Also registered as ``l1``. Example: ``0.5*mse + 0.5*l1``; masked: ``mae(mask=valid)``.
     """
     check_same_shape(pred, target)
     p, t = upcast(pred, target)
