@@ -125,7 +125,9 @@ def main() -> None:
         calls = {name: calls_for(step, budget_s=0.03) for name, step in steps.items()}
         samples = interleaved(steps, args.rounds, calls)
     base = "monitor off"
-    rows = [(name, 1e3 * statistics.median(s), median_ratio(samples, name, base)) for name, s in samples.items()]
+    rows = [
+        (name, 1e3 * statistics.median(s), median_ratio(samples, name, base)) for name, s in samples.items()
+    ]
     base_s = statistics.median(samples[base])
     record_s = record_cost(pred, target)
 
@@ -133,7 +135,8 @@ def main() -> None:
     print(f"{'variant':<{width}}  ms/call  ratio")
     for name, ms, ratio in rows:
         print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.3f}")
-    print(f"Monitor.record alone: {record_s * 1e6:.1f} us/call ({100 * record_s / base_s:.2f} % of monitor off)")
+    share = 100 * record_s / base_s
+    print(f"Monitor.record alone: {record_s * 1e6:.1f} us/call ({share:.2f} % of monitor off)")
     if not args.no_write:
         path = ROOT / "BENCHMARKS.md"
         write_section(path, section(rows, record_s, base_s, args.rounds, args.threads))

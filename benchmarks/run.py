@@ -36,8 +36,8 @@ COMPILE_SET = {("card", "small"), ("card", "large"), ("elementwise", "large")}
 STEP = 500  # the step passed to every call: the mixture's schedule is half-way up
 
 
-def _variants(program, shape, args) -> dict[str, tuple]:
-    """name -> (forward() -> loss, seconds spent compiling or 0)."""
+def _variants(program, shape, size_name: str, args):
+    """``pred, target, {variant name: forward() -> loss}``."""
     gen = torch.Generator().manual_seed(0)
     pred = torch.randn(shape, generator=gen, requires_grad=True)
     target = torch.randn(shape, generator=gen)
@@ -54,7 +54,7 @@ def _variants(program, shape, args) -> dict[str, tuple]:
         fused = lossdsl.compile(program.source, fuse=True)
         assert fused.fused, "the elementwise program should be eligible for fuse=True"
         out["lossdsl fuse=True"] = lambda: fused(pred, target, step=STEP)
-    if args.compile and (program.key, args.size_name) in COMPILE_SET:
+    if args.compile and (program.key, size_name) in COMPILE_SET:
         hand_c = torch.compile(program.hand())
         crit_c = torch.compile(lossdsl.compile(program.source))
         out["torch.compile(eager)"] = lambda: hand_c(pred, target, STEP)
@@ -64,17 +64,16 @@ def _variants(program, shape, args) -> dict[str, tuple]:
 
 def _check_values(program, pred, target) -> None:
     """Every lossdsl variant computes the hand-written value (fresh objects: first call)."""
-    want = float(program.hand()(pred, target, STEP))
+    want = program.hand()(pred, target, STEP).item()
     for fuse in (False, True) if program.elementwise else (False,):
-        got = float(lossdsl.compile(program.source, fuse=fuse)(pred, target, step=STEP))
+        got = lossdsl.compile(program.source, fuse=fuse)(pred, target, step=STEP).item()
         if abs(got - want) > 1e-4 * max(1.0, abs(want)):
             raise SystemExit(f"{program.key}: lossdsl gives {got}, the hand-written loss {want}")
 
 
 def bench_case(program, size_name: str, args) -> list[Row]:
     shape = SIZES[size_name]
-    args.size_name = size_name
-    pred, target, variants = _variants(program, shape, args)
+    pred, target, variants = _variants(program, shape, size_name, args)
     _check_values(program, pred, target)
 
     def reset():

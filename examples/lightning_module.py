@@ -34,8 +34,9 @@ class Regressor(L.LightningModule):
         x, y = batch
         loss = self.crit(self.net(x), y, step=self.global_step)
         self.history.append(loss.item())
-        if self.global_step % self.log_every == 0:
-            # as_dict() reads the device once and gives the means since its last call
+        if (self.global_step + 1) % self.log_every == 0:
+            # as_dict() reads the device once and gives the means since its last call: here
+            # the last `log_every` steps, on the steps where Lightning writes its logs
             self.log_dict(self.crit.monitor.as_dict(prefix="loss/"), on_step=True, on_epoch=False)
         return loss
 
@@ -62,7 +63,7 @@ def main(steps: int = 100, root_dir: str | None = None, seed: int = 0) -> list[f
     with tempfile.TemporaryDirectory() as scratch:
         trainer = L.Trainer(
             max_steps=steps, accelerator="cpu", devices=1, logger=logger,
-            default_root_dir=root_dir or scratch, log_every_n_steps=1,  # the module picks its steps
+            default_root_dir=root_dir or scratch, log_every_n_steps=model.log_every,
             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
         )
         trainer.fit(model, make_loader(seed=seed))

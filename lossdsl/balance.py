@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Balancer",
-    "Uncertainty",
+    "UncertaintyBalancer",
     "EmaBalancer",
     "DwaBalancer",
     "CovBalancer",
@@ -102,7 +102,7 @@ class Balancer(nn.Module):
         return (weights * losses).sum() + self.extra()
 
 
-class Uncertainty(Balancer):
+class UncertaintyBalancer(Balancer):
     """Kendall et al. 2018: ``sum 0.5 exp(-s_i) L_i + 0.5 s_i``, ``s_i`` learnable from 0.
 
     Add ``crit.parameters()`` to the optimizer so the log-variances ``s_i`` are trained.
@@ -199,7 +199,8 @@ class CovBalancer(Balancer):
         total_cv = cv.sum()
         uniform = torch.full_like(cv, 1.0 / self.n)
         # 1/K while there are too few steps for a variance (or every ratio is constant).
-        alpha = torch.where((count > 2) & (total_cv > 0), cv / torch.where(total_cv > 0, total_cv, 1.0), uniform)
+        spread = total_cv > 0
+        alpha = torch.where((count > 2) & spread, cv / torch.where(spread, total_cv, 1.0), uniform)
         mean = torch.where(count > 0, loss_mean, seen)
         return alpha / (mean + self.eps)
 
@@ -308,7 +309,7 @@ class ReLoBRaLoBalancer(Balancer):
 
 
 BALANCERS: dict[str, type[Balancer]] = {
-    "uncertainty": Uncertainty,
+    "uncertainty": UncertaintyBalancer,
     "ema": EmaBalancer,
     "dwa": DwaBalancer,
     "cov": CovBalancer,

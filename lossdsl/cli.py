@@ -170,10 +170,25 @@ def _gradcheck_inputs(crit, shape, shapes: dict, generator) -> tuple[list, list]
     return names, tensors
 
 
+def _first_failure(fn, tensors) -> str | None:
+    """None when ``torch.autograd.gradcheck`` passes, else the first line of its complaint."""
+    from torch.autograd.gradcheck import GradcheckError, gradcheck
+
+    try:
+        gradcheck(fn, tuple(tensors), eps=1e-6, atol=1e-5, rtol=1e-3)
+    except GradcheckError as err:
+        return str(err).strip().splitlines()[0]
+    return None
+
+
 def cmd_gradcheck(args) -> int:
+    import copy
+
     import torch
 
     import lossdsl
+
+    from . import ir
 
     crit = lossdsl.compile(_program(args))
     generator = torch.Generator().manual_seed(args.seed)
@@ -181,26 +196,51 @@ def cmd_gradcheck(args) -> int:
     extra: dict[str, Any] = {}
     if "model" in crit._resolved.inputs_read:
         extra["model"] = torch.nn.Linear(args.shape[-1], 2).double()
+    # Balancers and the step live in buffers that each call updates: every evaluation starts
+    # from the same state, so the function that finite differences see is a fixed one.
+    state = copy.deepcopy(crit.state_dict())
 
-    def total(*values):
+    def nest(values) -> dict[str, Any]:
         inputs: dict[str, Any] = dict(extra)
         for path, value in zip(names, values):
             node = inputs
             for part in path[:-1]:
                 node = node.setdefault(part, {})
             node[path[-1]] = value
+        return inputs
+
+    def total(*values):
+        crit.load_state_dict(state)
+        inputs = nest(values)
         return crit(inputs.pop("pred", None), inputs.pop("target", None), **inputs)
 
-    shown = ", ".join(".".join(p) + str(tuple(t.shape)) for p, t in zip(names, tensors))
-    from torch.autograd.gradcheck import GradcheckError, gradcheck
+    def one_term(term: ir.Term):
+        def value(*values):
+            inputs = nest(values)
+            args = []
+            for route in term.routes:
+                node: Any = inputs
+                for part in route.path:
+                    node = node.get(part) if isinstance(node, dict) else None
+                args.append(node)
+            return term.spec.func(*args, **dict(term.hyper))
 
-    try:
-        gradcheck(total, tuple(tensors), eps=1e-6, atol=1e-5, rtol=1e-3)
-    except GradcheckError as err:
-        return _fail(f"gradcheck FAILED for {crit.canonical}\ninputs: {shown}\n{err}")
-    print(f"gradcheck passed: {crit.canonical}")
-    print(f"inputs (float64): {shown}")
-    return 0
+        return value
+
+    shown = ", ".join(".".join(p) + str(tuple(t.shape)) for p, t in zip(names, tensors))
+    failure = _first_failure(total, tensors)
+    if failure is None:
+        print(f"gradcheck passed: {crit.canonical}")
+        print(f"inputs (float64): {shown}")
+        return 0
+    lines = [f"gradcheck FAILED for {crit.canonical}", f"inputs (float64): {shown}", failure, "each term alone:"]
+    for term in crit._resolved.logged:
+        if isinstance(term, ir.Term):
+            alone = _first_failure(one_term(term), tensors)
+            lines.append(f"  {term.name}: " + ("passed" if alone is None else f"FAILED ({alone})"))
+    lines.append("hint: where every term passes alone, the combination is not differentiable as "
+                 "written: detach(), or a balancer whose weights follow the detached values")
+    return _fail("\n".join(lines))
 
 
 # --- logs, schema, demo --------------------------------------------------------------------

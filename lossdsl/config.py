@@ -68,6 +68,7 @@ class MonitorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(default=True, description="record the terms at all (false: no statistics)")
     ema: Annotated[float, Gt(0), Lt(1)] | None = Field(
         default=None, description="decay of the per-term exponential moving average (0 < ema < 1)"
     )
@@ -242,6 +243,7 @@ def make_sink(target: str):
 def apply_monitor_settings(crit, settings: MonitorSettings) -> None:
     """Configure ``crit.monitor`` from :class:`MonitorSettings`."""
     monitor = crit.monitor
+    monitor.enabled = settings.enabled
     if settings.ema is not None:
         monitor.ema = settings.ema
     if settings.probe_every is not None:

@@ -220,7 +220,9 @@ def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) ->
     elapsed = time.perf_counter() - start
 
     val_after = _validation_mae(model, val_x, val_y)
-    say(f"trained {steps} steps in {elapsed:.1f} s; validation MAE {val_before:.3f} -> {val_after:.3f}")
+    naive = float((val_x[:, -1:, :] - val_y).abs().mean())
+    say(f"trained {steps} steps in {elapsed:.1f} s; validation MAE {val_before:.3f} -> {val_after:.3f} "
+        f"(repeating the last value: {naive:.3f})")
     if log_path is not None:
         say(f"per-term log: {log_path}")
         try:

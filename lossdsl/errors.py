@@ -133,7 +133,8 @@ def _caret_lines(source: str, span: tuple[int, int]) -> list[str]:
     if len(text) > 160:
         # Very long lines (generated configs) are cut around the caret.
         left = max(0, start - line_start - 60)
-        text = ("..." if left else "") + text[left : left + 120] + "..."
+        more = left + 120 < len(text)
+        text = ("..." if left else "") + text[left : left + 120] + ("..." if more else "")
         line_start += left - (3 if left else 0)
     stop = max(start + 1, min(end, line_end))
     caret_at = start - line_start

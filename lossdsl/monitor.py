@@ -23,14 +23,14 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import LossDSLError
+from .errors import LossDSLError, did_you_mean
 from .sinks import JsonlWriter, SinkHost, TensorBoardWriter, format_table
 from .suggest import Suggestion, suggest
 
 __all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
 
 QUANTITIES = ("raw", "weight", "weighted", "share")
-_HISTORY_ROWS = 128
+_HISTORY_ROWS = 256
 # Statistics with their initial fill; reset() restores them. "seen" (the sinks' step) is kept.
 _LIFE = {"calls": 0, "count": 0, "sums": 0.0, "ema_acc": 0.0, "ema_norm": 0.0, "low": math.inf,
          "high": -math.inf, "probe_count": 0, "probe_sums": 0.0}
@@ -43,9 +43,17 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _buffer_dtype(name: str, buf: Tensor, device: torch.device) -> torch.dtype:
+    if not buf.is_floating_point():
+        return buf.dtype
+    if name == "_history":  # float32 rows (one cheap copy per call), float64 for float64 inputs
+        return torch.float64 if buf.dtype == torch.float64 and device.type != "mps" else torch.float32
+    return _acc_dtype(device)
+
+
 class Increment(NamedTuple):
-    """What ``n`` calls add: shapes (C,) for count, decay (factor on the old EMA), norm_add;
-    (Q, C) for sums, ema_add, low, high."""
+    """What ``n`` calls add. (C,): count, decay (the factor on the old EMA), norm_add;
+    (Q, C): sums, ema_add, low, high."""
 
     count: Tensor
     sums: Tensor
@@ -114,11 +122,10 @@ class Monitor(SinkHost, nn.Module):
         for name, fill in {**_LIFE, **_WINDOW}.items():
             dtype = torch.long if isinstance(fill, int) else acc
             self.register_buffer(name, torch.full(shape.get(name, (c,)), fill, dtype=dtype))
-        rows = torch.zeros(_HISTORY_ROWS, 2 * k + 1, dtype=acc)
+        rows = torch.zeros(_HISTORY_ROWS, 2 * k + 1)
         self.register_buffer("_history", rows, persistent=False)
         self.register_buffer("_leaf", torch.ones(c, dtype=acc), persistent=False)
-        self._pending = 0  # rows of _history not folded yet
-        self._calls_py = 0  # eager calls, for the every-N of the probe and the sinks
+        self._eager = _EagerCounters()
         self._probe_every = 0
         self._probe_inputs: tuple[str, ...] = ("pred",)
         self._sinks: list[tuple[Any, int]] = []
@@ -141,34 +148,46 @@ class Monitor(SinkHost, nn.Module):
     # --- the per-call path ----------------------------------------------------------------
 
     def record(self, raw: Tensor, weights: Tensor, total: Any, logged=None, env=None) -> None:
-        """Record one call: raw term values (K,), effective weights (K,) and the total."""
+        """Record one call: raw term values (K,), effective weights (K,) and the total.
+
+        The statistics follow the inputs' device (under ``torch.compile``, move the loss
+        there first: ``crit.to(device)``). ``logged`` (the term tensors) and ``env`` (the
+        call's inputs) are for the probe."""
         device = raw.device
         if self._history.device != device:
             self._move(device)
         if weights.device != device:
             weights = self._weights_on(weights, device)
+        if weights.requires_grad:
+            weights = weights.detach()
         flat = total.detach().reshape(1) if isinstance(total, Tensor) else raw.new_full((1,), total)
         if torch.compiler.is_compiling():
             # One row, folded inside the graph. The probe and the sinks need the host, so they
             # run in eager calls only.
-            self._fold(torch.cat([raw, weights.detach(), flat]).to(self._history.dtype)[None])
+            self._fold(torch.cat([raw, weights, flat])[None])
             return
-        row = self._pending
+        history, eager = self._history, self._eager
+        if raw.dtype == torch.float64 and history.dtype != raw.dtype:
+            self._flush()
+            history = self._history = history.double()
+        row = eager.pending
         if row == _HISTORY_ROWS:
             self._flush()
             row = 0
-        torch.cat([raw, weights.detach(), flat], out=self._history[row])
-        self._pending = row + 1
-        self._calls_py += 1
-        if self._probe_every and (self._calls_py - 1) % self._probe_every == 0 and logged:
+        if eager.rows_of is not history:  # row views made once, not indexed per call
+            eager.rows, eager.rows_of = history.unbind(0), history
+        torch.cat([raw, weights, flat], out=eager.rows[row])
+        eager.pending = row + 1
+        eager.calls += 1
+        if self._probe_every and (eager.calls - 1) % self._probe_every == 0 and logged:
             self._probe(weights, list(logged) + [total], env)
         if self._sinks:
-            due = [sink for sink, every in self._sinks if self._calls_py % every == 0]
+            due = [sink for sink, every in self._sinks if eager.calls % every == 0]
             if due:
                 self._write(due)
 
     def _fold(self, rows: Tensor) -> None:
-        inc = fold_rows(rows, len(self.names), self._leaf, self.ema)
+        inc = fold_rows(rows.to(self._leaf.dtype), len(self.names), self._leaf, self.ema)
         n = rows.shape[0]
         for counter in (self.seen, self.calls, self.win_calls):
             counter.add_(n)
@@ -181,17 +200,16 @@ class Monitor(SinkHost, nn.Module):
         torch.maximum(self.high, inc.high, out=self.high)
 
     def _flush(self) -> None:
-        if self._pending:
-            self._fold(self._history[: self._pending])
-            self._pending = 0
+        if self._eager.pending:
+            self._fold(self._history[: self._eager.pending])
+            self._eager.pending = 0
 
     def _move(self, device: torch.device) -> None:
         """Follow the inputs to another device (once, when it changes)."""
         self._flush()
-        acc = _acc_dtype(device)
         for name, buf in self._buffers.items():
             if buf is not None:
-                self._buffers[name] = buf.to(device, acc if buf.is_floating_point() else buf.dtype)
+                self._buffers[name] = buf.to(device, _buffer_dtype(name, buf, device))
         self._moved_weights.clear()
 
     def _weights_on(self, weights: Tensor, device: torch.device) -> Tensor:
@@ -204,10 +222,9 @@ class Monitor(SinkHost, nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
-        acc = _acc_dtype(self._history.device)  # .half() must not lower the statistics' precision
-        for name, buf in self._buffers.items():
-            if buf is not None and buf.is_floating_point() and buf.dtype != acc:
-                self._buffers[name] = buf.to(acc)
+        for name, buf in self._buffers.items():  # .half() must not lower their precision
+            if buf is not None and buf.dtype != _buffer_dtype(name, buf, buf.device):
+                self._buffers[name] = buf.to(_buffer_dtype(name, buf, buf.device))
         return self
 
     # --- gradient-norm probe --------------------------------------------------------------
@@ -230,16 +247,24 @@ class Monitor(SinkHost, nn.Module):
         """
         if every < 0:
             raise LossDSLError(f"probe(every={every}): every must be >= 0", hint="0 turns the probe off")
+        known = {"pred", "target"} | set(self.program.inputs_read if self.program else inputs)
+        unknown = [n for n in inputs if n not in known]
+        if unknown:
+            raise LossDSLError(
+                f"probe(inputs=...): no term reads the input {unknown[0]!r}",
+                hint=did_you_mean(unknown[0], known) or "inputs: " + ", ".join(sorted(known)),
+            )
         self._probe_every = int(every)
         self._probe_inputs = tuple(inputs)
         return self
 
     def _probe(self, weights: Tensor, outputs: list, env) -> None:
-        wrt = [_input(env, name) for name in self._probe_inputs]
+        named = {"pred": env.pred, "target": env.target, **env.inputs}
+        wrt = [named.get(n) for n in self._probe_inputs]
         wrt = [t for t in wrt if isinstance(t, Tensor) and t.requires_grad]
         if not wrt or not any(isinstance(v, Tensor) and v.requires_grad for v in outputs):
             return  # no graph to probe (inputs without grad, or under no_grad)
-        acc, device = self._history.dtype, self._history.device
+        acc, device = self._leaf.dtype, self._leaf.device
         # autograd.grad fills .grad of a non-leaf input that retains its grad: put it back
         kept = [(t, t.grad) for t in wrt if t.retains_grad]
         norms = torch.stack([_grad_norm(v, wrt, acc, device) for v in outputs])
@@ -260,7 +285,7 @@ class Monitor(SinkHost, nn.Module):
         all-reduce over the process group when ``sync``)."""
         self._flush()
         parts = {name: getattr(self, name) for name in names}
-        acc = self._history.dtype
+        acc = self._leaf.dtype
         if sync:
             parts = _all_reduce(parts, acc)
         return _split(_pack(parts.values(), acc).cpu().double(), parts)
@@ -337,7 +362,7 @@ class Monitor(SinkHost, nn.Module):
 
     def reset(self) -> None:
         """Clear every statistic (the sinks' step counter keeps counting)."""
-        self._pending = 0
+        self._eager.pending = 0
         for name, fill in {**_LIFE, **_WINDOW}.items():
             getattr(self, name).fill_(fill)
 
@@ -365,7 +390,7 @@ class Monitor(SinkHost, nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._pending = 0
+        self._eager.pending = 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __getstate__(self):
@@ -378,14 +403,25 @@ class Monitor(SinkHost, nn.Module):
         return f"{len(self.names)} terms, ema={self.ema}, probe_every={self._probe_every}"
 
 
+class _EagerCounters:
+    """Python counters of eager calls, kept off the module: no nn.Module.__setattr__ per call."""
+
+    __slots__ = ("pending", "calls", "rows", "rows_of")
+
+    def __init__(self, pending: int = 0, calls: int = 0) -> None:
+        self.pending = pending  # rows of the history not folded yet
+        self.calls = calls  # for the every-N of the probe and the sinks
+        self.rows, self.rows_of = (), None  # views of the history's rows
+
+    def __getstate__(self):
+        return (self.pending, self.calls)
+
+    def __setstate__(self, state) -> None:
+        self.__init__(*state)
+
+
 def _mean(sums: Tensor, counts: Tensor) -> Tensor:
     return torch.where(counts > 0, sums / counts.clamp_min(1e-300), math.nan)
-
-
-def _input(env, name: str):
-    if name in ("pred", "target"):
-        return getattr(env, name, None)
-    return (getattr(env, "inputs", None) or {}).get(name)
 
 
 def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Tensor:

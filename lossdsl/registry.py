@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import types
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -93,19 +94,32 @@ class TermSpec:
 
 
 def _type_words(annotation: Any) -> str:
+    """A type in words: ``float > 0``, ``float in (0, 1)``, ``'mean' | 'sum'``."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         base, *meta = typing.get_args(annotation)
-        words = _type_words(base)
+        lower = upper = None
         for m in meta:
-            for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            for attr, kind in (("gt", "lower"), ("ge", "lower"), ("lt", "upper"), ("le", "upper")):
                 value = getattr(m, attr, None)
                 if value is not None:
-                    words += f" {sym} {value}"
+                    if kind == "lower":
+                        lower = (attr, value)
+                    else:
+                        upper = (attr, value)
+        words = _type_words(base)
+        if lower and upper:
+            left = "(" if lower[0] == "gt" else "["
+            right = ")" if upper[0] == "lt" else "]"
+            return f"{words} in {left}{lower[1]}, {upper[1]}{right}"
+        symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        for bound in (lower, upper):
+            if bound:
+                words += f" {symbols[bound[0]]} {bound[1]}"
         return words
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_words(a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return "none"

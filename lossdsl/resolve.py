@@ -133,16 +133,21 @@ class _Resolver:
         return node
 
     def _name_terms(self) -> None:
-        taken: dict[str, int] = {}
+        # Binding names are the user's and stay as written (each is logged once); repeats of
+        # a function name get _2, _3, ... in source order, skipping names already taken.
+        taken = {item.name for item in self.order if item.name in self.all_bindings}
+        counts: dict[str, int] = {}
         for item in self.order:
             base = item.name
-            count = taken.get(base, 0) + 1
-            taken[base] = count
+            if base in self.all_bindings:
+                continue
+            count = counts.get(base, 0) + 1
             name = base if count == 1 else f"{base}_{count}"
-            while name in taken and name != base:
+            while name in taken:
                 count += 1
                 name = f"{base}_{count}"
-            taken.setdefault(name, 1)
+            counts[base] = count
+            taken.add(name)
             object.__setattr__(item, "name", name)
 
     # --- expressions ----------------------------------------------------------------------
@@ -229,7 +234,8 @@ class _Resolver:
         if len(node.args) > len(hyper_names):
             extra = node.args[len(hyper_names)]
             raise LossArgumentError(
-                f"{spec.name} takes at most {len(hyper_names)} positional arguments, got {len(node.args)}",
+                f"{spec.name} takes at most {len(hyper_names)} positional "
+                f"argument{'' if len(hyper_names) == 1 else 's'}, got {len(node.args)}",
                 span=extra.offsets,
                 hint=f"{spec.signature()}",
             )
@@ -481,7 +487,7 @@ def _validate(owner, model, values, places, call_span, hyper=None) -> dict[str, 
         if key is None or key not in values:
             reason = msg.removeprefix("Value error, ")
             raise LossArgumentError(
-                f"bad arguments for {owner}: {reason}", span=call_span, hint=reason
+                f"bad arguments for {owner}", span=call_span, hint=reason
             ) from None
         reason = msg.removeprefix("Value error, ")
         reason = reason.replace("Input should be", f"{key} must be", 1)
@@ -537,8 +543,15 @@ def _fold(fn: str, values: list[float], params: dict, span) -> float:
         if isinstance(result, complex) or not math.isfinite(result):
             raise ValueError("not a finite real number")
     except (ArithmeticError, ValueError) as exc:
+        # in user words, not Python's ("math domain error", "float division by zero")
+        if isinstance(exc, ZeroDivisionError):
+            reason = "it divides by zero"
+        elif isinstance(exc, OverflowError) or str(exc) == "not a finite real number":
+            reason = "it overflows or is not a real number"
+        else:
+            reason = f"{fn} is not defined there"
         raise LossArgumentError(
-            f"this constant expression has no finite value ({exc})",
+            f"this constant expression has no finite value: {reason}",
             span=span,
             hint="check for division by zero, log of a negative number or overflow",
         ) from None

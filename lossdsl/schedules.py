@@ -41,13 +41,19 @@ def cosine(step: Tensor, *, start: float, end: float, steps: float, delay: float
     return start + (end - start) * (1.0 - torch.cos(math.pi * tau)) * 0.5
 
 
+def _reached(step: Tensor, boundary: float) -> Tensor:
+    """``step >= boundary``, exact for any integer step (no float32 rounding of large steps)."""
+    if not step.is_floating_point():
+        return step >= math.ceil(boundary)
+    return step >= boundary
+
+
 def piecewise(step: Tensor, *, boundaries: list[float], values: list[float]) -> Tensor:
     """``values[k]``, ``k`` = the number of boundaries ``<= step``."""
-    s = step.to(torch.float32)
-    out = torch.full_like(s, values[0])
+    out = torch.full(step.shape, float(values[0]), dtype=torch.float32, device=step.device)
     for boundary, value in zip(boundaries, values[1:]):
         # boundaries increase, so each later boundary that is passed overrides the earlier one
-        out = torch.where(s >= boundary, torch.full_like(s, value), out)
+        out = torch.where(_reached(step, boundary), torch.full_like(out, value), out)
     return out
 
 
@@ -55,14 +61,17 @@ def cyclic(
     step: Tensor, *, period: float, ratio: float = 0.5, low: float = 0.0, high: float = 1.0
 ) -> Tensor:
     """``low + (high - low) * min(1, ((s mod period) / period) / ratio)`` (Fu et al. 2019)."""
-    s = step.to(torch.float32)
-    phase = torch.remainder(s, period) / period
+    if not step.is_floating_point() and float(period).is_integer():
+        # the remainder in integers stays exact however large the step grows
+        phase = torch.remainder(step, int(period)).to(torch.float32) / period
+    else:
+        phase = torch.remainder(step.to(torch.float32), period) / period
     return low + (high - low) * torch.clamp(phase / ratio, max=1.0)
 
 
 def after(step: Tensor, *, steps: float) -> Tensor:
     """0 before ``steps``, 1 from ``steps`` on."""
-    return (step.to(torch.float32) >= steps).to(torch.float32)
+    return _reached(step, steps).to(torch.float32)
 
 
 SCHEDULES = {"linear": linear, "cosine": cosine, "piecewise": piecewise, "cyclic": cyclic, "after": after}

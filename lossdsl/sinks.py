@@ -25,7 +25,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import LossDSLError
 
-__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "SinkHost", "as_sink", "read_jsonl", "format_table"]
+__all__ = [
+    "JsonlWriter", "TensorBoardWriter", "FunctionSink", "SinkHost", "as_sink", "read_jsonl", "format_table",
+]
 
 
 def _is_rank_zero() -> bool:
@@ -86,7 +88,9 @@ class TensorBoardWriter:
     ``tensorboard`` package). Non-finite values are skipped. The event file is created at the
     first write."""
 
-    def __init__(self, log_dir: str | os.PathLike, *, rank_zero_only: bool = True, **writer_kwargs: Any) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike, *, rank_zero_only: bool = True, **writer_kwargs: Any
+    ) -> None:
         self.log_dir = str(log_dir)
         self.rank_zero_only = rank_zero_only
         self._kwargs = writer_kwargs
@@ -179,7 +183,7 @@ class SinkHost:
         [2, 4]
         """
         if every < 1:
-            raise LossDSLError(f"attach(every={every}): every must be >= 1", hint="write every N calls, N >= 1")
+            raise LossDSLError(f"attach(every={every}): every must be >= 1", hint="N >= 1 calls")
         sink = as_sink(sink)
         self._sinks.append((sink, int(every)))
         return sink

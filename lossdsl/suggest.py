@@ -99,7 +99,8 @@ def suggest(
         if n in magnitude and n in weights and _positive(magnitude[n]) and _nonzero(weights[n])
     }
     if not usable:
-        return Suggestion({n: float(weights.get(n, math.nan)) for n in terms}, program.source if program else "")
+        unchanged = {n: float(weights.get(n, math.nan)) for n in terms}
+        return Suggestion(unchanged, program.source if program else "")
     shares = target_shares(usable, target, terms)
     total = sum(usable.values())
     if program is None:
@@ -220,7 +221,9 @@ def _terms_in(node: Any) -> list[str]:
 
 
 def _is_literal(node: ast.Node) -> bool:
-    return isinstance(node, ast.Number) or (isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number))
+    if isinstance(node, ast.Neg):
+        node = node.operand
+    return isinstance(node, ast.Number)
 
 
 def _positive(x: Any) -> bool:

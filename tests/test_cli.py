@@ -31,13 +31,14 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_check_valid_and_invalid():
-    ok = lossdsl("check", "0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)")
-    assert ok.returncode == 0, ok.stderr
-    assert "ok: 0.7 * huber(delta=1) + 0.3 * temporal_diff + watch(mse)" in ok.stdout
-    assert "3 terms: huber, temporal_diff, mse" in ok.stdout
+def test_check_valid_and_invalid(capsys):
+    code, out, err = run_main(capsys, "check", "0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)")
+    assert code == 0, err
+    assert "ok: 0.7 * huber(delta=1) + 0.3 * temporal_diff + watch(mse)" in out
+    assert "3 terms: huber, temporal_diff, mse" in out
 
-    bad = lossdsl("check", "0.7*hubr(delta=1) + 0.3*temporal_diff")
+    # as `python -m lossdsl`, the same as the console script
+    bad = lossdsl("check", "0.7*hubr(delta=1) + 0.3*temporal_diff", module="lossdsl")
     assert bad.returncode == 1
     lines = bad.stderr.splitlines()
     assert lines[0] == "lossdsl.LossNameError: unknown loss term 'hubr' (line 1, column 5)"
@@ -50,13 +51,13 @@ def test_check_valid_and_invalid():
 def test_check_a_config_file_and_stdin(tmp_path, capsys, monkeypatch):
     text = "model: lstm\nloss:\n  expr: |\n    mse +\n    0.1*mea\n"
     (tmp_path / "train.yaml").write_text(text)
-    result = lossdsl("check", "--config", "train.yaml", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "train.yaml, key 'loss.expr'" in result.stderr
-    assert "(line 5, column 9)" in result.stderr  # 'mea' in the file, counted by hand
-    assert "'mae'" in result.stderr.splitlines()[-1]  # the hint
-    # checking a config opens no sink and writes no file
     monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, "check", "--config", "train.yaml")
+    assert code == 1
+    assert err.startswith("lossdsl.LossNameError: train.yaml, key 'loss.expr'")
+    assert "(line 5, column 9)" in err  # 'mea' in the file, counted by hand
+    assert "'mae'" in err.splitlines()[-1]  # the hint
+    # checking a config opens no sink and writes no file
     (tmp_path / "good.toml").write_text('expr = "mse"\n[monitor]\nsink = "out/terms.jsonl"\nlog_every = 1\n')
     assert run_main(capsys, "check", "--config", "good.toml")[0] == 0
     assert not (tmp_path / "out").exists()
@@ -106,10 +107,13 @@ def test_gradcheck_passes_and_fails():
     good = lossdsl("gradcheck", "0.7*huber(delta=1) + 0.3*temporal_diff", "--shape", "3,5,2")
     assert good.returncode == 0, good.stderr
     assert "gradcheck passed" in good.stdout and "pred(3, 5, 2)" in good.stdout
+
+
+def test_gradcheck_fails_where_the_gradient_is_not_the_values(capsys):
     # detach() removes the gradient but not the value: finite differences disagree
-    bad = lossdsl("gradcheck", "mae + detach(mse)", "--shape", "4")
-    assert bad.returncode == 1
-    assert "gradcheck FAILED" in bad.stderr
+    code, _, err = run_main(capsys, "gradcheck", "mae + detach(mse)", "--shape", "4")
+    assert code == 1
+    assert "gradcheck FAILED" in err and "  mse: passed" in err  # the term itself is fine
 
 
 def test_gradcheck_other_inputs_and_their_shapes(capsys):
@@ -120,6 +124,24 @@ def test_gradcheck_other_inputs_and_their_shapes(capsys):
     code, out, err = run_main(capsys, "gradcheck", "mse(pred=out.depth, target=gt) + 0.1*mae", "--shape", "2,3")
     assert code == 0, err
     assert "out.depth(2, 3)" in out and "gt(2, 3)" in out
+
+
+def test_gradcheck_names_the_term_with_a_wrong_gradient(capsys):
+    import lossdsl
+
+    def half_gradient(pred, target):
+        """The value of mse with half its gradient: a term whose backward is wrong."""
+        sq = ((pred - target) ** 2).mean()
+        return 0.5 * sq + 0.5 * sq.detach()
+
+    lossdsl.registry.register(half_gradient, replace=True)
+    try:
+        code, _, err = run_main(capsys, "gradcheck", "0.5*mae + half_gradient", "--shape", "3,2")
+    finally:
+        lossdsl.registry.unregister("half_gradient")
+    assert code == 1
+    assert "  mae: passed" in err
+    assert "  half_gradient: FAILED" in err
 
 
 def _write_log(path, rows):
@@ -140,7 +162,7 @@ def test_plot_reads_a_jsonl_log(tmp_path):
     assert (tmp_path / "terms.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_balance_reads_a_jsonl_log(tmp_path):
+def test_balance_reads_a_jsonl_log(tmp_path, capsys):
     log = tmp_path / "run.jsonl"
     _write_log(log, [(3.0, 1.0)] * 10)
     balance = lossdsl("balance", str(log), "mse + mae  # the run's program")
@@ -150,6 +172,11 @@ def test_balance_reads_a_jsonl_log(tmp_path):
     assert float(weights["mae"]) / float(weights["mse"]) == pytest.approx(3.0, rel=1e-3)
     program = balance.stdout.split("suggested program:")[1].strip()
     assert program.endswith("# the run's program")
+    # other target shares: w_mse * 3 : w_mae * 1 = 0.75 : 0.25, so w_mae / w_mse = 1
+    code, out, err = run_main(capsys, "balance", str(log), "--target", "mse=0.75,mae=0.25")
+    assert code == 0, err
+    weights = dict(re.findall(r"^\s+(mse|mae)\s+([0-9.eE+-]+)$", out, re.M))
+    assert float(weights["mae"]) / float(weights["mse"]) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_missing_log(tmp_path, capsys):
@@ -167,19 +194,20 @@ def test_schema_is_json_of_the_config_model():
 
 
 def test_demo_writes_its_log_and_plot(tmp_path):
-    result = lossdsl("demo", "--steps", "30", "--out", "out", "--no-progress", "--print-every", "15", cwd=tmp_path)
+    result = lossdsl("demo", "--steps", "20", "--out", "out", "--no-progress", "--print-every", "10", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "huber" in result.stdout and "temporal_diff" in result.stdout
     assert "suggested weights" in result.stdout
     records = [json.loads(line) for line in (tmp_path / "out" / "terms.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [10, 20, 30]  # log_every: 10 in the config
+    assert [r["step"] for r in records] == [10, 20]  # log_every: 10 in the config
     assert (tmp_path / "out" / "terms.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_python_m_lossdsl_and_usage_errors():
-    version = lossdsl("--version", module="lossdsl")
-    assert version.returncode == 0 and version.stdout.startswith("lossdsl ")
-    for argv in (["frobnicate"], ["gradcheck", "mse", "--shape", "4,x"], []):
+def test_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("lossdsl ")
+    for argv in (["frobnicate"], ["gradcheck", "mse", "--shape", "4,-1"], ["gradcheck", "mse", "--shape", "four"], []):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2

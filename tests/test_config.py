@@ -280,3 +280,12 @@ def test_json_schema_describes_the_config():
     # the example in the schema is itself a valid config
     for example in schema["examples"]:
         assert math.isfinite(float(lossdsl.from_config(example)(torch.zeros(2, 3), torch.ones(2, 3))))
+
+
+def test_monitor_can_be_switched_off():
+    crit = lossdsl.from_config({"expr": "mse", "monitor": {"enabled": False}})
+    crit(torch.zeros(2), torch.ones(2))
+    assert crit.monitor.stats()["mse"]["count"] == 0
+    on = lossdsl.from_config({"expr": "mse"})
+    on(torch.zeros(2), torch.ones(2))
+    assert on.monitor.stats()["mse"]["count"] == 1

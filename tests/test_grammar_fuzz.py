@@ -69,7 +69,7 @@ def _compile_or_error(text: str):
 
 
 # Deep random trees overrun hypothesis's buffer and count as filtered; that is expected here.
-@settings(max_examples=60, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(max_examples=40, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(grammar_programs)
 def test_grammar_generated_programs_parse_and_round_trip(text):
     try:

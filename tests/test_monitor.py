@@ -173,10 +173,15 @@ def test_summary_names_every_term():
 
 
 def test_meta_device_uses_no_hidden_cpu_tensor():
+    # a meta tensor has no data: any host read (.item(), bool(), .tolist()) or CPU tensor
+    # mixed into the per-call path raises. 300 calls also fold a full history buffer.
     crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
     x = torch.empty(4, 8, 2, device="meta")
     for _ in range(3):
         crit(x, x)
+    raw, total = torch.empty(2, device="meta"), torch.empty((), device="meta")
+    for _ in range(300):
+        crit.monitor.record(raw, torch.ones(2, device="meta"), total)
     state = crit.monitor.state_dict()  # folds the pending rows, on meta
     assert state and all(t.device.type == "meta" for t in state.values())
     assert all(b.device.type == "meta" for b in crit.monitor.buffers())
@@ -202,3 +207,26 @@ def test_torch_compile_fullgraph_compiles_once_and_records():
     for key in ("mean", "ema", "min", "max"):
         assert stats["huber"][key] == pytest.approx(ref[key], rel=1e-5)
     assert stats["huber"]["count"] == 5
+
+
+def test_float64_inputs_keep_float64_precision():
+    crit = lossdsl.compile("mse")
+    values = [1.0 + k * 1e-12 for k in range(5)]
+    for v in values:
+        crit(torch.zeros(1, dtype=torch.float64), torch.full((1,), v, dtype=torch.float64).sqrt())
+    assert crit.monitor.stats()["mse"]["mean"] == pytest.approx(sum(values) / 5, rel=1e-14)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_record_never_synchronises():
+    crit = lossdsl.compile("0.7*mse + 0.3*mae", nonfinite="zero_term")  # left on the CPU
+    pred, target = torch.randn(64, device="cuda"), torch.randn(64, device="cuda")
+    crit(pred, target)  # the state follows the inputs to the GPU here, once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(300):
+            crit(pred, target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert crit.monitor.stats()["mse"]["mean"] == pytest.approx(F.mse_loss(pred, target).item(), rel=1e-5)

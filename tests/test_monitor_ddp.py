@@ -66,7 +66,9 @@ def test_synced_statistics_are_global_and_equal_on_both_ranks(tmp_path):
     assert results[0]["as_dict"] == results[1]["as_dict"]
     assert results[0]["local"] != results[1]["local"]  # the ranks did see different data
 
-    per_rank = [[(F.mse_loss(p, t).item(), F.l1_loss(p, t).item()) for p, t in rank_batches(r)] for r in range(2)]
+    per_rank = [
+        [(F.mse_loss(p, t).item(), F.l1_loss(p, t).item()) for p, t in rank_batches(r)] for r in range(2)
+    ]
     stats = results[0]["stats"]
     for j, name in enumerate(("mse", "mae")):
         values = [v[j] for rank in per_rank for v in rank]

@@ -110,3 +110,10 @@ def test_probe_over_several_inputs():
     assert logs["loss/mae/grad_norm"] == pytest.approx(g_mae.norm().item(), rel=1e-5)
     total_norm = torch.cat([g.reshape(-1) for g in g_total]).norm().item()
     assert crit.monitor.stats()["total"]["grad_norm"] == pytest.approx(total_norm, rel=1e-5)
+
+
+def test_probe_of_an_input_no_term_reads_is_an_error():
+    crit = lossdsl.compile("mse + mae(pred=aux)")
+    with pytest.raises(lossdsl.LossDSLError, match="axu") as info:
+        crit.monitor.probe(inputs=("pred", "axu"))
+    assert "aux" in info.value.hint

@@ -47,10 +47,22 @@ CASES = [
         lambda s: piecewise_ref(s, [10, 20], [1, 0.5, 0.1]),
         [0, 9, 10, 15, 19, 20, 21, 1000],
     ),
-    ("cyclic(period=10, ratio=0.5, low=0.1, high=0.9)", lambda s: cyclic_ref(s, 10, 0.5, 0.1, 0.9), [0, 2, 5, 7, 10, 13, 1003]),
+    (
+        "cyclic(period=10, ratio=0.5, low=0.1, high=0.9)",
+        lambda s: cyclic_ref(s, 10, 0.5, 0.1, 0.9),
+        [0, 2, 5, 7, 10, 13, 1003],
+    ),
     ("cyclic(period=7)", lambda s: cyclic_ref(s, 7), [0, 1, 3, 4, 6, 7, 8, 700, 701]),
     ("after(50)", lambda s: after_ref(s, 50), [0, 49, 50, 51, 1000]),
     ("after(steps=1)", lambda s: after_ref(s, 1), [0, 1, 2]),
+    # steps beyond float32's exact integers (2^24) still switch and cycle at the right step
+    ("after(16777219)", lambda s: after_ref(s, 16777219), [16777218, 16777219]),
+    (
+        "piecewise(boundaries=[16777217], values=[3, 4])",
+        lambda s: piecewise_ref(s, [16777217], [3, 4]),
+        [16777216, 16777217],
+    ),
+    ("cyclic(period=10, ratio=1)", lambda s: cyclic_ref(s, 10, 1.0), [2**24 + 3, 2**30 + 7]),
 ]
 
 

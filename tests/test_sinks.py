@@ -12,7 +12,8 @@ import lossdsl
 from lossdsl.plot import plot_log
 
 SOURCE = "0.7*mse + 0.3*mae"
-KEYS = {"loss/total"} | {f"loss/{n}{s}" for n in ("mse", "mae") for s in ("", "/weight", "/weighted", "/share")}
+SUFFIXES = ("", "/weight", "/weighted", "/share")
+KEYS = {"loss/total"} | {f"loss/{n}{s}" for n in ("mse", "mae") for s in SUFFIXES}
 
 
 def run(crit, calls, seed=0, nan_at=()):

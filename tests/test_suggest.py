@@ -19,7 +19,9 @@ def factors(source: str) -> dict[str, float]:
 
 def batches(n, seed, scale=800.0, shape=(32, 32)):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(shape, generator=gen) * scale, torch.randn(shape, generator=gen) * scale) for _ in range(n)]
+    return [
+        (torch.randn(shape, generator=gen) * scale, torch.randn(shape, generator=gen) * scale) for _ in range(n)
+    ]
 
 
 def test_thousandfold_magnitudes_get_equal_shares():
@@ -169,7 +171,8 @@ def test_brackets_negation_and_nonlinear_units():
     a, b, c = (float(g) for g in m.groups())
     mae, mse = F.l1_loss(pred, target).item(), F.mse_loss(pred, target).item()
     huber = F.huber_loss(pred, target).item()
-    assert lossdsl.compile(new)(pred, target).item() == pytest.approx(-a * mae + b * mse**2 + c * 0.3 * huber, rel=1e-5)
+    expected = -a * mae + b * mse**2 + c * 0.3 * huber
+    assert lossdsl.compile(new)(pred, target).item() == pytest.approx(expected, rel=1e-5)
     # effective weight times value: d/d mse of b*mse^2 is 2*b*mse
     contributions = [a * mae, 2 * b * mse * mse, c * 0.3 * huber]
     assert max(contributions) / min(contributions) == pytest.approx(1.0, rel=2e-3)

@@ -1,0 +1,119 @@
+"""The lean per-call path of Loss.forward gives what the formula written out by hand gives.
+
+Covers the straight-line plan (values and gradients in float64 against torch.nn.functional),
+the host-side finiteness check that replaces the guard's tensor ops on the CPU (errors and
+warnings must be unchanged), and the meta device where nothing may be read on the host.
+"""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+from lossdsl.module import _finite_on_cpu
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _temporal(e):
+    return torch.diff(e, dim=1).abs().mean()
+
+
+def _data(shape=(3, 7, 2), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+    target = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return pred, target
+
+
+def _grad(value, pred):
+    return torch.autograd.grad(value, pred)[0]
+
+
+def test_design_card_value_and_gradient_over_repeated_calls():
+    crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+    for seed in range(3):  # a later call must not see anything from an earlier one
+        pred, target = _data(seed=seed)
+        want = 0.7 * F.huber_loss(pred, target, delta=1.0) + 0.3 * _temporal(pred - target)
+        got = crit(pred, target)
+        torch.testing.assert_close(got, want, **TOL)
+        torch.testing.assert_close(_grad(got, pred), _grad(want, pred), **TOL)
+        torch.testing.assert_close(crit.terms["huber"], F.huber_loss(pred, target).detach(), **TOL)
+
+
+@pytest.mark.parametrize("step", [0, 250, 1000, 5000])
+def test_scheduled_mixture_follows_the_step(step):
+    crit = lossdsl.compile(
+        "0.4*huber(delta=1) + 0.2*mse + 0.1*mae + linear(0, 0.1, steps=1000)*temporal_diff"
+    )
+    pred, target = _data(seed=step)
+    ramp = 0.1 * min(step / 1000, 1.0)
+    want = (
+        0.4 * F.huber_loss(pred, target) + 0.2 * F.mse_loss(pred, target)
+        + 0.1 * F.l1_loss(pred, target) + ramp * _temporal(pred - target)
+    )
+    got = crit(pred, target, step=step)
+    # the schedule's value is a float32 tensor (schedules.py), hence 1e-7 here
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(_grad(got, pred), _grad(want, pred), rtol=1e-7, atol=1e-9)
+    assert float(crit.weights["temporal_diff"]) == pytest.approx(ramp, abs=1e-7)
+
+
+def test_host_check_agrees_with_the_definition_of_finite():
+    finite = torch.tensor([1.0, 2.0])
+    assert _finite_on_cpu(finite, torch.tensor(3.0))
+    assert _finite_on_cpu(finite, 3.0)
+    assert not _finite_on_cpu(torch.tensor([1.0, float("nan")]), torch.tensor(3.0))
+    assert not _finite_on_cpu(finite, torch.tensor(float("-inf")))
+    # not on the CPU: left to the guard, which checks with tensor ops
+    assert not _finite_on_cpu(torch.empty(2, device="meta"), torch.empty((), device="meta"))
+
+
+def _sqrt_term(pred, target):
+    """NaN where pred < target."""
+    return torch.sqrt(pred - target).mean()
+
+
+def test_nonfinite_term_still_raises_with_its_name():
+    crit = lossdsl.compile("mse + 0.1*root", terms={"root": _sqrt_term})
+    with pytest.raises(lossdsl.NonFiniteLossError, match="'root'") as info:
+        crit(torch.zeros(3), torch.ones(3))
+    assert info.value.column == 11
+
+
+def test_watched_nonfinite_term_raises_although_the_total_is_finite():
+    crit = lossdsl.compile("mse + watch(root)", terms={"root": _sqrt_term})
+    with pytest.raises(lossdsl.NonFiniteLossError, match="'root'"):
+        crit(torch.zeros(3), torch.ones(3))
+
+
+def test_nonfinite_total_from_finite_terms_raises():
+    crit = lossdsl.compile("mse / mae")
+    with pytest.raises(lossdsl.NonFiniteLossError, match="total"):
+        crit(torch.ones(3), torch.ones(3))  # 0 / 0
+
+
+def test_warn_policy_logs_and_returns_the_value(caplog):
+    crit = lossdsl.compile("mse + 0.1*root", terms={"root": _sqrt_term}, nonfinite="warn")
+    with caplog.at_level(logging.WARNING, logger="lossdsl"):
+        value = crit(torch.zeros(3), torch.ones(3))
+    assert torch.isnan(value)
+    assert "root" in caplog.text
+
+
+def test_meta_device_runs_without_reading_values():
+    crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+    pred = torch.empty(2, 5, 3, device="meta", requires_grad=True)
+    value = crit(pred, torch.empty(2, 5, 3, device="meta"))
+    assert value.device.type == "meta" and value.shape == ()
+
+
+def test_second_module_from_a_shared_plan_reports_its_own_errors():
+    text = "0.5*mse + 0.5*huber  # fast path test"
+    lossdsl.compile(text)
+    crit = lossdsl.compile(text)
+    with pytest.raises(lossdsl.LossInputError, match="target") as info:
+        crit(torch.zeros(3))
+    assert info.value.term == "mse"
