@@ -44,7 +44,7 @@ def main(steps: int = 200, seed: int = 0, log_dir: str | None = None) -> list[fl
         history.append(loss.item())
 
     print(crit.monitor.summary())  # raw, weight, weighted and share of every term
-    print("suggested:", crit.monitor.suggest_weights().source)
+    print("suggested:", crit.monitor.suggest_weights().source.strip())
     return history
 
 

@@ -23,6 +23,10 @@ from typing import Any, Sequence
 __all__ = ["main", "build_parser"]
 
 
+class _Problem(Exception):
+    """A problem with the command's arguments that argparse cannot see: exit 1 with the message."""
+
+
 def _error_name(err: BaseException) -> str:
     module = type(err).__module__
     return f"{module}.{type(err).__qualname__}" if module.startswith("lossdsl") else type(err).__name__
@@ -40,7 +44,7 @@ def _program(args) -> str:
 
         return load_config(args.config, key=args.key).expr
     if args.expr is None:
-        raise SystemExit("lossdsl: give a program (EXPR) or --config FILE")
+        raise _Problem(f"lossdsl {args.command}: give a program (EXPR) or --config FILE")
     return sys.stdin.read() if args.expr == "-" else args.expr
 
 
@@ -262,8 +266,11 @@ def _targets(text: str | None) -> dict[str, float] | None:
     for item in text.split(","):
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"lossdsl balance: write --target name=share,... (got {item!r})")
-        targets[name.strip()] = float(value)
+            raise _Problem(f"lossdsl balance: write --target name=share,... (got {item!r})")
+        try:
+            targets[name.strip()] = float(value)
+        except ValueError:
+            raise _Problem(f"lossdsl balance: a share must be a number (got {item!r})") from None
     return targets
 
 
@@ -373,7 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 usage)."""
+    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 usage).
+
+    >>> main(["check", "0.7*huber(delta=1) + 0.3*mae"])
+    ok: 0.7 * huber(delta=1) + 0.3 * mae
+    2 terms: huber, mae
+    0
+    """
     from .errors import LossDSLError
 
     args = build_parser().parse_args(argv)
@@ -381,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except LossDSLError as err:
         return _fail(f"{_error_name(err)}: {err}")
+    except _Problem as err:
+        return _fail(str(err))
     except (FileNotFoundError, IsADirectoryError) as err:
         return _fail(f"lossdsl {args.command}: {err}")
     except ModuleNotFoundError as err:

@@ -232,7 +232,11 @@ def from_config(config: Any, *, key: str | None = None, terms: Mapping[str, Call
 
 
 def make_sink(target: str):
-    """A sink for a path: ``*.jsonl`` gives a JSONL writer, anything else a TensorBoard directory."""
+    """A sink for a path: ``*.jsonl`` gives a JSONL writer, anything else a TensorBoard directory.
+
+    >>> type(make_sink("runs/terms.jsonl")).__name__
+    'JsonlWriter'
+    """
     from .sinks import JsonlWriter, TensorBoardWriter
 
     if str(target).endswith(".jsonl"):
@@ -241,7 +245,14 @@ def make_sink(target: str):
 
 
 def apply_monitor_settings(crit, settings: MonitorSettings) -> None:
-    """Configure ``crit.monitor`` from :class:`MonitorSettings`."""
+    """Configure ``crit.monitor`` from :class:`MonitorSettings`.
+
+    >>> import lossdsl
+    >>> crit = lossdsl.compile("mse")
+    >>> apply_monitor_settings(crit, MonitorSettings(ema=0.9))
+    >>> crit.monitor.ema
+    0.9
+    """
     monitor = crit.monitor
     monitor.enabled = settings.enabled
     if settings.ema is not None:
@@ -260,7 +271,9 @@ def _read_file(path: str) -> tuple[str, Any, str]:
     if fmt is None:
         raise ConfigError(
             f"{path}: unknown config format '{Path(path).suffix}'",
-            path=path, hint="use a .yaml, .yml, .json or .toml file",
+            path=path,
+            hint="use a .yaml, .yml, .json or .toml file; for program text use "
+            "lossdsl.compile(text) or from_config({'expr': text})",
         )
     try:
         text = Path(path).read_text(encoding="utf-8")

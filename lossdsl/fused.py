@@ -7,8 +7,8 @@ then elementwise, ``g = sum_i w_i * dl_i/de / N`` with ``e = pred - target``. On
 the data computes every term's value and ``g`` together; only ``g`` is kept for backward (no
 other intermediate), and backward multiplies it by the upstream scalar (``-g`` for ``target``).
 
-On the CPU the pass walks the data in cache-sized chunks, so the few temporaries of a chunk
-stay in cache and each input byte is read once from memory. A call that cannot be fused (a
+On the CPU the pass (``lossdsl/fused_pass.py``) walks the data in cache-sized chunks, so the
+few temporaries of a chunk stay in cache and each input byte is read once from memory. A call that cannot be fused (a
 ``weight``/``mask`` input given, shapes or dtypes that differ, ``torch.compile`` tracing)
 runs the normal path instead, which also gives the usual errors. Double backward through a
 fused call is not supported.
@@ -21,12 +21,11 @@ True
 >>> loss = crit(pred, torch.zeros(2))
 >>> loss.backward()
 >>> round(loss.item(), 4), [round(v, 4) for v in pred.grad.tolist()]
-(2.2, [0.0, 1.6])
+(2.225, [0.0, 1.25])
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,15 +35,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import ir
+from .fused_pass import Part, StatPlan, value_and_grad
 
-__all__ = ["FusedProgram", "fuse_program", "FUSABLE_TERMS"]
+__all__ = ["FusedProgram", "FusedLoss", "fuse_program", "fused_program_for", "fused_call", "FUSABLE_TERMS"]
 
 FUSABLE_TERMS = ("mse", "mae", "huber", "smooth_l1", "charbonnier", "log_cosh", "quantile")
 # The hyperparameter of each term that shapes its curve (besides ``reduction``).
 _CURVE_PARAM = {"huber": "delta", "smooth_l1": "beta", "charbonnier": "eps", "quantile": "q"}
-_LOG2 = math.log(2.0)
-# Elements per chunk on the CPU: a chunk's temporaries (a few float32 buffers) fit in L2.
-CHUNK = 1 << 15
 
 
 def _term_kinds() -> dict[Any, str]:
@@ -57,15 +54,6 @@ def _term_kinds() -> dict[Any, str]:
         if fn is not None:
             table[fn] = kind
     return table
-
-
-@dataclass(frozen=True)
-class Part:
-    """One distinct elementwise term: ``kind``, its curve parameter and its reduction."""
-
-    kind: str
-    param: float
-    summed: bool  # reduction="sum" (else the mean)
 
 
 @dataclass
@@ -86,14 +74,14 @@ class FusedProgram:
     _maps: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
 
-    def stat_plan(self, n: int, device: torch.device, dtype: torch.dtype) -> "_StatPlan":
+    def stat_plan(self, n: int, device: torch.device, dtype: torch.dtype) -> StatPlan:
         """The per-call plan for ``n`` elements (cached: shapes rarely change in training)."""
         key = (n, device, dtype)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 16:
                 self._plans.clear()
-            plan = self._plans[key] = _StatPlan(self, n, device, dtype)
+            plan = self._plans[key] = StatPlan(self.parts, self.coeffs, n, device, dtype)
         return plan
 
     def maps(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,144 +202,6 @@ class _Linearizer:
         return self.parts.index(part)
 
 
-# --- the pass -------------------------------------------------------------------------------
-
-
-def _accumulate_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    # chunk sums are added up in float64 where the device has it
-    return torch.float64 if device.type in ("cpu", "cuda") else dtype
-
-
-def value_and_grad(pred: Tensor, target: Tensor, program: FusedProgram, need_grad: bool):
-    """Every part's value (1-d, float64 where available) and ``d total / d pred`` (or None).
-
-    ``pred`` and ``target`` have the same shape, dtype and device. Half precision is computed
-    in float32; the gradient is returned in ``pred``'s dtype and shape.
-    """
-    n = pred.numel()
-    half = pred.dtype in (torch.float16, torch.bfloat16)
-    dtype = torch.float32 if half else pred.dtype
-    device = pred.device
-    plan = program.stat_plan(n, device, _accumulate_dtype(device, dtype))
-    p, t = pred.detach().reshape(-1), target.detach().reshape(-1)
-    chunk = CHUNK if device.type == "cpu" else n
-    stats = torch.empty((-(-n // chunk), plan.size), dtype=dtype, device=device)
-    grad = torch.empty(n, dtype=pred.dtype, device=device) if need_grad else None
-    width = min(chunk, n)
-    bufs = [torch.empty(width, dtype=dtype, device=device) for _ in range(plan.buffers)]
-    for row, start in enumerate(range(0, n, chunk)):
-        stop = min(start + chunk, n)
-        cut = [b[: stop - start] for b in bufs]
-        e = cut[0]
-        if half:
-            torch.sub(p[start:stop].to(dtype), t[start:stop].to(dtype), out=e)
-        else:
-            torch.sub(p[start:stop], t[start:stop], out=e)
-        g = None if grad is None else cut[1] if half else grad[start:stop]
-        plan.run(e, cut[2:], stats[row], g)
-        if half and grad is not None:
-            grad[start:stop].copy_(g)
-    totals = stats.sum(0, dtype=plan.recipe.dtype)
-    values = plan.recipe @ totals + plan.constant
-    return values, None if grad is None else grad.view(pred.shape)
-
-
-class _StatPlan:
-    """Which per-chunk sums the parts need, and how a chunk's gradient is assembled.
-
-    Sums: ``S`` = sum(e), ``A`` = sum|e|, ``Q`` = sum e^2, per huber-like part ``dot(c, e)``
-    and ``dot(c, c)`` with ``c = clamp(e, -delta, delta)`` (huber = ``c (e - c/2)``), per
-    charbonnier ``sum sqrt(e^2 + eps^2)``, for log_cosh ``sum log1p(exp(-2|e|))``. Each
-    part's value is a fixed linear map of the summed statistics: ``recipe @ sums + constant``.
-    """
-
-    def __init__(self, program: FusedProgram, n: int, device: torch.device, dtype: torch.dtype) -> None:
-        slots: dict[tuple, int] = {}
-        slot = lambda key: slots.setdefault(key, len(slots))  # noqa: E731
-        # gradient coefficients per element (means already divided by N)
-        self.lin = 0.0  # times e
-        self.sign = 0.0  # times sign(e)
-        self.const = 0.0
-        self.clamps: dict[float, float] = {}  # delta -> coefficient of clamp(e, -delta, delta)
-        self.roots: dict[float, float] = {}  # eps -> coefficient of e / sqrt(e^2 + eps^2)
-        self.tanh = 0.0
-        recipes, constants = [], []
-        for part, coeff in zip(program.parts, program.coeffs):
-            scale = 1.0 if part.summed else 1.0 / n
-            w = coeff * scale
-            k, a = part.kind, part.param
-            if k == "mse":
-                recipe, self.lin = [(slot(("Q",)), 1.0)], self.lin + 2.0 * w
-            elif k == "mae":
-                recipe, self.sign = [(slot(("A",)), 1.0)], self.sign + w
-            elif k in ("huber", "smooth_l1"):
-                # smooth_l1(beta) = huber(delta=beta) / beta
-                f = 1.0 if k == "huber" else 1.0 / a
-                recipe = [(slot(("ce", a)), f), (slot(("cc", a)), -0.5 * f)]
-                self.clamps[a] = self.clamps.get(a, 0.0) + w * f
-            elif k == "charbonnier":
-                recipe = [(slot(("root", a)), 1.0)]
-                self.roots[a] = self.roots.get(a, 0.0) + w
-            elif k == "log_cosh":
-                # log cosh e = |e| + log1p(exp(-2|e|)) - log 2; its derivative is tanh(e)
-                recipe = [(slot(("A",)), 1.0), (slot(("L",)), 1.0)]
-                self.tanh += w
-            else:  # quantile: max(q u, (q-1) u) with u = -e equals |e|/2 + (1/2 - q) e
-                recipe = [(slot(("S",)), 0.5 - a), (slot(("A",)), 0.5)]
-                self.sign += 0.5 * w
-                self.const += (0.5 - a) * w
-            recipes.append([(s, f * scale) for s, f in recipe])
-            constants.append(-_LOG2 * n * scale if k == "log_cosh" else 0.0)
-        self.slots = slots
-        self.size = max(len(slots), 1)
-        matrix = [[0.0] * self.size for _ in recipes]
-        for row, recipe in zip(matrix, recipes):
-            for s, f in recipe:
-                row[s] += f
-        self.recipe = torch.tensor(matrix, dtype=dtype, device=device)
-        self.constant = torch.tensor(constants, dtype=dtype, device=device)
-        # e, a float32 gradient chunk (half inputs), one scratch buffer, a clamp per delta
-        self.buffers = 3 + len(self.clamps)
-
-    def run(self, e: Tensor, scratch: list[Tensor], out: Tensor, g: Tensor | None) -> None:
-        """Fill ``out`` (this chunk's sums) and ``g`` (this chunk's gradient) from ``e``."""
-        slots = self.slots
-        work, clamps = scratch[0], scratch[1:]
-        if ("S",) in slots:
-            torch.sum(e, 0, out=out[slots[("S",)]])
-        if ("Q",) in slots:
-            torch.dot(e, e, out=out[slots[("Q",)]])
-        if ("A",) in slots:
-            torch.linalg.vector_norm(e, 1, out=out[slots[("A",)]])
-        if ("L",) in slots:
-            torch.abs(e, out=work).mul_(-2.0).exp_().log1p_()
-            torch.sum(work, 0, out=out[slots[("L",)]])
-        if g is not None:
-            if self.lin:
-                torch.mul(e, self.lin, out=g)
-            else:
-                g.zero_()
-            if self.const:
-                g.add_(self.const)
-        for c, (delta, coeff) in zip(clamps, self.clamps.items()):
-            torch.clamp(e, -delta, delta, out=c)
-            torch.dot(c, e, out=out[slots[("ce", delta)]])
-            torch.dot(c, c, out=out[slots[("cc", delta)]])
-            if g is not None:
-                g.add_(c, alpha=coeff)
-        for eps, coeff in self.roots.items():
-            torch.mul(e, e, out=work).add_(eps * eps).sqrt_()
-            torch.sum(work, 0, out=out[slots[("root", eps)]])
-            if g is not None:
-                g.addcdiv_(e, work, value=coeff)
-        if g is None:
-            return
-        if self.sign:
-            g.add_(torch.sign(e, out=work), alpha=self.sign)
-        if self.tanh:
-            g.add_(torch.tanh(e, out=work), alpha=self.tanh)
-
-
 def _combine(program: FusedProgram, values: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     logged, logged_offset, coeffs = program.maps(values)
     total = values @ coeffs + program.offset
@@ -396,6 +246,8 @@ def fused_program_for(resolved: ir.Resolved, plan, nonfinite: str) -> FusedProgr
 
 def fused_call(program: FusedProgram, pred: Any, target: Any, inputs: dict) -> tuple[Tensor, Tensor] | None:
     """``(total, raw logged values)`` through the fused pass, or None for the normal path."""
+    if torch.compiler.is_compiling():
+        return None  # the compiler fuses the normal path itself
     if inputs and not program.optional_inputs.isdisjoint(inputs):
         return None
     if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
@@ -407,7 +259,6 @@ def fused_call(program: FusedProgram, pred: Any, target: Any, inputs: dict) -> t
         or not pred.is_floating_point()
         or pred.numel() == 0
         or pred.device.type == "meta"
-        or torch.compiler.is_compiling()
     ):
         return None
     if torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad):

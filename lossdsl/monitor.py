@@ -2,8 +2,8 @@
 share of every term, kept as running statistics on the inputs' device.
 
 The per-call path never reads a tensor on the host. In eager mode a call writes one row
-``[raw..., weight..., total]`` into a small preallocated history buffer (one ``cat``); rows
-are folded into the statistics, vectorised, when the buffer is full or when someone reads.
+``[raw..., total, weight..., 1]`` into a preallocated history buffer (one ``cat``); rows are
+folded into the statistics, vectorised, when the buffer is full or when someone reads.
 Inside ``torch.compile`` the same fold runs on the single row in the graph, where it is fused.
 
 >>> import torch, lossdsl
@@ -30,16 +30,15 @@ from .suggest import Suggestion, suggest
 __all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
 
 QUANTITIES = ("raw", "weight", "weighted", "share")
+# Rows of the `window` and `totals` accumulators: sums of the quantities over the calls where
+# a column was finite, then counts, then the probe's sums and counts.
+ROWS = QUANTITIES + ("count", "calls", "grad_norm", "probes")
 _HISTORY_ROWS = 256
-# Statistics with their initial fill; reset() restores them. "seen" (the sinks' step) is kept.
-_LIFE = {"calls": 0, "count": 0, "sums": 0.0, "ema_acc": 0.0, "ema_norm": 0.0, "low": math.inf,
-         "high": -math.inf, "probe_count": 0, "probe_sums": 0.0}
-_WINDOW = {"win_calls": 0, "win_count": 0, "win_sums": 0.0, "win_probe_count": 0, "win_probe_sums": 0.0}
-_REDUCE = {"low": "MIN", "high": "MAX", "seen": "MAX"}  # all others add up over ranks
+_REDUCE = {"low": "MIN", "high": "MAX", "seen": "MAX"}  # the rest adds up over ranks
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
-    # float64 keeps long running sums exact enough; MPS has no float64.
+    # float64 keeps long running sums (and counts, up to 2^53) exact; MPS has no float64.
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -52,10 +51,9 @@ def _buffer_dtype(name: str, buf: Tensor, device: torch.device) -> torch.dtype:
 
 
 class Increment(NamedTuple):
-    """What ``n`` calls add. (C,): count, decay (the factor on the old EMA), norm_add;
-    (Q, C): sums, ema_add, low, high."""
+    """What ``n`` calls add: ``sums`` (6, C) to the first six ROWS; ``decay`` (C,), the factor
+    on the old EMA, then ``ema_add`` (Q, C) and ``norm_add`` (C,); ``low``/``high`` (Q, C)."""
 
-    count: Tensor
     sums: Tensor
     decay: Tensor
     ema_add: Tensor
@@ -64,37 +62,42 @@ class Increment(NamedTuple):
     high: Tensor
 
 
-def fold_rows(rows: Tensor, k: int, leaf: Tensor, beta: float) -> Increment:
-    """Statistics of ``n`` recorded calls, rows ``[raw (k), weight (k), total]``.
+def fold_rows(rows: Tensor, leaf: Tensor, beta: float) -> Increment:
+    """Statistics of ``n`` recorded calls; a row is ``[raw (C), weight (C)]`` with the total
+    as the last column (weight 1).
 
-    Columns are the k logged names and the total; quantities are raw, weight, weighted
-    (raw * weight) and share (``|weighted| / sum |weighted|`` over the columns where ``leaf``
-    is 1; the total's share is the sum of the terms' shares). A non-finite weighted value
-    leaves its column out of every statistic of that call.
+    Quantities: raw, weight, weighted (raw * weight) and share (``|weighted| / sum |weighted|``
+    over the columns where ``leaf`` is 1). A non-finite weighted value leaves its column out
+    of every statistic of that call; the EMA is exact over the finite values, in order.
 
     >>> import torch
-    >>> inc = fold_rows(torch.tensor([[2.0, 8.0, 0.5, 0.25, 3.0]]), 2, torch.tensor([1.0, 1, 0]), 0.9)
-    >>> [round(x, 4) for x in inc.sums[3].tolist()]   # shares of 1.0 and 2.0, and their sum
-    [0.3333, 0.6667, 1.0]
+    >>> rows = torch.tensor([[2.0, 8.0, 3.0, 0.5, 0.25, 1.0]])
+    >>> inc = fold_rows(rows, torch.tensor([1.0, 1.0, 0.0]), 0.9)
+    >>> [round(x, 4) for x in inc.sums[3, :2].tolist()]   # shares of |1.0| and |2.0|
+    [0.3333, 0.6667]
     """
-    r = torch.cat([rows[:, :k], rows[:, 2 * k :]], 1)
-    w = torch.cat([rows[:, k : 2 * k], torch.ones_like(rows[:, :1])], 1)
-    c = r * w
-    fin = torch.isfinite(c)
-    a = torch.where(fin, c.abs(), 0)
-    denom = (a * leaf).sum(1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
-    share = a / denom
-    share = torch.cat([share[:, :k], (share * leaf).sum(1, keepdim=True)], 1)
-    vals = torch.stack([r, w, c, share], 1)  # (n, Q, C)
+    acc, c = leaf.dtype, leaf.numel()
+    rows = rows.to(acc)
+    r, w = rows[:, :c], rows[:, c:]
+    x = r * w
+    fin = torch.isfinite(x)
+    a = torch.where(fin, x.abs(), 0)
+    share = a / (a @ leaf).clamp_min(torch.finfo(acc).tiny)[:, None]
+    vals = torch.stack([r, w, x, share], 1)  # (n, Q, C)
     fin_q = fin[:, None]
     clean = torch.where(fin_q, vals, 0)
-    count = fin.sum(0)
-    # each finite value is decayed once for every finite value of its column after it
-    after = (count - fin.cumsum(0)).to(rows.dtype)
-    coef = torch.where(fin, (1 - beta) * torch.pow(beta, after), 0)
-    decay = torch.pow(beta, count.to(rows.dtype))
-    low, high = torch.where(fin_q, vals, math.inf).amin(0), torch.where(fin_q, vals, -math.inf).amax(0)
-    return Increment(count, clean.sum(0), decay, (coef[:, None] * clean).sum(0), coef.sum(0), low, high)
+    count = fin.sum(0, dtype=acc)
+    # each finite value decays once for every finite value of its column after it
+    coef = torch.where(fin, torch.pow(beta, count - fin.cumsum(0, dtype=acc)) * (1 - beta), 0)
+    sums = torch.cat([clean.sum(0), count[None], torch.full_like(count, rows.shape[0])[None]])
+    return Increment(
+        sums,
+        torch.pow(beta, count),
+        (coef[:, None] * clean).sum(0),
+        coef.sum(0),
+        torch.where(fin_q, vals, math.inf).amin(0),
+        torch.where(fin_q, vals, -math.inf).amax(0),
+    )
 
 
 class Monitor(SinkHost, nn.Module):
@@ -113,18 +116,18 @@ class Monitor(SinkHost, nn.Module):
         self.names = list(names)
         self.enabled = True
         self.ema = float(ema)
-        k = len(self.names)
-        q, c = len(QUANTITIES), k + 1
-        shape = {"calls": (), "win_calls": (), "sums": (q, c), "ema_acc": (q, c), "low": (q, c),
-                 "high": (q, c), "win_sums": (q, c)}
+        c = len(self.names) + 1
         acc = _acc_dtype(torch.device("cpu"))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
-        for name, fill in {**_LIFE, **_WINDOW}.items():
-            dtype = torch.long if isinstance(fill, int) else acc
-            self.register_buffer(name, torch.full(shape.get(name, (c,)), fill, dtype=dtype))
-        rows = torch.zeros(_HISTORY_ROWS, 2 * k + 1)
-        self.register_buffer("_history", rows, persistent=False)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # calls ever: the sinks' step
+        self.register_buffer("window", torch.zeros(len(ROWS), c, dtype=acc))  # since the last read
+        self.register_buffer("totals", torch.zeros(len(ROWS), c, dtype=acc))  # earlier windows
+        self.register_buffer("ema_acc", torch.zeros(len(QUANTITIES), c, dtype=acc))
+        self.register_buffer("ema_norm", torch.zeros(c, dtype=acc))
+        self.register_buffer("low", torch.full((len(QUANTITIES), c), math.inf, dtype=acc))
+        self.register_buffer("high", torch.full((len(QUANTITIES), c), -math.inf, dtype=acc))
+        self.register_buffer("_history", torch.zeros(_HISTORY_ROWS, 2 * c), persistent=False)
         self.register_buffer("_leaf", torch.ones(c, dtype=acc), persistent=False)
+        self.register_buffer("_one", torch.ones(1), persistent=False)  # the total's weight
         self._eager = _EagerCounters()
         self._probe_every = 0
         self._probe_inputs: tuple[str, ...] = ("pred",)
@@ -153,20 +156,22 @@ class Monitor(SinkHost, nn.Module):
         The statistics follow the inputs' device (under ``torch.compile``, move the loss
         there first: ``crit.to(device)``). ``logged`` (the term tensors) and ``env`` (the
         call's inputs) are for the probe."""
-        device = raw.device
-        if self._history.device != device:
+        device, history = raw.device, self._history
+        if history.device != device:
             self._move(device)
+            history = self._history
         if weights.device != device:
             weights = self._weights_on(weights, device)
         if weights.requires_grad:
             weights = weights.detach()
         flat = total.detach().reshape(1) if isinstance(total, Tensor) else raw.new_full((1,), total)
+        parts = [raw, flat, weights, self._one]
         if torch.compiler.is_compiling():
             # One row, folded inside the graph. The probe and the sinks need the host, so they
             # run in eager calls only.
-            self._fold(torch.cat([raw, weights, flat])[None])
+            self._fold(torch.cat(parts)[None])
             return
-        history, eager = self._history, self._eager
+        eager = self._eager
         if raw.dtype == torch.float64 and history.dtype != raw.dtype:
             self._flush()
             history = self._history = history.double()
@@ -176,7 +181,7 @@ class Monitor(SinkHost, nn.Module):
             row = 0
         if eager.rows_of is not history:  # row views made once, not indexed per call
             eager.rows, eager.rows_of = history.unbind(0), history
-        torch.cat([raw, weights, flat], out=eager.rows[row])
+        torch.cat(parts, out=eager.rows[row])
         eager.pending = row + 1
         eager.calls += 1
         if self._probe_every and (eager.calls - 1) % self._probe_every == 0 and logged:
@@ -187,13 +192,9 @@ class Monitor(SinkHost, nn.Module):
                 self._write(due)
 
     def _fold(self, rows: Tensor) -> None:
-        inc = fold_rows(rows.to(self._leaf.dtype), len(self.names), self._leaf, self.ema)
-        n = rows.shape[0]
-        for counter in (self.seen, self.calls, self.win_calls):
-            counter.add_(n)
-        for buf, add in ((self.count, inc.count), (self.win_count, inc.count),
-                         (self.sums, inc.sums), (self.win_sums, inc.sums)):
-            buf.add_(add)
+        inc = fold_rows(rows, self._leaf, self.ema)
+        self.seen.add_(rows.shape[0])
+        self.window[: inc.sums.shape[0]].add_(inc.sums)
         self.ema_acc.mul_(inc.decay).add_(inc.ema_add)
         self.ema_norm.mul_(inc.decay).add_(inc.norm_add)
         torch.minimum(self.low, inc.low, out=self.low)
@@ -270,44 +271,38 @@ class Monitor(SinkHost, nn.Module):
         norms = torch.stack([_grad_norm(v, wrt, acc, device) for v in outputs])
         for t, grad in kept:
             t.grad = grad
-        scale = torch.cat([weights.detach().abs().to(acc), norms.new_ones(1)])
-        gn = norms * scale  # the norm of a weighted term is |weight| times the term's norm
+        gn = norms * torch.cat([weights.abs().to(acc), norms.new_ones(1)])  # |w| * the term's norm
         fin = torch.isfinite(gn)
-        gn = torch.where(fin, gn, 0)
-        for buf, add in ((self.probe_count, fin), (self.win_probe_count, fin),
-                         (self.probe_sums, gn), (self.win_probe_sums, gn)):
-            buf.add_(add)
+        self.window[-2:].add_(torch.stack([torch.where(fin, gn, 0), fin.to(acc)]))
 
     # --- reading --------------------------------------------------------------------------
 
-    def _read(self, names: Sequence[str], sync: bool) -> dict[str, Tensor]:
-        """The named buffers as float64 CPU tensors, in one device-to-host copy (after an
-        all-reduce over the process group when ``sync``)."""
-        self._flush()
-        parts = {name: getattr(self, name) for name in names}
-        acc = self._leaf.dtype
+    def _read(self, parts: dict[str, Tensor], sync: bool) -> dict[str, list]:
+        """The tensors as (nested) lists, in one device-to-host copy; all-reduced over the
+        process group first when ``sync``."""
         if sync:
-            parts = _all_reduce(parts, acc)
-        return _split(_pack(parts.values(), acc).cpu().double(), parts)
+            parts = _all_reduce(parts, self._leaf.dtype)
+        flat = torch.cat([t.reshape(-1).to(self._leaf.dtype) for t in parts.values()]).cpu()
+        sizes = [t.numel() for t in parts.values()]
+        return {n: p.reshape(t.shape).tolist() for (n, t), p in zip(parts.items(), flat.split(sizes))}
 
     def _window(self, prefix: str, sync: bool) -> tuple[dict[str, float], int]:
-        snap = self._read(list(_WINDOW) + ["seen"], sync)
-        for name, fill in _WINDOW.items():
-            getattr(self, name).fill_(fill)
-        seen = int(snap["seen"])
-        if snap["win_calls"] == 0:
+        self._flush()
+        snap = self._read({"window": self.window, "seen": self.seen}, sync)
+        self.totals.add_(self.window)
+        self.window.zero_()
+        win, seen = snap["window"], int(snap["seen"])
+        if win[ROWS.index("calls")][-1] == 0:
             return {}, seen
-        means = _mean(snap["win_sums"], snap["win_count"]).tolist()
-        grads = _mean(snap["win_probe_sums"], snap["win_probe_count"]).tolist()
-        probed = snap["win_probe_count"][:-1].tolist()
+        means = [[_ratio(s, n) for s, n in zip(win[q], win[4])] for q in range(len(QUANTITIES))]
         out = {f"{prefix}total": means[0][-1]}
         for i, name in enumerate(self.names):
             key = prefix + name
             out[key] = means[0][i]
             for q in (1, 2, 3):
                 out[f"{key}/{QUANTITIES[q]}"] = means[q][i]
-            if probed[i]:
-                out[f"{key}/grad_norm"] = grads[i]
+            if win[7][i]:
+                out[f"{key}/grad_norm"] = win[6][i] / win[7][i]
         return out, seen
 
     def as_dict(self, prefix: str = "loss/", sync: bool = False) -> dict[str, float]:
@@ -341,19 +336,24 @@ class Monitor(SinkHost, nn.Module):
         >>> s["mean"], s["min"], s["max"], s["nonfinite"]
         (5.0, 1.0, 9.0, 0.0)
         """
-        snap = self._read(list(_LIFE), sync)
-        means = _mean(snap["sums"], snap["count"])
-        ema = _mean(snap["ema_acc"], snap["ema_norm"])
-        found = snap["count"] > 0
-        low = torch.where(found, snap["low"], math.nan)
-        high = torch.where(found, snap["high"], math.nan)
-        grads = _mean(snap["probe_sums"], snap["probe_count"])
-        columns = {"mean": means[0], "ema": ema[0], "min": low[0], "max": high[0],
-                   "nonfinite": snap["calls"] - snap["count"], "count": snap["count"],
-                   "weight": means[1], "weighted": means[2], "share": means[3], "grad_norm": grads}
-        table = {key: col.tolist() for key, col in columns.items()}
-        return {name: {key: col[i] for key, col in table.items()}
-                for i, name in enumerate(self.names + ["total"])}
+        self._flush()
+        parts = {"sums": self.totals + self.window, "ema_acc": self.ema_acc[0], "ema_norm": self.ema_norm,
+                 "low": self.low, "high": self.high}
+        snap = self._read(parts, sync)
+        sums, count = snap["sums"], snap["sums"][4]
+        table = {}
+        for i, name in enumerate(self.names + ["total"]):
+            found = count[i] > 0
+            table[name] = {
+                "mean": _ratio(sums[0][i], count[i]), "ema": _ratio(snap["ema_acc"][i], snap["ema_norm"][i]),
+                "min": snap["low"][0][i] if found else math.nan,
+                "max": snap["high"][0][i] if found else math.nan,
+                "nonfinite": sums[5][i] - count[i], "count": count[i],
+                "weight": _ratio(sums[1][i], count[i]), "weighted": _ratio(sums[2][i], count[i]),
+                "share": _ratio(sums[3][i], count[i]), "grad_norm": _ratio(sums[6][i], sums[7][i]),
+            }
+        table["total"]["share"] = sum(table[n]["share"] for n, leaf in zip(self.names, self._leaf_list) if leaf)
+        return table
 
     def summary(self, sync: bool = False) -> str:
         """A readable table of :meth:`stats`: weight, raw mean/EMA/min/max, weighted mean,
@@ -363,8 +363,10 @@ class Monitor(SinkHost, nn.Module):
     def reset(self) -> None:
         """Clear every statistic (the sinks' step counter keeps counting)."""
         self._eager.pending = 0
-        for name, fill in {**_LIFE, **_WINDOW}.items():
-            getattr(self, name).fill_(fill)
+        for buf in (self.window, self.totals, self.ema_acc, self.ema_norm):
+            buf.zero_()
+        self.low.fill_(math.inf)
+        self.high.fill_(-math.inf)
 
     def suggest_weights(self, target: dict[str, float] | None = None) -> Suggestion:
         """Weights that give every term an equal share (or the ``target`` shares) of the
@@ -420,8 +422,8 @@ class _EagerCounters:
         self.__init__(*state)
 
 
-def _mean(sums: Tensor, counts: Tensor) -> Tensor:
-    return torch.where(counts > 0, sums / counts.clamp_min(1e-300), math.nan)
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
 
 
 def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Tensor:
@@ -434,17 +436,8 @@ def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Ten
     return torch.linalg.vector_norm(torch.stack(norms)).to(device)
 
 
-def _pack(tensors, dtype: torch.dtype) -> Tensor:
-    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
-
-
-def _split(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
-    sizes = [t.numel() for t in like.values()]
-    return {n: p.reshape(t.shape) for (n, t), p in zip(like.items(), flat.split(sizes))}
-
-
 def _all_reduce(parts: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """One all-reduce per operation: counts and sums add up, ``low``/``high`` take min/max."""
+    """One all-reduce per operation: sums and counts add up, ``low``/``high`` take min/max."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -453,7 +446,8 @@ def _all_reduce(parts: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tenso
     for op in ("SUM", "MIN", "MAX"):
         group = {n: t for n, t in parts.items() if _REDUCE.get(n, "SUM") == op}
         if group:
-            flat = _pack(group.values(), dtype)
+            flat = torch.cat([t.reshape(-1).to(dtype) for t in group.values()])
             dist.all_reduce(flat, op=getattr(dist.ReduceOp, op))
-            out.update(_split(flat, group))
+            sizes = [t.numel() for t in group.values()]
+            out.update({n: p.reshape(t.shape) for (n, t), p in zip(group.items(), flat.split(sizes))})
     return out

@@ -157,7 +157,7 @@ class NonFiniteGuard:
         bad = [i for i in bad if self.is_term[i]] or bad
         step_no = int(step)
         if not bad:
-            message = f"the total is {float(total)} at step {step_no}, although every term is finite"
+            message = f"the total is {float(total.detach())} at step {step_no}, although every term is finite"
             return NonFiniteLossError(
                 message,
                 source=self.source,

@@ -203,6 +203,13 @@ def test_demo_writes_its_log_and_plot(tmp_path):
     assert (tmp_path / "out" / "terms.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_missing_program(capsys):
+    code, _, err = run_main(capsys, "explain")
+    assert code == 1 and "give a program" in err
+    code, _, err = run_main(capsys, "balance", "run.jsonl", "--target", "mse=lots")
+    assert code == 1 and "must be a number" in err
+
+
 def test_version_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])

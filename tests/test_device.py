@@ -82,11 +82,13 @@ def test_half_precision_in_half_precision_out(dtype, source):
     if source == CARD:
         # computed in float32 inside: close to the float64 formula at half precision
         p64, t64 = pred.detach().double(), target.double()
-        assert float(total) == pytest.approx(float(_card_by_hand(p64, t64)), rel=1e-2)
+        assert float(total.detach()) == pytest.approx(float(_card_by_hand(p64, t64)), rel=1e-2)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager():
-    crit = lossdsl.compile(WITH_SCHEDULE)
+    # one small inductor compile (a term, a schedule read from the step tensor, a sum)
+    crit = lossdsl.compile("0.7*huber(delta=1) + linear(0, 1, steps=10)*temporal_diff")
     pred, target = _inputs(torch.float64, seed=1)
     step = torch.tensor(4)
     eager = crit(pred, target, step=step)

@@ -88,3 +88,13 @@ def test_custom_term_example():
         # the example registers a term globally; other tests in this process must not see it
         if "spectral" in lossdsl.registry:
             lossdsl.registry.unregister("spectral")
+
+
+def test_demo_progress_without_tqdm(monkeypatch, capsys):
+    # tqdm is optional: without it the demo prints a plain line of progress
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    history = demo.run_demo(steps=10, out_dir=None, print_every=10)
+    out = capsys.readouterr().out
+    assert len(history) == 10
+    assert "step 5/10  loss" in out and "step 10/10  loss" in out
+    assert "per-term statistics at step 10" in out and "suggested program:" in out

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl import fused as fused_module
+from lossdsl import fused_pass as fused_module
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -250,3 +250,28 @@ def test_only_the_gradient_is_saved_for_backward():
     ref = ref + 0.3 * _log_cosh(pred - target)
     grad = torch.autograd.grad(ref, pred)[0]
     torch.testing.assert_close(pred.grad, grad, **TOL)
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference"])
+def test_chunks_spread_over_threads_give_the_same_result(mode):
+    gen = torch.Generator().manual_seed(10)
+    shape = (3, fused_module.CHUNK + 77)
+    pred = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+    target = torch.randn(shape, generator=gen, dtype=torch.float64)
+    crit = lossdsl.compile("0.5*huber + 0.5*log_cosh", fuse=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the fused pass hands chunks to two threads
+    try:
+        if mode == "grad":
+            got = crit(pred, target)
+            grad = torch.autograd.grad(got, pred)[0]
+        else:
+            context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+            with context:
+                got = crit(pred, target)
+    finally:
+        torch.set_num_threads(threads)
+    want = 0.5 * F.huber_loss(pred, target) + 0.5 * _log_cosh(pred - target)
+    torch.testing.assert_close(got.detach(), want.detach(), **TOL)
+    if mode == "grad":
+        torch.testing.assert_close(grad, torch.autograd.grad(want, pred)[0], **TOL)

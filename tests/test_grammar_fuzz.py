@@ -33,6 +33,14 @@ _TERMINALS = {
     "COMMENT": st.just(""),
     "WS": st.sampled_from([" ", "  ", "\t", "\f", " \r"]),
 }
+# The post-lexer drops a new line inside brackets and after an operator, '=' or ','; the
+# operator terminals sometimes carry one (and a comment) to exercise that.
+_CONTINUED = {"PLUS": "+", "MINUS": "-", "STAR": "*", "SLASH": "/", "CIRCUMFLEX": "^", "EQUAL": "=",
+              "COMMA": ",", "LPAR": "(", "LSQB": "["}
+_TERMINALS.update(
+    {name: st.sampled_from([text, text, text + "\n", text + "  # more\n  "]) for name, text in _CONTINUED.items()}
+)
+_TERMINALS.update({"RPAR": st.sampled_from([")", ")", "\n)"]), "RSQB": st.sampled_from(["]", "]", "\n]"])})
 grammar_programs = from_lark(Lark(grammar_text(), parser="lalr"), explicit=_TERMINALS)
 
 # What the grammar accepts but the parser refuses, each documented in DESIGN.md §3/§8 or README.

@@ -151,7 +151,7 @@ def test_reset_and_disable():
 def test_statistics_are_in_the_state_dict():
     crit, mses, maes = run_two_terms(9, nan_every=3)
     state = crit.state_dict()
-    assert {"monitor.sums", "monitor.count", "monitor.low", "monitor.high"} <= set(state)
+    assert {"monitor.window", "monitor.totals", "monitor.ema_acc", "monitor.low", "monitor.high"} <= set(state)
     fresh = lossdsl.compile("0.7*mse + 0.3*mae(pred=other)", nonfinite="zero_term")
     fresh.monitor.ema = BETA
     fresh.load_state_dict(state)

@@ -1,0 +1,213 @@
+"""The one pass of the fused path: every term's value and ``d total / d pred`` together.
+
+With ``e = pred - target`` each fusable term is a function of ``e`` alone, so a chunk of the
+data needs only ``e``, a few running sums and a few elementwise buffers. The value of each
+term is a fixed linear map of sums over all chunks; the gradient is assembled per chunk from
+``e``, ``sign(e)``, ``clamp(e, -delta, delta)``, ``e / sqrt(e^2 + eps^2)`` and ``tanh(e)``.
+
+>>> import torch
+>>> from lossdsl.fused_pass import Part, StatPlan
+>>> plan = StatPlan([Part("mse", 0.0, False)], [1.0], 4, torch.device("cpu"), torch.float64)
+>>> plan.lin    # d mean(e^2) / de = 2 e / N
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Part", "StatPlan", "value_and_grad", "CHUNK", "MAX_WORKERS"]
+
+_LOG2 = math.log(2.0)
+# Elements per chunk on the CPU: a chunk's temporaries (a few buffers) stay in the cache, and
+# a chunk is below torch's intra-op grain (32768), so its ops never wait for other threads.
+CHUNK = 32768 - 64
+# Threads that take chunks in turn; more fight over the GIL for the Python part of each op.
+MAX_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class Part:
+    """One distinct elementwise term: ``kind``, its curve parameter and its reduction."""
+
+    kind: str
+    param: float
+    summed: bool  # reduction="sum" (else the mean)
+
+
+def _accumulate_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    # chunk sums are added up in float64 where the device has it
+    return torch.float64 if device.type in ("cpu", "cuda") else dtype
+
+
+def value_and_grad(pred: Tensor, target: Tensor, program, need_grad: bool):
+    """Every part's value (1-d, float64 where available) and ``d total / d pred`` (or None).
+
+    ``pred`` and ``target`` have the same shape, dtype and device; ``program`` gives the
+    :class:`StatPlan` for a size (``FusedProgram.stat_plan``). Half precision is computed in
+    float32; the gradient is returned in ``pred``'s dtype and shape.
+    """
+    n = pred.numel()
+    half = pred.dtype in (torch.float16, torch.bfloat16)
+    dtype = torch.float32 if half else pred.dtype
+    device = pred.device
+    plan = program.stat_plan(n, device, _accumulate_dtype(device, dtype))
+    p, t = pred.detach().reshape(-1), target.detach().reshape(-1)
+    cpu = device.type == "cpu"
+    chunk = CHUNK if cpu else n
+    rows = -(-n // chunk)
+    stats = torch.empty((rows, plan.size), dtype=dtype, device=device)
+    grad = torch.empty(n, dtype=pred.dtype, device=device) if need_grad else None
+
+    inference = torch.is_inference_mode_enabled()  # thread-local: carried into the workers
+
+    def work(first: int, stride: int) -> None:
+        with torch.inference_mode(inference):
+            _chunks(first, stride)
+
+    def _chunks(first: int, stride: int) -> None:
+        width = min(chunk, n)
+        bufs = [torch.empty(width, dtype=dtype, device=device) for _ in range(plan.buffers)]
+        for row in range(first, rows, stride):
+            start = row * chunk
+            stop = min(start + chunk, n)
+            cut = [b[: stop - start] for b in bufs]
+            e = cut[0]
+            if half:
+                torch.sub(p[start:stop].to(dtype), t[start:stop].to(dtype), out=e)
+            else:
+                torch.sub(p[start:stop], t[start:stop], out=e)
+            g = None if grad is None else cut[1] if half else grad[start:stop]
+            plan.run(e, cut[2:], stats[row], g)
+            if half and grad is not None:
+                grad[start:stop].copy_(g)
+
+    workers = min(torch.get_num_threads(), rows, MAX_WORKERS) if cpu else 1
+    if workers > 1:
+        # Chunks are below torch's parallel grain, so each op runs on the thread that calls
+        # it; the chunks are spread over threads instead (torch releases the GIL in ops).
+        for future in [_pool(workers).submit(work, i, workers) for i in range(workers)]:
+            future.result()
+    else:
+        work(0, 1)
+    totals = stats.sum(0, dtype=plan.recipe.dtype)
+    values = plan.recipe @ totals + plan.constant
+    return values, None if grad is None else grad.view(pred.shape)
+
+
+_POOL: list = []  # [ThreadPoolExecutor], made on first use
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if not _POOL or _POOL[0]._max_workers < workers:
+        if _POOL:
+            _POOL.pop().shutdown(wait=False)
+        _POOL.append(ThreadPoolExecutor(workers, thread_name_prefix="lossdsl-fused"))
+    return _POOL[0]
+
+
+if hasattr(os, "register_at_fork"):
+    # a forked child has none of the parent's threads: it makes its own pool
+    os.register_at_fork(after_in_child=_POOL.clear)
+
+
+class StatPlan:
+    """Which per-chunk sums the parts need, and how a chunk's gradient is assembled.
+
+    Sums: ``S`` = sum(e), ``A`` = sum|e|, ``Q`` = sum e^2, per huber-like part ``dot(c, e)``
+    and ``dot(c, c)`` with ``c = clamp(e, -delta, delta)`` (huber = ``c (e - c/2)``), per
+    charbonnier ``sum sqrt(e^2 + eps^2)``, for log_cosh ``sum log1p(exp(-2|e|))``. Each
+    part's value is a fixed linear map of the summed statistics: ``recipe @ sums + constant``.
+    """
+
+    def __init__(self, parts, coeffs, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        slots: dict[tuple, int] = {}
+        slot = lambda key: slots.setdefault(key, len(slots))  # noqa: E731
+        # gradient coefficients per element (means already divided by N)
+        self.lin = 0.0  # times e
+        self.sign = 0.0  # times sign(e)
+        self.const = 0.0
+        self.clamps: dict[float, float] = {}  # delta -> coefficient of clamp(e, -delta, delta)
+        self.roots: dict[float, float] = {}  # eps -> coefficient of e / sqrt(e^2 + eps^2)
+        self.tanh = 0.0
+        recipes, constants = [], []
+        for part, coeff in zip(parts, coeffs):
+            scale = 1.0 if part.summed else 1.0 / n
+            w = coeff * scale
+            k, a = part.kind, part.param
+            if k == "mse":
+                recipe, self.lin = [(slot(("Q",)), 1.0)], self.lin + 2.0 * w
+            elif k == "mae":
+                recipe, self.sign = [(slot(("A",)), 1.0)], self.sign + w
+            elif k in ("huber", "smooth_l1"):
+                # smooth_l1(beta) = huber(delta=beta) / beta
+                f = 1.0 if k == "huber" else 1.0 / a
+                recipe = [(slot(("ce", a)), f), (slot(("cc", a)), -0.5 * f)]
+                self.clamps[a] = self.clamps.get(a, 0.0) + w * f
+            elif k == "charbonnier":
+                recipe = [(slot(("root", a)), 1.0)]
+                self.roots[a] = self.roots.get(a, 0.0) + w
+            elif k == "log_cosh":
+                # log cosh e = |e| + log1p(exp(-2|e|)) - log 2; its derivative is tanh(e)
+                recipe = [(slot(("A",)), 1.0), (slot(("L",)), 1.0)]
+                self.tanh += w
+            else:  # quantile: max(q u, (q-1) u) with u = -e equals |e|/2 + (1/2 - q) e
+                recipe = [(slot(("S",)), 0.5 - a), (slot(("A",)), 0.5)]
+                self.sign += 0.5 * w
+                self.const += (0.5 - a) * w
+            recipes.append([(s, f * scale) for s, f in recipe])
+            constants.append(-_LOG2 * n * scale if k == "log_cosh" else 0.0)
+        self.slots = slots
+        self.size = max(len(slots), 1)
+        matrix = [[0.0] * self.size for _ in recipes]
+        for row, recipe in zip(matrix, recipes):
+            for s, f in recipe:
+                row[s] += f
+        self.recipe = torch.tensor(matrix, dtype=dtype, device=device)
+        self.constant = torch.tensor(constants, dtype=dtype, device=device)
+        # e, a float32 gradient chunk (half inputs), one scratch buffer, a clamp per delta
+        self.buffers = 3 + len(self.clamps)
+
+    def run(self, e: Tensor, scratch: list[Tensor], out: Tensor, g: Tensor | None) -> None:
+        """Fill ``out`` (this chunk's sums) and ``g`` (this chunk's gradient) from ``e``."""
+        slots = self.slots
+        work, clamps = scratch[0], scratch[1:]
+        if ("S",) in slots:
+            torch.sum(e, 0, out=out[slots[("S",)]])
+        if ("Q",) in slots:
+            torch.dot(e, e, out=out[slots[("Q",)]])
+        if ("A",) in slots:
+            torch.linalg.vector_norm(e, 1, out=out[slots[("A",)]])
+        if ("L",) in slots:
+            torch.abs(e, out=work).mul_(-2.0).exp_().log1p_()
+            torch.sum(work, 0, out=out[slots[("L",)]])
+        if g is not None:
+            if self.lin:
+                torch.mul(e, self.lin, out=g)
+            else:
+                g.zero_()
+            if self.const:
+                g.add_(self.const)
+        for c, (delta, coeff) in zip(clamps, self.clamps.items()):
+            torch.clamp(e, -delta, delta, out=c)
+            torch.dot(c, e, out=out[slots[("ce", delta)]])
+            torch.dot(c, c, out=out[slots[("cc", delta)]])
+            if g is not None:
+                g.add_(c, alpha=coeff)
+        for eps, coeff in self.roots.items():
+            torch.mul(e, e, out=work).add_(eps * eps).sqrt_()
+            torch.sum(work, 0, out=out[slots[("root", eps)]])
+            if g is not None:
+                g.addcdiv_(e, work, value=coeff)
+        if g is None:
+            return
+        if self.sign:
+            g.add_(torch.sign(e, out=work), alpha=self.sign)
+        if self.tanh:
+            g.add_(torch.tanh(e, out=work), alpha=self.tanh)
