@@ -51,11 +51,11 @@ def _cpu_model() -> str:
 
 def machine_line(load_before, elapsed_s: float) -> str:
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    load = (
-        f"; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
-        if load_before and load_after
-        else ""
-    )
+    load = ""
+    if load_before and load_after:
+        load = f"; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+        if max(load_before[0], load_after[0]) >= (os.cpu_count() or 1):
+            load += " (a busy machine: absolute times are inflated and noisy, ratios less so)"
     return (
         f"{_cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, "

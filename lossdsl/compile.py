@@ -32,6 +32,11 @@ def _resolve_registered(source: str, version: int) -> ir.Resolved:
 
 def _resolve_cached(source: str, terms: Mapping[str, Callable] | None = None) -> ir.Resolved:
     """Resolve ``source``; errors carry the source text and a caret."""
+    if not isinstance(source, str):  # before the caches, which cannot hash e.g. a list
+        raise LossDSLError(
+            f"a loss program is text, got {type(source).__name__}",
+            hint='pass a string such as "0.7*huber(delta=1) + 0.3*temporal_diff"',
+        )
     try:
         if not terms:
             return _resolve_registered(source, registry.version)

@@ -110,8 +110,9 @@ class Loss(nn.Module):
         self.fused = self._fused is not None
         if not keep_modules:
             self.monitor = Monitor(self.term_names, resolved)
-            self._last_raw: Tensor | None = None
-            self._last_weights: Tensor | None = None
+            # [raw values, weights] of the last call: a list, so that forward stores them
+            # without nn.Module.__setattr__'s checks (a few microseconds per call)
+            self._last: list = [None, None]
         else:
             self.monitor.program = resolved  # not pickled with the monitor: rebuilt here
 
@@ -209,7 +210,8 @@ class Loss(nn.Module):
             weights = self._weights(vals)
         if self.nonfinite in _CHECKED and not _finite_on_cpu(raw, total):
             self._guard.check(raw, total, self.step)  # reports; on other devices it checks
-        self._last_raw, self._last_weights = raw, weights
+        last = self._last
+        last[0], last[1] = raw, weights
         if self.monitor.enabled:
             self.monitor.record(raw, weights, total, logged, env)
         return total
@@ -237,6 +239,14 @@ class Loss(nn.Module):
         )
 
     # --- what the last call saw -----------------------------------------------------------
+
+    @property
+    def _last_raw(self) -> Tensor | None:
+        return self._last[0]
+
+    @property
+    def _last_weights(self) -> Tensor | None:
+        return self._last[1]
 
     @property
     def terms(self) -> dict[str, Tensor]:
@@ -269,7 +279,7 @@ class Loss(nn.Module):
             raise LossDSLError(
                 "this state was saved from a different loss program",
                 hint=f"saved: {saved!r}; this loss: {self.canonical!r}. Compile the saved "
-                "program, or load with strict=False to skip this check",
+                "program, or delete the state's '_extra_state' entry and load with strict=False",
             )
 
     def __getstate__(self):

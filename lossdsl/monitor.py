@@ -185,7 +185,7 @@ class Monitor(SinkHost, nn.Module):
         eager.pending = row + 1
         eager.calls += 1
         if self._probe_every and (eager.calls - 1) % self._probe_every == 0 and logged:
-            self._probe(weights, list(logged) + [total], env)
+            self._probe(weights, logged, env)
         if self._sinks:
             due = [sink for sink, every in self._sinks if eager.calls % every == 0]
             if due:
@@ -259,7 +259,7 @@ class Monitor(SinkHost, nn.Module):
         self._probe_inputs = tuple(inputs)
         return self
 
-    def _probe(self, weights: Tensor, outputs: list, env) -> None:
+    def _probe(self, weights: Tensor, outputs: Sequence, env) -> None:
         named = {"pred": env.pred, "target": env.target, **env.inputs}
         wrt = [named.get(n) for n in self._probe_inputs]
         wrt = [t for t in wrt if isinstance(t, Tensor) and t.requires_grad]
@@ -271,9 +271,10 @@ class Monitor(SinkHost, nn.Module):
         norms = torch.stack([_grad_norm(v, wrt, acc, device) for v in outputs])
         for t, grad in kept:
             t.grad = grad
-        gn = norms * torch.cat([weights.abs().to(acc), norms.new_ones(1)])  # |w| * the term's norm
+        gn = norms * weights.abs().to(acc)  # the norm of a weighted term: |w| times the term's
         fin = torch.isfinite(gn)
-        self.window[-2:].add_(torch.stack([torch.where(fin, gn, 0), fin.to(acc)]))
+        probed = torch.stack([torch.where(fin, gn, 0), fin.to(acc)])
+        self.window[-2:, :-1].add_(probed)  # not the total: one backward pass fewer
 
     # --- reading --------------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
     """
     builder = _Builder(make_term_runner, make_schedule_runner)
     try:
+        _check_depth(resolved.root)
         root = builder.emit(resolved.root)
     except LossDSLError as err:
         raise err.located(resolved.source, err.span) from None
@@ -136,7 +137,7 @@ class _Builder:
             inner = self.emit(node.value)
             return self._add(node, lambda vals, env, i=inner: vals[i], (inner,), "named", {})
         if isinstance(node, ir.Balance):
-            args = [self.emit(a) for a in node.args]
+            args = list(map(self.emit, node.args))  # map: no extra frame per level
             index = len(self.balancers)
             self.balancers.append(node)
             return self._add(node, None, args, None, None, balancer=index)
@@ -150,7 +151,7 @@ class _Builder:
             _refuse_division_by_zero(node, params["ops"])
         if node.fn == "sum":
             # watch(...) adds exactly 0: keep its term computed but leave it out of the sum.
-            slots = [self.emit(a) for a in node.args]  # in source order
+            slots = list(map(self.emit, node.args))  # in source order; no extra frame per level
             kept = [(s, slot) for s, a, slot in zip(params["signs"], node.args, slots) if not _is_watch(a)]
             if len(kept) == 1 and kept[0][0] > 0:
                 inner = kept[0][1]
@@ -160,9 +161,49 @@ class _Builder:
             params = {"signs": tuple(s for s, _ in kept)}
             args = [slot for _, slot in kept]
         else:
-            args = [self.emit(a) for a in node.args]
+            args = list(map(self.emit, node.args))  # map: no extra frame per level
         run = _op_runner(node.fn, args, params)
         return self._add(node, run, args, node.fn, params)
+
+
+# Bindings compose: `a2 = exp(a1)` puts a1 inside a2 without a bracket in the text, so a
+# chain of bindings can nest far deeper than the parser's limit. The plan is built by
+# recursion (two frames per level); past this depth the program is refused instead. One
+# expression within the parser's limit of 64 reaches about 130 (a sum and a product per
+# bracket), so only bindings nested in bindings get here.
+MAX_PLAN_DEPTH = 256
+
+
+def _check_depth(root) -> None:
+    """Refuse a program that nests more than MAX_PLAN_DEPTH operations (iteratively)."""
+    depth: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in depth:
+            continue
+        inner = _operands(node)
+        if not ready:
+            stack.append((node, True))
+            stack.extend((child, False) for child in inner if id(child) not in depth)
+            continue
+        level = 1 + max((depth[id(child)] for child in inner), default=0)
+        if level > MAX_PLAN_DEPTH:
+            raise LossDSLError(
+                f"the program nests more than {MAX_PLAN_DEPTH} operations deep "
+                "(counting the bindings used inside bindings)",
+                span=getattr(node, "span", None),
+                hint="use fewer levels of bindings inside bindings, or flatten the expression",
+            )
+        depth[id(node)] = level
+
+
+def _operands(node) -> tuple:
+    if isinstance(node, (ir.Apply, ir.Balance)):
+        return node.args
+    if isinstance(node, ir.Named):
+        return (node.value,)
+    return ()
 
 
 def _refuse_division_by_zero(node: ir.Apply, ops_: tuple[str, ...]) -> None:
