@@ -1,9 +1,9 @@
 """Timing and memory of one forward + backward, measured the same way for every variant.
 
 Time: variants run interleaved, in a shuffled order each round; a sample is the mean of
-``calls`` back-to-back steps; the result is the median over rounds, and a ratio is the median
-over rounds of the per-round ratio (both variants measured within the same seconds, so load
-from other processes affects them alike).
+``calls`` back-to-back steps, as wall-clock time and as CPU time of the process; the result is
+the median over rounds, and a ratio is the median over rounds of the per-round ratio (both
+variants measured within the same seconds, so load from other processes affects them alike).
 
 Memory ("peak"): the CPU allocator reports every allocation and free to the PyTorch profiler
 (``profile_memory=True``), including those inside ``torch.compile``'d kernels. Peak is the
@@ -88,20 +88,25 @@ def calls_for(step: Callable[[], object], budget_s: float = 0.02, most: int = 20
 
 def interleaved(
     steps: dict[str, Callable[[], object]], rounds: int, calls: dict[str, int], seed: int = 0
-) -> dict[str, list[float]]:
-    """Seconds per call of each step, ``rounds`` samples each, in a shuffled order per round."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call of each step, ``rounds`` samples each, in a shuffled order per round:
+    ``(wall clock, CPU time of this process)``. On a busy machine the CPU time is the steadier
+    of the two (time spent waiting for a core is not in it); with one torch thread it is the
+    cost of the call itself."""
     order = list(steps)
     rng = random.Random(seed)
-    samples: dict[str, list[float]] = {name: [] for name in order}
+    wall: dict[str, list[float]] = {name: [] for name in order}
+    cpu: dict[str, list[float]] = {name: [] for name in order}
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
             fn, n = steps[name], calls[name]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - start) / n)
-    return samples
+            cpu[name].append((time.process_time() - start_cpu) / n)
+            wall[name].append((time.perf_counter() - start) / n)
+    return wall, cpu
 
 
 def median_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:

@@ -99,11 +99,11 @@ def bench_case(program, size_name: str, args) -> list[Row]:
     variants = {name: variants[name] for name in steps}
     mem = {name: memory(forward, reset) for name, forward in variants.items()}
     if size_name == "small":
-        calls = {name: calls_for(step, budget_s=0.02 if not args.quick else 0.005) for name, step in steps.items()}
+        calls = {name: calls_for(step, budget_s=0.03 if not args.quick else 0.005) for name, step in steps.items()}
         rounds = args.rounds_small
     else:
         calls, rounds = {name: 1 for name in steps}, args.rounds_large
-    samples = interleaved(steps, rounds, calls)
+    samples, cpu = interleaved(steps, rounds, calls)
     base = "eager (hand-written)"
     pred_bytes = pred.numel() * pred.element_size()
     return [
@@ -114,6 +114,8 @@ def bench_case(program, size_name: str, args) -> list[Row]:
             variant=name,
             ms=statistics.median(samples[name]) * 1e3,
             ratio=median_ratio(samples, name, base),
+            cpu_ms=statistics.median(cpu[name]) * 1e3,
+            cpu_ratio=median_ratio(cpu, name, base),
             peak=mem[name].peak,
             held=mem[name].held,
             pred_bytes=pred_bytes,
@@ -150,7 +152,7 @@ def setup_costs(quick: bool) -> dict[str, float]:
 
 
 def call_overhead(quick: bool) -> dict[str, float]:
-    """Forward-only microseconds on a tiny (2, 8, 2) input: the fixed cost of a call."""
+    """Forward-only CPU microseconds on a tiny (2, 8, 2) input: the fixed cost of a call."""
     program = PROGRAMS["card"]
     pred, target = torch.randn(2, 8, 2), torch.randn(2, 8, 2)
     hand, crit = program.hand(), lossdsl.compile(program.source)
@@ -161,8 +163,8 @@ def call_overhead(quick: bool) -> dict[str, float]:
         "lossdsl": lambda: crit(pred, target, step=STEP),
         "lossdsl, monitor off": lambda: quiet(pred, target, step=STEP),
     }
-    samples = interleaved(steps, 5 if quick else 21, {k: 200 for k in steps})
-    return {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+    _, cpu = interleaved(steps, 5 if quick else 21, {k: 200 for k in steps})
+    return {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
 
 
 def main(argv=None) -> None:
@@ -172,8 +174,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--programs", nargs="+", choices=list(PROGRAMS), default=list(PROGRAMS))
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
-    parser.add_argument("--rounds-small", type=int, default=15)
-    parser.add_argument("--rounds-large", type=int, default=7)
+    parser.add_argument("--rounds-small", type=int, default=21)
+    parser.add_argument("--rounds-large", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
     args = parser.parse_args(argv)
     if args.quick:

@@ -30,6 +30,8 @@ _LOG2 = math.log(2.0)
 CHUNK = 32768 - 64
 # Threads that take chunks in turn; more fight over the GIL for the Python part of each op.
 MAX_WORKERS = 4
+# On an accelerator a chunk only bounds the temporaries (a few times the chunk's bytes).
+DEVICE_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def value_and_grad(pred: Tensor, target: Tensor, program, need_grad: bool):
     plan = program.stat_plan(n, device, _accumulate_dtype(device, dtype))
     p, t = pred.detach().reshape(-1), target.detach().reshape(-1)
     cpu = device.type == "cpu"
-    chunk = CHUNK if cpu else n
+    chunk = CHUNK if cpu else DEVICE_CHUNK
     rows = -(-n // chunk)
     stats = torch.empty((rows, plan.size), dtype=dtype, device=device)
     grad = torch.empty(n, dtype=pred.dtype, device=device) if need_grad else None

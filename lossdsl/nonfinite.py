@@ -66,7 +66,7 @@ def _entry_view(arg: Any, views: list[Tensor]) -> Any:
         view = arg.view_as(arg)
         views.append(view)
         return view
-    if isinstance(arg, (list, tuple)) and arg and all(isinstance(a, Tensor) for a in arg):
+    if type(arg) in (list, tuple) and arg and all(isinstance(a, Tensor) for a in arg):
         return type(arg)(_entry_view(a, views) for a in arg)
     return arg  # e.g. an nn.Module for l2_reg: its parameters are not gated (see README)
 

@@ -19,6 +19,11 @@ import lossdsl
 RTOL = 3e-2
 
 
+def _log_cosh(e):
+    """log cosh e = |e| + log(1 + exp(-2|e|)) - log 2, which does not overflow for large |e|."""
+    return e.abs() + torch.log1p(torch.exp(-2 * e.abs())) - math.log(2)
+
+
 def _diff(x, dim=1):
     return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
 
@@ -30,8 +35,7 @@ CASES = {
     "huber": ("real", lambda p, t: F.huber_loss(p, t)),
     "huber(delta=0.5)": ("real", lambda p, t: F.huber_loss(p, t, delta=0.5)),
     "smooth_l1(beta=2)": ("real", lambda p, t: F.smooth_l1_loss(p, t, beta=2.0)),
-    # log cosh e = |e| + log(1 + exp(-2|e|)) - log 2, which does not overflow for large |e|
-    "log_cosh": ("real", lambda p, t: ((p - t).abs() + torch.log1p(torch.exp(-2 * (p - t).abs())) - math.log(2)).mean()),
+    "log_cosh": ("real", lambda p, t: _log_cosh(p - t).mean()),
     "charbonnier(eps=0.01)": ("real", lambda p, t: torch.sqrt((p - t) ** 2 + 1e-4).mean()),
     "quantile(q=0.8)": ("real", lambda p, t: torch.maximum(0.8 * (t - p), -0.2 * (t - p)).mean()),
     "temporal_diff": ("real", lambda p, t: (_diff(p) - _diff(t)).abs().mean()),

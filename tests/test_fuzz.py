@@ -24,6 +24,7 @@ from lark import Lark
 import lossdsl
 from lossdsl.syntax import grammar_text
 
+
 def fuzz(examples: int) -> settings:
     return settings(
         max_examples=examples,
@@ -31,6 +32,7 @@ def fuzz(examples: int) -> settings:
         database=None,  # no example database written into the tree
         suppress_health_check=list(HealthCheck),
     )
+
 
 TERM_NAMES = sorted(lossdsl.registry.names())
 BUILTIN_NAMES = ["log", "exp", "sqrt", "abs", "min", "max", "clamp", "detach", "watch",
@@ -49,7 +51,7 @@ STRINGS = ['"ema"', '"uncertainty"', '"dwa"', '"cov"', '"mean"', '"sum"', '""', 
 
 
 def _outcome(text) -> object:
-    """Compile ``text``; a module is called once. Returns the Loss, or the error raised."""
+    """Compile ``text``: the Loss, or the LossDSLError raised (any other exception fails)."""
     try:
         crit = lossdsl.compile(text)
     except lossdsl.LossDSLError as err:

@@ -70,7 +70,8 @@ def _script(mode: str, checkpoint: str, out: str) -> None:
     model, opt, crit = _fresh()
     if mode == "first":
         losses = _train(model, opt, crit, KILL_AT)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "crit": crit.state_dict()}, checkpoint)
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "crit": crit.state_dict()}
+        torch.save(state, checkpoint)
         torch.save(losses, out)
         print("saved", flush=True)
         signal.pause()  # wait to be killed
@@ -93,7 +94,8 @@ def _close(a: dict, b: dict) -> None:
     for name in a:
         for key, value in a[name].items():
             other = b[name][key]
-            assert (math.isnan(value) and math.isnan(other)) or math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12), (name, key)
+            both_nan = math.isnan(value) and math.isnan(other)
+            assert both_nan or math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12), (name, key)
 
 
 def test_kill_and_resume_in_a_fresh_process_matches_an_uninterrupted_run(tmp_path):
