@@ -15,6 +15,8 @@ the same rounds (``benchmarks/measure.py``). Also measured: ``lossdsl.parse`` an
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import platform
 import statistics
@@ -167,6 +169,21 @@ def call_overhead(quick: bool) -> dict[str, float]:
     return {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of returning each large
+    tensor to the system (mmap/munmap: every call then pays page faults for every big tensor,
+    which dominates and scatters the large-size times). A caching allocator, as on CUDA, behaves
+    like this. Returns whether it applied (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", metavar="FILE", help="rewrite the benchmark section of FILE")
@@ -177,7 +194,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds-small", type=int, default=21)
     parser.add_argument("--rounds-large", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="leave malloc as it is (see keep_freed_memory)"
+    )
     args = parser.parse_args(argv)
+    kept = False if args.system_malloc else keep_freed_memory()
     if args.quick:
         args.rounds_small, args.rounds_large = 3, 2
     if args.threads:
@@ -193,6 +214,7 @@ def main(argv=None) -> None:
     overhead = call_overhead(args.quick)
     elapsed = time.perf_counter() - started
     machine = machine_line(load_before, elapsed)
+    machine += "; malloc keeps freed memory (no page faults per tensor)" if kept else "; system malloc"
     text = render(rows, setup, overhead, machine, sources={k: PROGRAMS[k].source for k in args.programs})
     print(text)
     if args.write:

@@ -306,14 +306,14 @@ _CHECKED = ("raise", "warn")  # the policies that look at the values after the c
 
 
 def _finite_on_cpu(raw: Tensor, total: Any) -> bool:
-    """True when the call's values are on the CPU and all finite, read on the host: a few
-    hundred nanoseconds instead of the guard's tensor ops. Anything else (another device,
+    """True when the call's values are on the CPU and all finite, read on the host: about a
+    microsecond instead of the guard's tensor ops. Anything else (another device,
     ``torch.compile`` tracing, a non-finite value) is left to the guard."""
-    if raw.device.type != "cpu" or torch.compiler.is_compiling():
+    if not raw.is_cpu or torch.compiler.is_compiling():
         return False
-    if not all(map(math.isfinite, raw.tolist())):
-        return False
-    return math.isfinite(total.item() if isinstance(total, Tensor) else total)
+    # A sum is non-finite when any addend is; a sum of finite values that overflows only
+    # sends the call to the guard, which checks each value.
+    return math.isfinite(sum(raw.tolist()) + (total.item() if isinstance(total, Tensor) else total))
 
 
 def _result_dtype(values: list) -> torch.dtype:

@@ -126,7 +126,9 @@ class _Resolver:
             # A binding that is exactly one term call: the term is logged under the binding's name.
             return self.call(value, log_name=binding.name)
         node = self.expr(value)
-        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)):
+        # `w = watch(mae)` is an alias: the watched term is logged already, and the watch
+        # itself has no value to log.
+        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not _only_watches(node):
             node = ir.Named(binding.name, node, binding.offsets)
             self.named.append(node)
             self.order.append(node)
@@ -173,6 +175,8 @@ class _Resolver:
         raise LossTypeError(f"unexpected {type(node).__name__} here", span=node.offsets)
 
     def _apply(self, fn: str, args: tuple, params: tuple, span) -> Any:
+        if fn != "sum":
+            _refuse_watch_inside(args)
         kind = ir.max_kind(*(a.kind for a in args))
         if kind == "const":
             return ir.Const(_fold(fn, [a.value for a in args], dict(params), span), span)
@@ -356,10 +360,12 @@ class _Resolver:
                 )
             if operand.kind == "const":
                 return operand
+            _refuse_watch_inside(operands)
             return ir.Apply(builtin.name, operands, (), node.offsets, operand.kind)
         return self._apply(builtin.name, operands, params, node.offsets)
 
     def _balance(self, node: ast.Call, operands: tuple) -> ir.Balance:
+        _refuse_watch_inside(operands)
         for arg, operand in zip(node.args, operands):
             if operand.kind != "loss":
                 raise LossTypeError(
@@ -437,6 +443,26 @@ class _Resolver:
                 hint=f"write a literal such as {param}=1, or bind a number first: k = 1; ...({param}=k)",
             )
         raise LossArgumentError(f"bad value for '{param}'", span=span)
+
+
+def _only_watches(node: Any) -> bool:
+    while isinstance(node, ir.Named):
+        node = node.value
+    if isinstance(node, ir.Apply) and node.fn == "sum":
+        return all(_only_watches(a) for a in node.args)
+    return isinstance(node, ir.Apply) and node.fn == "watch"
+
+
+def _refuse_watch_inside(args) -> None:
+    """watch(...) adds exactly 0 and only logs; inside a calculation it would be a hidden 0
+    (``log(watch(a))``, ``mse / watch(a)``), so it may only be added to the loss."""
+    for arg in args:
+        if _only_watches(arg):
+            raise LossTypeError(
+                "watch(...) only logs a term; it cannot be part of a calculation",
+                span=arg.span,
+                hint="add it to the loss on its own, e.g. mse + watch(mae)",
+            )
 
 
 def _contributes(node: Any) -> bool:

@@ -279,7 +279,6 @@ def _parser() -> Lark:
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def parse(text: str) -> ast.Program:
     """Parse program text into a :class:`~lossdsl.ast.Program`; cached by text.
 
@@ -295,6 +294,12 @@ def parse(text: str) -> ast.Program:
             f"a loss program is text, got {type(text).__name__}",
             hint='pass a string such as "0.7*huber(delta=1) + 0.3*temporal_diff"',
         )
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(text: str) -> ast.Program:
+    # checked for being text first: the cache cannot hash a list
     try:
         size = len(text.encode("utf-8", "surrogatepass"))
     except UnicodeError:

@@ -71,6 +71,16 @@ def test_host_check_agrees_with_the_definition_of_finite():
     assert not _finite_on_cpu(torch.empty(2, device="meta"), torch.empty((), device="meta"))
 
 
+def test_huge_finite_values_are_not_reported():
+    # the host check adds the values up: 1e308 + 1e308 overflows although each is finite,
+    # which must only hand the call to the guard's exact check, never raise
+    assert not _finite_on_cpu(torch.tensor([1e308, 1e308], dtype=torch.float64), 0.0)
+    crit = lossdsl.compile("mse - mse")
+    pred = torch.tensor([1e154], dtype=torch.float64)
+    assert float(crit(pred, torch.zeros(1, dtype=torch.float64))) == 0.0
+    assert float(crit.terms["mse"]) == pytest.approx(1e308)
+
+
 def _sqrt_term(pred, target):
     """NaN where pred < target."""
     return torch.sqrt(pred - target).mean()

@@ -196,3 +196,32 @@ def test_canonical_and_given_source():
     resolved = lossdsl.check("0.7*huber(delta=1)+0.3*temporal_diff()  # card")
     assert resolved.source == "0.7*huber(delta=1)+0.3*temporal_diff()  # card"
     assert resolved.canonical == "0.7 * huber(delta=1) + 0.3 * temporal_diff"
+
+
+# --- watch(...) only logs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "log(watch(mae)) + mse",  # would be log(0)
+        "mse / watch(mae)",  # would divide by 0
+        "2*watch(mae) + mse",
+        "mse * (watch(mae) + watch(huber))",
+        "w = watch(mae)\nmse * w",
+        "detach(watch(mae)) + mse",
+        "watch(watch(mae)) + mse",
+        'balance(watch(mae), mse, method="ema")',
+    ],
+)
+def test_watch_cannot_be_part_of_a_calculation(source):
+    with pytest.raises(LossTypeError, match=r"watch\(\.\.\.\) only logs a term"):
+        lossdsl.compile(source)
+
+
+def test_watch_may_be_added_or_bound():
+    pred, target = torch.zeros(3), torch.full((3,), 2.0)
+    for source in ("w = watch(mae)\nmse + w", "mse - watch(mae)", "mse + (watch(mae) + watch(huber))"):
+        crit = lossdsl.compile(source)
+        assert float(crit(pred, target)) == 4.0  # mean e^2 alone; the watched terms add 0
+        assert float(crit.terms["mae"]) == 2.0 and float(crit.weights["mae"]) == 0.0

@@ -188,6 +188,8 @@ def test_parse_is_cached_and_rejects_non_text():
     assert lossdsl.parse("mse + mae") is lossdsl.parse("mse + mae")
     with pytest.raises(lossdsl.LossDSLError, match="a loss program is text, got bytes"):
         lossdsl.parse(b"mse")
+    with pytest.raises(lossdsl.LossDSLError, match="a loss program is text, got list"):
+        lossdsl.parse(["mse"])  # not hashable: refused before the cache
 
 
 def test_grammar_file_is_the_parsers_grammar():
