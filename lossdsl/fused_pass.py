@@ -3,7 +3,7 @@
 With ``e = pred - target`` each fusable term is a function of ``e`` alone, so a chunk of the
 data needs only ``e``, a few running sums and a few elementwise buffers. The value of each
 term is a fixed linear map of sums over all chunks; the gradient is assembled per chunk from
-``e``, ``sign(e)``, ``clamp(e, -delta, delta)``, ``e / sqrt(e^2 + eps^2)`` and ``tanh(e)``.
+``e``, ``sign(e)``, ``clamp(e, -delta, delta)``, ``e / sqrt(e^2 + eps^2)`` and ``sigmoid(2e)``.
 
 >>> import torch
 >>> from lossdsl.fused_pass import Part, StatPlan

@@ -12,14 +12,10 @@ suggestions. Constant sub-expressions are folded here, so ``2*0.5*mse`` costs on
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any, Mapping
 
-import pydantic
-
 from . import ast, ir
-from .builtins import BALANCE_METHODS, BALANCE_PARAMS, BUILTINS, Builtin
+from .builtins import BUILTINS
 from .errors import (
     LossArgumentError,
     LossDSLError,
@@ -27,18 +23,14 @@ from .errors import (
     LossTypeError,
     did_you_mean,
 )
-from .registry import Registry, TermSpec, _type_words, registry as default_registry
+from .registry import Registry, TermSpec, registry as default_registry
+from .resolve_builtins import BuiltinCalls, only_watches, refuse_watch_inside
+from .resolve_values import fold, is_int_literal, validate
 from .unparse import unparse
 
 __all__ = ["resolve", "MAX_TERMS"]
 
 MAX_TERMS = 256
-_UNARY_MATH = {
-    "log": math.log,
-    "exp": math.exp,
-    "sqrt": math.sqrt,
-    "abs": abs,
-}
 
 
 def resolve(
@@ -56,7 +48,7 @@ def resolve(
     return _Resolver(terms or {}, registry or default_registry).run(program, source)
 
 
-class _Resolver:
+class _Resolver(BuiltinCalls):
     def __init__(self, local: Mapping[str, TermSpec], reg: Registry) -> None:
         self.local = local
         self.registry = reg
@@ -128,7 +120,7 @@ class _Resolver:
         node = self.expr(value)
         # `w = watch(mae)` is an alias: the watched term is logged already, and the watch
         # itself has no value to log.
-        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not _only_watches(node):
+        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not only_watches(node):
             node = ir.Named(binding.name, node, binding.offsets)
             self.named.append(node)
             self.order.append(node)
@@ -176,10 +168,10 @@ class _Resolver:
 
     def _apply(self, fn: str, args: tuple, params: tuple, span) -> Any:
         if fn != "sum":
-            _refuse_watch_inside(args)
+            refuse_watch_inside(args)
         kind = ir.max_kind(*(a.kind for a in args))
         if kind == "const":
-            return ir.Const(_fold(fn, [a.value for a in args], dict(params), span), span)
+            return ir.Const(fold(fn, [a.value for a in args], dict(params), span), span)
         return ir.Apply(fn, args, params, span, kind)
 
     def call(self, node: ast.Call, log_name: str | None = None) -> Any:
@@ -271,7 +263,7 @@ class _Resolver:
                     hint=(close + " " if close else "")
                     + f"{spec.name} takes {takes}; inputs: {', '.join(spec.input_names)}",
                 )
-        hyper = _validate(spec.name, spec.model, values, places, node.offsets, spec.hyper)
+        hyper = validate(spec.name, spec.model, values, places, node.offsets, spec.hyper)
         for p in spec.inputs:
             routes.setdefault(p.name, ir.Route(p.name, (p.name,), required=p.required))
         term = ir.Term(
@@ -303,114 +295,6 @@ class _Resolver:
 
     # --- built-ins ------------------------------------------------------------------------
 
-    def _builtin(self, node: ast.Call, builtin: Builtin) -> Any:
-        low, high = builtin.operands
-        n_operands = len(node.args) if high is None else min(len(node.args), high)
-        if n_operands < low:
-            what = "an operand" if low == 1 else f"at least {low} operands"
-            raise LossArgumentError(
-                f"{builtin.name} needs {what}, got {len(node.args)}",
-                span=node.offsets,
-                hint=builtin.summary,
-            )
-        operands = tuple(self.expr(a) for a in node.args[:n_operands])
-        if builtin.category == "balance":
-            return self._balance(node, operands)
-        model = builtin.params
-        fields = list(model.model_fields)
-        extra_args = node.args[n_operands:]
-        if len(extra_args) > len(fields):
-            raise LossArgumentError(
-                f"{builtin.name} takes {high if high is not None else 'any number of'} operand(s)"
-                + (f" and at most {len(fields)} more arguments" if fields else ""),
-                span=extra_args[len(fields)].offsets,
-                hint=builtin.summary,
-            )
-        values: dict[str, Any] = {}
-        places: dict[str, tuple[int, int] | None] = {}
-        for field_name, arg in zip(fields, extra_args):
-            values[field_name] = self._const_arg(arg, builtin.name, field_name)
-            places[field_name] = arg.offsets
-        for kw in node.kwargs:
-            if kw.name not in fields:
-                close = did_you_mean(kw.name, fields)
-                raise LossArgumentError(
-                    f"{builtin.name} has no parameter '{kw.name}'",
-                    span=kw.offsets,
-                    hint=(close + " " if close else "") + builtin.summary,
-                )
-            if kw.name in values:
-                raise LossArgumentError(
-                    f"{builtin.name} got '{kw.name}' both by position and by keyword",
-                    span=kw.offsets,
-                    hint="give it once",
-                )
-            values[kw.name] = self._literal(kw.value, builtin.name, kw.name, kw.offsets)
-            places[kw.name] = kw.offsets
-        params = tuple(_validate(builtin.name, model, values, places, node.offsets).items())
-        if builtin.category == "schedule":
-            return ir.Schedule(builtin.name, params, node.offsets)
-        if builtin.category == "special":
-            (operand,) = operands
-            if builtin.name == "watch" and operand.kind != "loss":
-                raise LossTypeError(
-                    "watch needs a loss term to log",
-                    span=node.offsets,
-                    hint="watch a term such as watch(mae)",
-                )
-            if operand.kind == "const":
-                return operand
-            _refuse_watch_inside(operands)
-            return ir.Apply(builtin.name, operands, (), node.offsets, operand.kind)
-        return self._apply(builtin.name, operands, params, node.offsets)
-
-    def _balance(self, node: ast.Call, operands: tuple) -> ir.Balance:
-        _refuse_watch_inside(operands)
-        for arg, operand in zip(node.args, operands):
-            if operand.kind != "loss":
-                raise LossTypeError(
-                    "balance combines loss terms; this operand is a number",
-                    span=arg.offsets,
-                    hint="put weights outside: 0.5*balance(a, b, method=\"ema\")",
-                )
-        kwargs = {kw.name: kw for kw in node.kwargs}
-        if "method" not in kwargs:
-            raise LossArgumentError(
-                "balance needs method=...",
-                span=node.offsets,
-                hint="methods: " + ", ".join(f'"{m}"' for m in BALANCE_METHODS),
-            )
-        method_kw = kwargs["method"]
-        method = method_kw.value.value if isinstance(method_kw.value, ast.String) else None
-        if method not in BALANCE_PARAMS:
-            close = did_you_mean(str(method), BALANCE_METHODS) if method else None
-            raise LossArgumentError(
-                f"unknown balance method {_show(method_kw.value)}",
-                span=method_kw.offsets,
-                hint=(close + " " if close else "")
-                + "methods: "
-                + ", ".join(f'"{m}"' for m in BALANCE_METHODS),
-            )
-        model = BALANCE_PARAMS[method]
-        values: dict[str, Any] = {}
-        places: dict[str, tuple[int, int] | None] = {}
-        for kw in node.kwargs:
-            if kw.name not in model.model_fields:
-                close = did_you_mean(kw.name, list(model.model_fields))
-                allowed = ", ".join(f for f in model.model_fields if f != "method") or "nothing else"
-                raise LossArgumentError(
-                    f'balance(method="{method}") has no parameter \'{kw.name}\'',
-                    span=kw.offsets,
-                    hint=(close + " " if close else "") + f"it takes {allowed}",
-                )
-            values[kw.name] = self._literal(kw.value, "balance", kw.name, kw.offsets)
-            places[kw.name] = kw.offsets
-        params = _validate("balance", model, values, places, node.offsets)
-        params.pop("method", None)
-        return ir.Balance(method, operands, tuple(params.items()), node.offsets)
-
-    # --- argument values ------------------------------------------------------------------
-
     def _const_arg(self, arg: ast.Node, owner: str, param: str) -> Any:
         node = self.expr(arg)
         if node.kind != "const":
@@ -420,7 +304,7 @@ class _Resolver:
                 hint=f"give {param} a number, e.g. {owner}({param}=1)",
             )
         value = node.value
-        return int(value) if float(value).is_integer() and _is_int_literal(arg) else value
+        return int(value) if float(value).is_integer() and is_int_literal(arg) else value
 
     def _literal(self, value: ast.Node, owner: str, param: str, span) -> Any:
         if isinstance(value, ast.Number):
@@ -445,26 +329,6 @@ class _Resolver:
         raise LossArgumentError(f"bad value for '{param}'", span=span)
 
 
-def _only_watches(node: Any) -> bool:
-    while isinstance(node, ir.Named):
-        node = node.value
-    if isinstance(node, ir.Apply) and node.fn == "sum":
-        return all(_only_watches(a) for a in node.args)
-    return isinstance(node, ir.Apply) and node.fn == "watch"
-
-
-def _refuse_watch_inside(args) -> None:
-    """watch(...) adds exactly 0 and only logs; inside a calculation it would be a hidden 0
-    (``log(watch(a))``, ``mse / watch(a)``), so it may only be added to the loss."""
-    for arg in args:
-        if _only_watches(arg):
-            raise LossTypeError(
-                "watch(...) only logs a term; it cannot be part of a calculation",
-                span=arg.span,
-                hint="add it to the loss on its own, e.g. mse + watch(mae)",
-            )
-
-
 def _contributes(node: Any) -> bool:
     """Whether a term outside ``watch(...)`` reaches ``node`` (so the loss trains something)."""
     stack = [node]
@@ -477,108 +341,3 @@ def _contributes(node: Any) -> bool:
         elif isinstance(item, ir.Apply) and item.fn != "watch":
             stack.extend(item.args)
     return False
-
-
-def _is_int_literal(arg: ast.Node) -> bool:
-    while isinstance(arg, ast.Neg):
-        arg = arg.operand
-    return isinstance(arg, ast.Number) and isinstance(arg.value, int)
-
-
-def _show(value: ast.Node) -> str:
-    if isinstance(value, ast.String):
-        return f'"{value.value}"'
-    return unparse(value)
-
-
-def _validate(owner, model, values, places, call_span, hyper=None) -> dict[str, Any]:
-    """Validate ``values`` with a pydantic model; errors point at the ``key=value``."""
-    try:
-        validated = model.model_validate(values)
-    except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else None
-        msg = first["msg"]
-        described = ""
-        if hyper is not None and key is not None:
-            for h in hyper:
-                if h.name == key:
-                    described = f" ({h.name}: {_type_words(h.annotation)})"
-        if first["type"] == "missing":
-            raise LossArgumentError(
-                f"{owner} needs '{key}'",
-                span=call_span,
-                hint=f"give it as {owner}({key}=...){described}",
-            ) from None
-        if key is None or key not in values:
-            reason = msg.removeprefix("Value error, ")
-            raise LossArgumentError(
-                f"bad arguments for {owner}", span=call_span, hint=reason
-            ) from None
-        reason = msg.removeprefix("Value error, ")
-        reason = reason.replace("Input should be", f"{key} must be", 1)
-        shown = _as_written(values[key])
-        raise LossArgumentError(
-            f"{owner}: {key}={shown} is not allowed",
-            span=places.get(key) or call_span,
-            hint=reason + described,
-        ) from None
-    return {name: getattr(validated, name) for name in type(validated).model_fields}
-
-
-def _as_written(value: Any) -> str:
-    """A literal as the program writes it (``true``, ``none``, ``"ema"``, ``[1, 2]``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_as_written(v) for v in value) + "]"
-    return str(value)
-
-
-def _fold(fn: str, values: list[float], params: dict, span) -> float:
-    """Evaluate an operation on constants at compile time."""
-    try:
-        if fn == "sum":
-            result = math.fsum(s * v for s, v in zip(params["signs"], values))
-        elif fn == "product":
-            result = values[0]
-            for op, v in zip(params["ops"], values[1:]):
-                result = result * v if op == "*" else result / v
-        elif fn == "pow":
-            result = values[0] ** values[1]
-        elif fn == "neg":
-            result = -values[0]
-        elif fn in _UNARY_MATH:
-            result = _UNARY_MATH[fn](values[0])
-        elif fn == "min":
-            result = min(values)
-        elif fn == "max":
-            result = max(values)
-        elif fn == "clamp":
-            result = values[0]
-            if params.get("min") is not None:
-                result = max(result, params["min"])
-            if params.get("max") is not None:
-                result = min(result, params["max"])
-        else:
-            raise ValueError(fn)
-        if isinstance(result, complex) or not math.isfinite(result):
-            raise ValueError("not a finite real number")
-    except (ArithmeticError, ValueError) as exc:
-        # in user words, not Python's ("math domain error", "float division by zero")
-        if isinstance(exc, ZeroDivisionError):
-            reason = "it divides by zero"
-        elif isinstance(exc, OverflowError) or str(exc) == "not a finite real number":
-            reason = "it overflows or is not a real number"
-        else:
-            reason = f"{fn} is not defined there"
-        raise LossArgumentError(
-            f"this constant expression has no finite value: {reason}",
-            span=span,
-            hint="check for division by zero, log of a negative number or overflow",
-        ) from None
-    return float(result)
