@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import ctypes.util
 import os
-import platform
 import statistics
 import sys
 import time

@@ -158,7 +158,9 @@ class Monitor(SinkHost, nn.Module):
         call's inputs) are for the probe."""
         device, history = raw.device, self._history
         if history.device != device:
-            self._move(device)
+            # state made during an inference_mode call must stay writable in later calls
+            with torch.inference_mode(False):
+                self._move(device)
             history = self._history
         if weights.device != device:
             weights = self._weights_on(weights, device)
@@ -174,7 +176,8 @@ class Monitor(SinkHost, nn.Module):
         eager = self._eager
         if raw.dtype == torch.float64 and history.dtype != raw.dtype:
             self._flush()
-            history = self._history = history.double()
+            with torch.inference_mode(False):
+                history = self._history = history.double()
         row = eager.pending
         if row == _HISTORY_ROWS:
             self._flush()

@@ -255,7 +255,7 @@ def test_registry_lists_inputs_hyperparameters_and_summary(name):
 def test_registry_states_the_natural_ranges():
     described = {f"{n}.{h.name}": h.describe() for n in CATALOGUE for h in lossdsl.registry[n].hyper}
     assert described["huber.delta"] == "delta: float > 0 = 1.0"
-    assert described["quantile.q"] == "q: float > 0 < 1 = 0.5"
+    assert described["quantile.q"] == "q: float in (0, 1) = 0.5"
     assert described["triplet.margin"] == "margin: float >= 0 = 1.0"
     assert described["charbonnier.eps"] == "eps: float > 0 = 0.001"
     assert described["cross_entropy.class_weights"] == "class_weights: list of float >= 0 | none = None"
