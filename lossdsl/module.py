@@ -84,6 +84,15 @@ class Loss(nn.Module):
             s for s, item in zip(plan.logged_slots, plan.logged_items) if isinstance(item, ir.Term)
         ]
         self.term_names: list[str] = list(plan.logged_names)
+        # Logged values the total does not depend on (only watched): their NaN must be
+        # checked on their own; any other term's NaN shows in the total.
+        feeding, stack = set(), [plan.root]
+        while stack:
+            slot = stack.pop()
+            if slot not in feeding:
+                feeding.add(slot)
+                stack.extend(plan.instrs[slot].args)
+        self._watched = [i for i, s in enumerate(plan.logged_slots) if s not in feeding]
         self._read = resolved.inputs_read
         if plan.balancers:
             from .balance import make_balancer
@@ -206,14 +215,19 @@ class Loss(nn.Module):
             if self._term_slots and total.dtype != vals[self._term_slots[0]].dtype:
                 total = total.to(_result_dtype([vals[s] for s in self._term_slots]))
             logged, total = self._guard.finish(logged, total, env)
-            raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else logged[0].detach().reshape(1)
+            raw = None  # stacked only when someone reads it (crit.terms, the guard)
             weights = self._weights(vals)
-        if self.nonfinite in _CHECKED and not _finite_on_cpu(raw, total):
-            self._guard.check(raw, total, self.step)  # reports; on other devices it checks
+        if self.nonfinite in _CHECKED and not _finite_on_cpu(
+            [logged[i] for i in self._watched] if raw is None else raw, total
+        ):
+            self._guard.check(self._stacked(logged) if raw is None else raw, total, self.step)
         last = self._last
-        last[0], last[1] = raw, weights
+        last[0], last[1] = (logged if raw is None else raw), weights
         if self.monitor.enabled:
-            self.monitor.record(raw, weights, total, logged, env)
+            if raw is None:
+                self.monitor.record_terms(logged, weights, total, env)
+            else:
+                self.monitor.record(raw, weights, total, logged, env)
         return total
 
     def _weights(self, vals: list) -> Tensor:
@@ -240,9 +254,18 @@ class Loss(nn.Module):
 
     # --- what the last call saw -----------------------------------------------------------
 
+    @staticmethod
+    def _stacked(logged: list) -> Tensor:
+        if len(logged) == 1:
+            return logged[0].detach().reshape(1)
+        return torch.stack([v.detach() for v in logged])
+
     @property
     def _last_raw(self) -> Tensor | None:
-        return self._last[0]
+        last = self._last[0]
+        if isinstance(last, list):  # the last call's term tensors, stacked on first read
+            last = self._last[0] = self._stacked(last)
+        return last
 
     @property
     def _last_weights(self) -> Tensor | None:
@@ -288,6 +311,7 @@ class Loss(nn.Module):
         for key in ("_plan", "_runs", "_guard"):
             state.pop(key, None)
         state["_resolved"] = None
+        state["_last"] = [self._last_raw, self._last[1]]  # detached values, not the graph
         return state
 
     def __setstate__(self, state):
@@ -305,15 +329,29 @@ class Loss(nn.Module):
 _CHECKED = ("raise", "warn")  # the policies that look at the values after the call
 
 
-def _finite_on_cpu(raw: Tensor, total: Any) -> bool:
-    """True when the call's values are on the CPU and all finite, read on the host: about a
+def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
+    """True when the values are on the CPU and all finite, read on the host: about a
     microsecond instead of the guard's tensor ops. Anything else (another device,
-    ``torch.compile`` tracing, a non-finite value) is left to the guard."""
-    if not raw.is_cpu or torch.compiler.is_compiling():
-        return False
+    ``torch.compile`` tracing, a non-finite value) is left to the guard, which checks each.
+
+    ``raw`` holds the values whose NaN would not reach the total (watched terms), as a
+    tensor or a list of 0-dim tensors; every other term's NaN shows in the total.
+    """
+    if isinstance(total, Tensor):
+        if not total.is_cpu or torch.compiler.is_compiling():
+            return False
+        total = total.item()
+    if isinstance(raw, Tensor):
+        if not raw.is_cpu:
+            return False
+        extra = sum(raw.tolist())
+    else:
+        if any(not v.is_cpu for v in raw):
+            return False
+        extra = sum(v.item() for v in raw)
     # A sum is non-finite when any addend is; a sum of finite values that overflows only
     # sends the call to the guard, which checks each value.
-    return math.isfinite(sum(raw.tolist()) + (total.item() if isinstance(total, Tensor) else total))
+    return math.isfinite(extra + total)
 
 
 def _result_dtype(values: list) -> torch.dtype:

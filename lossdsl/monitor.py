@@ -174,6 +174,8 @@ class Monitor(SinkHost, nn.Module):
             self._fold(torch.cat(parts)[None])
             return
         eager = self._eager
+        if eager.filled_with is not False:
+            eager.filled_with = None  # this row gets its weights here; refill before a fast call
         if raw.dtype == torch.float64 and history.dtype != raw.dtype:
             self._flush()
             with torch.inference_mode(False):
@@ -194,6 +196,70 @@ class Monitor(SinkHost, nn.Module):
             if due:
                 self._write(due)
 
+    def record_terms(self, logged: list, weights: Tensor, total: Any, env=None) -> None:
+        """Record one call from the term tensors themselves (what ``Loss.forward`` uses).
+
+        In eager calls on the history's device this keeps detached references only; they are
+        stacked into the history in one operation per 256 calls (or when someone reads), so a
+        call costs a few detaches. Constant weights are written into the rows once.
+        """
+        history = self._history
+        eager = self._eager
+        first = logged[0]
+        if (
+            torch.compiler.is_compiling()
+            or not isinstance(total, Tensor)
+            or first.device != history.device
+            or weights.device != history.device
+            or (first.dtype == torch.float64 and history.dtype != torch.float64)
+        ):
+            raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else first.detach().reshape(1)
+            self.record(raw, weights, total, logged, env)
+            return
+        row = eager.pending
+        if row == _HISTORY_ROWS:
+            self._flush()
+            row = 0
+        values = [v.detach() for v in logged]
+        values.append(total.detach())
+        if weights is eager.filled_with:
+            eager.deferred.append((row, values, None))
+        elif eager.filled_with is None and not weights.requires_grad:
+            # the same weights tensor every call (constant weights): fill every row once
+            k = len(self.names)
+            history[:, k + 1 : 2 * k + 1] = weights
+            history[:, 2 * k + 1] = 1.0
+            eager.filled_with = weights
+            eager.deferred.append((row, values, None))
+        else:
+            eager.filled_with = False
+            eager.deferred.append((row, values, weights.detach()))
+        eager.pending = row + 1
+        eager.calls += 1
+        if self._probe_every and (eager.calls - 1) % self._probe_every == 0:
+            self._probe(weights, logged, env)
+        if self._sinks:
+            due = [sink for sink, every in self._sinks if eager.calls % every == 0]
+            if due:
+                self._write(due)
+
+    def _place_deferred(self) -> None:
+        """Write the deferred calls' values (and changing weights) into their history rows."""
+        eager = self._eager
+        deferred, eager.deferred = eager.deferred, []
+        if not deferred:
+            return
+        history = self._history
+        k = len(self.names)
+        rows = torch.tensor([r for r, _, _ in deferred], device=history.device)
+        flat = torch.stack([v for _, values, _ in deferred for v in values])
+        history[rows, : k + 1] = flat.view(len(deferred), k + 1).to(history.dtype)
+        changing = [(r, w) for r, _, w in deferred if w is not None]
+        if changing:
+            at = torch.tensor([r for r, _ in changing], device=history.device)
+            history[at, k + 1 : 2 * k + 1] = torch.stack([w for _, w in changing]).to(history.dtype)
+            history[at, 2 * k + 1] = 1.0
+
     def _fold(self, rows: Tensor) -> None:
         inc = fold_rows(rows, self._leaf, self.ema)
         self.seen.add_(rows.shape[0])
@@ -204,6 +270,7 @@ class Monitor(SinkHost, nn.Module):
         torch.maximum(self.high, inc.high, out=self.high)
 
     def _flush(self) -> None:
+        self._place_deferred()
         if self._eager.pending:
             self._fold(self._history[: self._eager.pending])
             self._eager.pending = 0
@@ -211,6 +278,7 @@ class Monitor(SinkHost, nn.Module):
     def _move(self, device: torch.device) -> None:
         """Follow the inputs to another device (once, when it changes)."""
         self._flush()
+        self._eager.filled_with = None  # the new history has no weights written in it yet
         for name, buf in self._buffers.items():
             if buf is not None:
                 self._buffers[name] = buf.to(device, _buffer_dtype(name, buf, device))
@@ -367,6 +435,7 @@ class Monitor(SinkHost, nn.Module):
     def reset(self) -> None:
         """Clear every statistic (the sinks' step counter keeps counting)."""
         self._eager.pending = 0
+        self._eager.deferred = []
         for buf in (self.window, self.totals, self.ema_acc, self.ema_norm):
             buf.zero_()
         self.low.fill_(math.inf)
@@ -397,6 +466,7 @@ class Monitor(SinkHost, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         self._eager.pending = 0
+        self._eager.deferred = []
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __getstate__(self):
@@ -412,12 +482,16 @@ class Monitor(SinkHost, nn.Module):
 class _EagerCounters:
     """Python counters of eager calls, kept off the module: no nn.Module.__setattr__ per call."""
 
-    __slots__ = ("pending", "calls", "rows", "rows_of")
+    __slots__ = ("pending", "calls", "rows", "rows_of", "deferred", "filled_with")
 
     def __init__(self, pending: int = 0, calls: int = 0) -> None:
         self.pending = pending  # rows of the history not folded yet
         self.calls = calls  # for the every-N of the probe and the sinks
         self.rows, self.rows_of = (), None  # views of the history's rows
+        self.deferred: list = []  # (row, detached values, weights or None) not yet in the history
+        # the constant weights tensor already written into every row (None: none yet;
+        # False: weights change per call and are written per row)
+        self.filled_with = None
 
     def __getstate__(self):
         return (self.pending, self.calls)
