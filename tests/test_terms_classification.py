@@ -170,15 +170,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("src", list(CASES))
-def test_value_matches_reference(src):
-    make, reference, _ = CASES[src]
-    inputs = make()
-    got = lossdsl.compile(src)(**inputs)
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, reference(**inputs), rtol=1e-10, atol=1e-12)
-
-
 def test_bce_clamps_but_keeps_a_gradient_at_zero_and_one():
     pred = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1.0, 0.0], dtype=torch.float64)

@@ -116,15 +116,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("src", list(CASES))
-def test_value_matches_reference(src):
-    make, reference, _ = CASES[src]
-    inputs = make()
-    got = lossdsl.compile(src)(**inputs)
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, reference(**inputs), rtol=1e-10, atol=1e-12)
-
-
 def test_pairwise_ranking_on_a_batch_of_lists_with_more_axes():
     inputs = _lists(1, shape=(2, 3, 7))
     got = lossdsl.compile("pairwise_ranking(margin=0.5, dim=1)")(**inputs)

@@ -94,15 +94,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("src", list(CASES))
-def test_value_matches_reference(src):
-    make, reference, _ = CASES[src]
-    inputs = make()
-    got = lossdsl.compile(src)(**inputs)
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, reference(**inputs), rtol=1e-10, atol=1e-10)
-
-
 def test_defaults_follow_the_catalogue():
     inputs = _pair(1)
     pred, target = inputs["pred"], inputs["target"]

@@ -75,15 +75,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("src", list(CASES))
-def test_value_matches_reference(src):
-    make, reference, _ = CASES[src]
-    inputs = make()
-    got = lossdsl.compile(src)(**inputs)
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, reference(**inputs), rtol=1e-10, atol=1e-12)
-
-
 def test_tv_below_one_power_has_finite_gradient_where_neighbours_are_equal():
     pred = torch.tensor([[1.0, 1.0, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
     out = lossdsl.compile("tv(p=0.5)")(pred)
