@@ -15,7 +15,6 @@ Run: ``python benchmarks/bench_monitor.py`` (``--no-write`` to only print).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lossdsl  # noqa: E402
+from benchmarks.measure import interleaved, keep_freed_memory, median_ratio  # noqa: E402
 
 SOURCE = "0.7*huber(delta=1) + 0.3*temporal_diff"
 SHAPE = (64, 128, 16)
@@ -55,25 +55,6 @@ def variants(pred, target, log_dir: str) -> dict:
         "monitor on": make_step(on, pred, target),
         "on + probe/50 + jsonl/10": make_step(busy, pred, target),
     }
-
-
-def interleaved(steps: dict, rounds: int, calls: int, seed: int = 0) -> dict[str, list[tuple[float, float]]]:
-    """(CPU seconds, wall seconds) per call of each step, one sample per round."""
-    order, rng = list(steps), random.Random(seed)
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            step = steps[name]
-            cpu, wall = time.thread_time(), time.perf_counter()
-            for _ in range(calls):
-                step()
-            samples[name].append(((time.thread_time() - cpu) / calls, (time.perf_counter() - wall) / calls))
-    return samples
-
-
-def median_ratio(samples: dict, name: str, base: str, clock: int) -> float:
-    return statistics.median(a[clock] / b[clock] for a, b in zip(samples[name], samples[base]))
 
 
 def record_cost(pred, target, calls: int = 3000) -> float:
@@ -138,6 +119,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as in run.py: no page faults per large tensor scattering the times
     gen = torch.Generator().manual_seed(0)
     pred = torch.randn(SHAPE, generator=gen).requires_grad_()
     target = torch.randn(SHAPE, generator=gen)
@@ -146,14 +128,14 @@ def main() -> None:
         for step in steps.values():  # warm up: allocator, first-call paths
             for _ in range(10):
                 step()
-        samples = interleaved(steps, args.rounds, args.calls)
+        wall, cpu = interleaved(steps, args.rounds, {name: args.calls for name in steps})
     base = "monitor off"
     rows = [
-        (name, 1e3 * statistics.median(c for c, _ in s), median_ratio(samples, name, base, 0),
-         median_ratio(samples, name, base, 1))
-        for name, s in samples.items()
+        (name, 1e3 * statistics.median(cpu[name]), median_ratio(cpu, name, base),
+         median_ratio(wall, name, base))
+        for name in steps
     ]
-    base_s = statistics.median(c for c, _ in samples[base])
+    base_s = statistics.median(cpu[base])
     record_s = record_cost(pred, target)
 
     width = max(len(row[0]) for row in rows)

@@ -22,7 +22,10 @@ returns: the tensors saved for backward plus the outputs.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
+import sys
 import statistics
 import time
 from dataclasses import dataclass
@@ -112,3 +115,18 @@ def interleaved(
 def median_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
     """Median over rounds of ``samples[name][r] / samples[base][r]``."""
     return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of returning each large
+    tensor to the system (mmap/munmap: every call then pays page faults for every big tensor,
+    which dominates and scatters the large-size times). A caching allocator, as on CUDA, behaves
+    like this. Returns whether it applied (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False

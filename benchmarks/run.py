@@ -15,8 +15,6 @@ the same rounds (``benchmarks/measure.py``). Also measured: ``lossdsl.parse`` an
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import statistics
 import sys
@@ -28,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lossdsl  # noqa: E402
-from benchmarks.measure import calls_for, interleaved, median_ratio, memory  # noqa: E402
+from benchmarks.measure import calls_for, interleaved, keep_freed_memory, median_ratio, memory  # noqa: E402
 from benchmarks.programs import PROGRAMS  # noqa: E402
 from benchmarks.report import Row, machine_line, render, write_section  # noqa: E402
 
@@ -166,21 +164,6 @@ def call_overhead(quick: bool) -> dict[str, float]:
     }
     _, cpu = interleaved(steps, 5 if quick else 21, {k: 200 for k in steps})
     return {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks for reuse instead of returning each large
-    tensor to the system (mmap/munmap: every call then pays page faults for every big tensor,
-    which dominates and scatters the large-size times). A caching allocator, as on CUDA, behaves
-    like this. Returns whether it applied (glibc only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 def main(argv=None) -> None:
