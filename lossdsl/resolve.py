@@ -245,14 +245,7 @@ class _Resolver(BuiltinCalls):
             if kw.name in spec.input_names:
                 routes[kw.name] = ir.Route(kw.name, self._route_path(kw, spec), required=True)
             elif kw.name in hyper_names:
-                if kw.name in values:
-                    raise LossArgumentError(
-                        f"{spec.name} got '{kw.name}' both by position and by keyword",
-                        span=kw.offsets,
-                        hint="give it once",
-                    )
-                values[kw.name] = self._literal(kw.value, spec.name, kw.name, kw.offsets)
-                places[kw.name] = kw.offsets
+                self._keyword_value(spec.name, kw, values, places)
             else:
                 known = list(hyper_names) + list(spec.input_names)
                 close = did_you_mean(kw.name, known)
@@ -294,6 +287,17 @@ class _Resolver(BuiltinCalls):
         return kw.value.path
 
     # --- built-ins ------------------------------------------------------------------------
+
+    def _keyword_value(self, owner: str, kw: ast.Keyword, values: dict, places: dict) -> None:
+        """Take ``kw``'s literal value for a parameter not given by position already."""
+        if kw.name in values:
+            raise LossArgumentError(
+                f"{owner} got '{kw.name}' both by position and by keyword",
+                span=kw.offsets,
+                hint="give it once",
+            )
+        values[kw.name] = self._literal(kw.value, owner, kw.name, kw.offsets)
+        places[kw.name] = kw.offsets
 
     def _const_arg(self, arg: ast.Node, owner: str, param: str) -> Any:
         node = self.expr(arg)

@@ -75,14 +75,7 @@ class BuiltinCalls:
                     span=kw.offsets,
                     hint=(close + " " if close else "") + builtin.summary,
                 )
-            if kw.name in values:
-                raise LossArgumentError(
-                    f"{builtin.name} got '{kw.name}' both by position and by keyword",
-                    span=kw.offsets,
-                    hint="give it once",
-                )
-            values[kw.name] = self._literal(kw.value, builtin.name, kw.name, kw.offsets)
-            places[kw.name] = kw.offsets
+            self._keyword_value(builtin.name, kw, values, places)
         params = tuple(validate(builtin.name, model, values, places, node.offsets).items())
         if builtin.category == "schedule":
             return ir.Schedule(builtin.name, params, node.offsets)

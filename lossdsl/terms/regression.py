@@ -25,6 +25,18 @@ __all__ = ["mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "qu
 _LOG2 = math.log(2.0)
 
 
+def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyper) -> Tensor:
+    """An elementwise term that torch.nn.functional has: its fused reduction when there is no
+    weight or mask, else the elementwise values reduced as DESIGN.md §5 defines."""
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    if weight is None and mask is None:
+        out = loss_fn(p, t, reduction=reduction, **hyper)
+    else:
+        out = reduce_elementwise(loss_fn(p, t, reduction="none", **hyper), weight, mask, reduction)
+    return out if out.dtype == pred.dtype else out.to(pred.dtype)
+
+
 def mse(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, reduction: Reduction = "mean",
@@ -33,13 +45,7 @@ def mse(
 
     Example: ``0.5*mse + 0.5*mae``; weighted: ``mse(weight=w)``, masked: ``mse(mask=valid)``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    if weight is None and mask is None:
-        out = F.mse_loss(p, t, reduction=reduction)
-    else:
-        out = reduce_elementwise(F.mse_loss(p, t, reduction="none"), weight, mask, reduction)
-    return out.to(pred.dtype)
+    return _with_torch(F.mse_loss, pred, target, weight, mask, reduction)
 
 
 def mae(
@@ -50,13 +56,7 @@ def mae(
 
     Also registered as ``l1``. Example: ``0.5*mse + 0.5*l1``; masked: ``mae(mask=valid)``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    if weight is None and mask is None:
-        out = F.l1_loss(p, t, reduction=reduction)
-    else:
-        out = reduce_elementwise(F.l1_loss(p, t, reduction="none"), weight, mask, reduction)
-    return out.to(pred.dtype)
+    return _with_torch(F.l1_loss, pred, target, weight, mask, reduction)
 
 
 def huber(
@@ -67,14 +67,7 @@ def huber(
 
     Equals ``torch.nn.functional.huber_loss``. Example: ``0.7*huber(delta=1) + 0.3*temporal_diff``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    if weight is None and mask is None:
-        out = F.huber_loss(p, t, reduction=reduction, delta=delta)
-    else:
-        l = F.huber_loss(p, t, reduction="none", delta=delta)
-        out = reduce_elementwise(l, weight, mask, reduction)
-    return out.to(pred.dtype)
+    return _with_torch(F.huber_loss, pred, target, weight, mask, reduction, delta=delta)
 
 
 def smooth_l1(
@@ -85,14 +78,7 @@ def smooth_l1(
 
     Equals ``torch.nn.functional.smooth_l1_loss``. Example: ``smooth_l1(beta=0.5)``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    if weight is None and mask is None:
-        out = F.smooth_l1_loss(p, t, reduction=reduction, beta=beta)
-    else:
-        l = F.smooth_l1_loss(p, t, reduction="none", beta=beta)
-        out = reduce_elementwise(l, weight, mask, reduction)
-    return out.to(pred.dtype)
+    return _with_torch(F.smooth_l1_loss, pred, target, weight, mask, reduction, beta=beta)
 
 
 def adaptive_huber(
