@@ -222,10 +222,12 @@ class Loss(nn.Module):
         ):
             self._guard.check(self._stacked(logged) if raw is None else raw, total, self.step)
         last = self._last
-        last[0], last[1] = (logged if raw is None else raw), weights
+        # detached: holding the graph of the last call could keep a model's activations alive
+        values = [v.detach() for v in logged] if raw is None else raw
+        last[0], last[1] = values, weights
         if self.monitor.enabled:
             if raw is None:
-                self.monitor.record_terms(logged, weights, total, env)
+                self.monitor.record_terms(logged, weights, total, env, values)
             else:
                 self.monitor.record(raw, weights, total, logged, env)
         return total
@@ -256,6 +258,7 @@ class Loss(nn.Module):
 
     @staticmethod
     def _stacked(logged: list) -> Tensor:
+        # detach is idempotent, so already-detached values cost only a cheap alias here
         if len(logged) == 1:
             return logged[0].detach().reshape(1)
         return torch.stack([v.detach() for v in logged])

@@ -135,9 +135,12 @@ class Monitor(SinkHost, nn.Module):
             if due:
                 self._write(due)
 
-    def record_terms(self, logged: list, weights: Tensor, total: Any, env=None) -> None:
+    def record_terms(
+        self, logged: list, weights: Tensor, total: Any, env=None, detached: list | None = None
+    ) -> None:
         """Record one call from the term tensors themselves (what ``Loss.forward`` uses).
 
+        ``detached``: the same values already detached (the module has them), else made here.
         In eager calls on the history's device this keeps detached references only; they are
         stacked into the history in one operation per 256 calls (or when someone reads), so a
         call costs a few detaches. Constant weights are written into the rows once.
@@ -159,7 +162,7 @@ class Monitor(SinkHost, nn.Module):
         if row == _HISTORY_ROWS:
             self._flush()
             row = 0
-        values = [v.detach() for v in logged]
+        values = [v.detach() for v in logged] if detached is None else list(detached)
         values.append(total.detach())
         if weights is eager.filled_with:
             eager.deferred.append((row, values, None))

@@ -282,3 +282,40 @@ def test_each_compile_builds_a_fresh_module():
 def test_unknown_nonfinite_policy_is_refused():
     with pytest.raises(LossDSLError, match="nonfinite"):
         lossdsl.compile("mse", nonfinite="ignore")
+
+
+def test_the_last_call_does_not_keep_its_graph_alive():
+    # crit.terms/crit.weights and the monitor keep detached values only: a loss computed and
+    # dropped without backward() must free its graph (and what it saved) at once
+    import gc
+    import weakref
+
+    markers = []
+
+    class Marker:
+        pass
+
+    class Hold(torch.autograd.Function):
+        # its ctx, and so the marker, lives exactly as long as this graph node
+        @staticmethod
+        def forward(ctx, x):
+            ctx.marker = Marker()
+            markers.append(weakref.ref(ctx.marker))
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    def keep(pred):
+        return Hold.apply(pred).mean()
+
+    crit = lossdsl.compile("keep + watch(keep)", terms={"keep": keep})
+    loss = crit(torch.randn(8, requires_grad=True))
+    gc.collect()
+    # the loss holds the first term's graph; nothing holds the watched term's graph
+    assert len(markers) == 2 and markers[0]() is not None and markers[1]() is None
+    del loss
+    gc.collect()
+    assert all(ref() is None for ref in markers)
+    assert set(crit.terms) == {"keep", "keep_2"}
