@@ -29,24 +29,14 @@ Value = Any  # Tensor | float
 CONSTANT_PARTIALS = frozenset({"sum", "neg", "detach", "watch", "named"})
 
 
-def _minimum(a: Value, b: Value) -> Value:
+def _extreme(a: Value, b: Value, smaller: bool) -> Value:
+    """``min(a, b)`` or ``max(a, b)`` of tensors and constants (a constant clamps the tensor)."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return torch.minimum(a, b)
-    if isinstance(a, Tensor):
-        return torch.clamp(a, max=b)
-    if isinstance(b, Tensor):
-        return torch.clamp(b, max=a)
-    return min(a, b)
-
-
-def _maximum(a: Value, b: Value) -> Value:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return torch.maximum(a, b)
-    if isinstance(a, Tensor):
-        return torch.clamp(a, min=b)
-    if isinstance(b, Tensor):
-        return torch.clamp(b, min=a)
-    return max(a, b)
+        return torch.minimum(a, b) if smaller else torch.maximum(a, b)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        return min(a, b) if smaller else max(a, b)
+    tensor, const = (a, b) if isinstance(a, Tensor) else (b, a)
+    return torch.clamp(tensor, max=const) if smaller else torch.clamp(tensor, min=const)
 
 
 def _unary(fn: str, x: Value) -> Value:
@@ -85,12 +75,12 @@ def apply(fn: str, args: Sequence[Value], params: dict) -> Value:
     if fn == "min":
         out = args[0]
         for a in args[1:]:
-            out = _minimum(out, a)
+            out = _extreme(out, a, smaller=True)
         return out
     if fn == "max":
         out = args[0]
         for a in args[1:]:
-            out = _maximum(out, a)
+            out = _extreme(out, a, smaller=False)
         return out
     if fn == "clamp":
         return torch.clamp(args[0], min=params.get("min"), max=params.get("max"))

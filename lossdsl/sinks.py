@@ -38,7 +38,17 @@ def _is_rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-class JsonlWriter:
+class _ClosedOnExit:
+    """``with writer: ...`` closes the writer at the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JsonlWriter(_ClosedOnExit):
     """One JSON object per line: ``{"step": ..., "loss/total": ..., "loss/mse": ..., ...}``.
 
     The file (and its folder) is created at the first write; ``append=True`` keeps what the
@@ -73,17 +83,11 @@ class JsonlWriter:
             self._file = None
             self.append = True  # writing again after close must not wipe the file
 
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"JsonlWriter({str(self.path)!r})"
 
 
-class TensorBoardWriter:
+class TensorBoardWriter(_ClosedOnExit):
     """Scalars for TensorBoard, through ``torch.utils.tensorboard.SummaryWriter`` (needs the
     ``tensorboard`` package). Non-finite values are skipped. The event file is created at the
     first write."""
@@ -115,12 +119,6 @@ class TensorBoardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-    def __enter__(self) -> "TensorBoardWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TensorBoardWriter({self.log_dir!r})"
