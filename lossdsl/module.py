@@ -21,8 +21,9 @@ from . import ir
 from .errors import LossDSLError, LossInputError, did_you_mean
 from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, call_guarded
 from .fused import fused_call, fused_program_for
-from .plan import Env, build_plan, shared_plan, missing_input, read_path, sweep
-from .schedules import schedule_value
+from .plan import Env, build_plan, shared_plan, missing_input, read_path
+from .weights import sweep
+from .schedules import schedule_runner
 
 __all__ = ["Loss"]
 
@@ -113,6 +114,10 @@ class Loss(nn.Module):
             None if constant is None else torch.tensor(constant, dtype=torch.float32),
             persistent=False,
         )
+        program = self._weight_program = plan.weight_program
+        matrix, offset = (None, None) if program is None or program.direct else program.tensors()
+        self.register_buffer("_weight_matrix", matrix, persistent=False)
+        self.register_buffer("_weight_offset", offset, persistent=False)
         self._guard = NonFiniteGuard(self.nonfinite, plan, self.source)
         # fuse=True: the one-pass value-and-gradient path, when the program allows it
         self._fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
@@ -181,9 +186,8 @@ class Loss(nn.Module):
         return run
 
     def _schedule_runner(self, schedule: ir.Schedule):
-        params = dict(schedule.params)
-        name = schedule.name
-        return lambda vals, env: schedule_value(name, env.step, params)
+        run = schedule_runner(schedule.name, dict(schedule.params))
+        return lambda vals, env: run(env.step)
 
     def _balance_runner(self, instr):
         balancer = self.balancers[instr.balancer]
@@ -235,8 +239,17 @@ class Loss(nn.Module):
     def _weights(self, vals: list) -> Tensor:
         if self._constant_weights is not None:
             return self._constant_weights
-        detached = [v.detach() if isinstance(v, Tensor) else v for v in vals]
         balancer_weights = [b.last_weights for b in self.balancers]
+        program = self._weight_program
+        if program is not None:
+            m = program.monomial_values(self._plan, vals, balancer_weights)
+            if program.direct:
+                return m
+            matrix, offset = self._weight_matrix, self._weight_offset
+            if matrix.device != m.device:  # the module was not moved to the inputs' device
+                matrix, offset = matrix.to(m.device), offset.to(m.device)
+            return torch.addmv(offset, matrix, m)
+        detached = [v.detach() if isinstance(v, Tensor) else v for v in vals]
         ws = sweep(self._plan, detached, balancer_weights)
         ref = next(v for v in detached if isinstance(v, Tensor))
         return torch.stack(

@@ -16,8 +16,9 @@ import torch
 
 from . import ir, ops
 from .errors import LossArgumentError, LossDSLError, LossInputError
+from .weights import WeightProgram, prepare_weights
 
-__all__ = ["Plan", "build_plan", "Env"]
+__all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
 
 
 class Env:
@@ -54,6 +55,7 @@ class Plan:
     adjoint_order: list[Instr]  # instrs the weight sweep visits, last first
     balancers: list[ir.Balance]
     schedules: list[ir.Schedule]
+    weight_program: WeightProgram | None = None  # weights that depend on the values
 
 
 def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner) -> Plan:
@@ -81,7 +83,7 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
         balancers=builder.balancers,
         schedules=builder.schedules,
     )
-    _prepare_weights(plan)
+    prepare_weights(plan)
     return plan
 
 
@@ -235,69 +237,6 @@ def _op_runner(fn: str, args: list[int], params: dict):
             return lambda vals, env: vals[i] * vals[j]
         return lambda vals, env: vals[i] / vals[j]
     return lambda vals, env: ops.apply(fn, [vals[a] for a in args], params)
-
-
-def _prepare_weights(plan: Plan) -> None:
-    """Find which instructions the weight sweep must visit, and fold constant weights."""
-    needed = set(plan.logged_slots)
-    # Every slot between the root and a logged slot carries an adjoint.
-    feeds = {instr.slot: set(instr.args) for instr in plan.instrs}
-    reaches: dict[int, bool] = {}
-    for instr in plan.instrs:  # slots are topologically ordered
-        reaches[instr.slot] = instr.slot in needed or any(reaches[a] for a in feeds[instr.slot])
-    order = [i for i in reversed(plan.instrs) if reaches[i.slot] and i.args]
-    plan.adjoint_order = order
-    constant = all(
-        i.fn in ops.CONSTANT_PARTIALS
-        or (i.fn == "product" and _one_varying_factor(i, plan.const_slots))
-        or (i.fn == "pow" and i.args[1] in plan.const_slots and plan.const_slots[i.args[1]] == 1.0)
-        for i in order
-    )
-    if constant:
-        vals: dict[int, Any] = dict(plan.const_slots)
-        plan.constant_weights = [float(w) for w in sweep(plan, vals, constant=True)]
-
-
-def _one_varying_factor(instr: Instr, const_slots) -> bool:
-    ops_ = ("*",) + tuple(instr.params["ops"])
-    varying = [op for s, op in zip(instr.args, ops_) if s not in const_slots]
-    return varying == ["*"]
-
-
-def sweep(plan: Plan, vals, balancer_weights=None, constant: bool = False) -> list[Any]:
-    """Reverse-mode derivative of the root with respect to every logged slot."""
-    adjoint: dict[int, Any] = {plan.root: 1.0}
-    for instr in plan.adjoint_order:
-        a = adjoint.get(instr.slot)
-        if a is None:
-            continue
-        if instr.balancer is not None:
-            local = list(balancer_weights[instr.balancer])
-        elif constant:
-            local = _constant_partials(instr, vals)
-        else:
-            args = [vals[s] for s in instr.args]
-            local = ops.partials(instr.fn, args, vals[instr.slot], instr.params)
-        for s, d in zip(instr.args, local):
-            if s in plan.const_slots:
-                continue
-            contribution = a * d
-            adjoint[s] = adjoint[s] + contribution if s in adjoint else contribution
-    return [adjoint.get(s, 0.0) for s in plan.logged_slots]
-
-
-def _constant_partials(instr: Instr, vals) -> list[Any]:
-    if instr.fn == "product":
-        # one operand varies, the others are constants: its derivative is their product
-        varying = [s not in vals for s in instr.args]
-        d = 1.0
-        for s, op, var in zip(instr.args, ("*",) + tuple(instr.params["ops"]), varying):
-            if not var:
-                d = d * vals[s] if op == "*" else d / vals[s]
-        return [d if var else 0.0 for var in varying]
-    if instr.fn == "pow":
-        return [1.0, 0.0]
-    return ops.partials(instr.fn, [0.0] * len(instr.args), 0.0, instr.params)
 
 
 def missing_input(term: ir.Term, param: str, path: tuple[str, ...]) -> LossInputError:

@@ -1,7 +1,8 @@
 """Schedules: weights that are plain functions of the optimizer step (DESIGN.md §6).
 
 Each takes the step as a tensor (so a changing step never recompiles a compiled loss) and
-returns a float32 0-dim tensor on the step's device. With ``tau = clamp((s - delay) / steps, 0, 1)``:
+returns a float32 0-dim tensor on the step's device (computed in float64 where the
+device has it). With ``tau = clamp((s - delay) / steps, 0, 1)``:
 
 >>> import torch
 >>> from lossdsl.schedules import linear, cosine, piecewise, cyclic, after
@@ -18,27 +19,38 @@ returns a float32 0-dim tensor on the step's device. With ``tau = clamp((s - del
 
 from __future__ import annotations
 
+import bisect
 import math
+import struct
 
 import torch
 from torch import Tensor
 
-__all__ = ["linear", "cosine", "piecewise", "cyclic", "after", "SCHEDULES", "schedule_value"]
+__all__ = [
+    "linear", "cosine", "piecewise", "cyclic", "after", "SCHEDULES", "HOST_SCHEDULES", "schedule_value",
+    "schedule_runner",
+]
+
+
+def _wide(step: Tensor) -> torch.dtype:
+    # computed in float64 where the device has it, so the value equals the host formula's
+    # rounded to float32 (eager and torch.compile agree); float32 elsewhere (e.g. MPS)
+    return torch.float64 if step.device.type in ("cpu", "cuda") else torch.float32
 
 
 def _tau(step: Tensor, steps: float, delay: float) -> Tensor:
-    return ((step.to(torch.float32) - delay) / steps).clamp(0.0, 1.0)
+    return ((step.to(_wide(step)) - delay) / steps).clamp(0.0, 1.0)
 
 
 def linear(step: Tensor, *, start: float, end: float, steps: float, delay: float = 0.0) -> Tensor:
     """``start + (end - start) * tau``."""
-    return start + (end - start) * _tau(step, steps, delay)
+    return (start + (end - start) * _tau(step, steps, delay)).float()
 
 
 def cosine(step: Tensor, *, start: float, end: float, steps: float, delay: float = 0.0) -> Tensor:
     """``start + (end - start) * (1 - cos(pi * tau)) / 2``."""
     tau = _tau(step, steps, delay)
-    return start + (end - start) * (1.0 - torch.cos(math.pi * tau)) * 0.5
+    return (start + (end - start) * (1.0 - torch.cos(math.pi * tau)) * 0.5).float()
 
 
 def _reached(step: Tensor, boundary: float) -> Tensor:
@@ -61,12 +73,13 @@ def cyclic(
     step: Tensor, *, period: float, ratio: float = 0.5, low: float = 0.0, high: float = 1.0
 ) -> Tensor:
     """``low + (high - low) * min(1, ((s mod period) / period) / ratio)`` (Fu et al. 2019)."""
+    wide = _wide(step)
     if not step.is_floating_point() and float(period).is_integer():
         # the remainder in integers stays exact however large the step grows
-        phase = torch.remainder(step, int(period)).to(torch.float32) / period
+        phase = torch.remainder(step, int(period)).to(wide) / period
     else:
-        phase = torch.remainder(step.to(torch.float32), period) / period
-    return low + (high - low) * torch.clamp(phase / ratio, max=1.0)
+        phase = torch.remainder(step.to(wide), period) / period
+    return (low + (high - low) * torch.clamp(phase / ratio, max=1.0)).float()
 
 
 def after(step: Tensor, *, steps: float) -> Tensor:
@@ -77,6 +90,51 @@ def after(step: Tensor, *, steps: float) -> Tensor:
 SCHEDULES = {"linear": linear, "cosine": cosine, "piecewise": piecewise, "cyclic": cyclic, "after": after}
 
 
+# The same formulas on a Python int step, for an eager loss whose step lives on the CPU: a
+# weight computed on the host costs one multiplication by a Python float, as in hand-written
+# code, instead of five tensor operations. In float64 on an exact integer step.
+def _host_tau(s: int, steps: float, delay: float) -> float:
+    return min(max((s - delay) / steps, 0.0), 1.0)
+
+
+def _host_cyclic(s: int, *, period: float, ratio: float = 0.5, low: float = 0.0, high: float = 1.0) -> float:
+    rest = s % int(period) if float(period).is_integer() else s % period
+    return low + (high - low) * min(rest / period / ratio, 1.0)
+
+
+HOST_SCHEDULES = {
+    "linear": lambda s, *, start, end, steps, delay=0.0: start + (end - start) * _host_tau(s, steps, delay),
+    "cosine": lambda s, *, start, end, steps, delay=0.0: (
+        start + (end - start) * (1.0 - math.cos(math.pi * _host_tau(s, steps, delay))) * 0.5
+    ),
+    # the number of boundaries <= s picks the value (boundaries increase)
+    "piecewise": lambda s, *, boundaries, values: float(values[bisect.bisect_right(boundaries, s)]),
+    "cyclic": _host_cyclic,
+    "after": lambda s, *, steps: 1.0 if s >= steps else 0.0,
+}
+
+
 def schedule_value(name: str, step: Tensor, params: dict) -> Tensor:
     """The value of schedule ``name`` with validated ``params`` at ``step``."""
     return SCHEDULES[name](step, **params)
+
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _to_float32(x: float) -> float:
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
+
+
+def schedule_runner(name: str, params: dict):
+    """``run(step) -> weight``: a Python float from a CPU step in eager mode (read on the host,
+    no sync), else the float32 tensor of :func:`schedule_value` (traced by ``torch.compile``)."""
+    on_device, on_host = SCHEDULES[name], HOST_SCHEDULES[name]
+    is_compiling = torch.compiler.is_compiling
+
+    def run(step: Tensor):
+        if step.is_cpu and not is_compiling():
+            return _to_float32(on_host(step.item(), **params))
+        return on_device(step, **params)
+
+    return run

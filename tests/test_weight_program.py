@@ -1,0 +1,120 @@
+"""Effective weights from the compiled weight program (lossdsl/weights.py) against autograd,
+and schedules computed on the host against the same formulas written here."""
+
+import math
+
+import pytest
+import torch
+
+import lossdsl
+from lossdsl.schedules import SCHEDULES, schedule_runner
+
+F64 = torch.float64
+
+
+def leaf(x):
+    """A term whose value is its input: autograd then gives d total / d term directly."""
+    return x
+
+
+def _leaves(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {f"x{i}": (torch.rand((), generator=g, dtype=F64) + 0.5).requires_grad_() for i in range(n)}
+
+
+def _check_against_autograd(source, n, seed=0, step=3):
+    crit = lossdsl.compile(source, terms={"leaf": leaf})
+    xs = _leaves(n, seed)
+    total = crit(step=step, **xs)
+    grads = torch.autograd.grad(total, list(xs.values()), allow_unused=True)
+    want = {f"leaf(x=x{i})": 0.0 if g is None else float(g) for i, g in enumerate(grads)}
+    by_input = {}  # each input is read by one term
+    for item, name in zip(crit._resolved.logged, crit.term_names):
+        route = getattr(item, "routes", None)
+        if route:
+            assert f"leaf(x={route[0].path[0]})" not in by_input
+            by_input[f"leaf(x={route[0].path[0]})"] = name
+    for key, name in by_input.items():
+        assert float(crit.weights[name]) == pytest.approx(want[key], rel=1e-6, abs=1e-9), (source, name)
+    return crit
+
+
+PROGRAMS = [
+    # (source, number of inputs)
+    ("leaf(x=x0)/leaf(x=x1) + 2*leaf(x=x3)*leaf(x=x2)/3", 4),
+    ("(leaf(x=x0) + leaf(x=x1)) * (leaf(x=x2) - 0.5*leaf(x=x3))", 4),
+    ("leaf(x=x0) / (2 * leaf(x=x1) * leaf(x=x2))", 3),
+    ("-leaf(x=x0) + 4 / leaf(x=x1)", 2),
+    ("linear(0, 1, steps=10) * (leaf(x=x0) + 3*leaf(x=x1))", 2),
+    ("cosine(1, 0, steps=8) * leaf(x=x0) * leaf(x=x1) + exp(leaf(x=x2))", 3),
+    ("sqrt(leaf(x=x0)) * log(leaf(x=x1) + leaf(x=x2))", 3),
+    ("leaf(x=x0)^leaf(x=x1) + abs(leaf(x=x2) - 1)", 3),
+    ("max(leaf(x=x0), leaf(x=x1)) * min(leaf(x=x2), 0.7)", 3),
+    ('0.5*balance(leaf(x=x0), leaf(x=x1), method="ema") + leaf(x=x2)', 3),
+    ('linear(0, 2, steps=10) * balance(leaf(x=x0), leaf(x=x1), method="uncertainty")', 2),
+    ('balance(leaf(x=x0), leaf(x=x1)*leaf(x=x2), method="ema")', 3),
+    ("a = leaf(x=x0) + leaf(x=x1)\nb = a * leaf(x=x2)\nb / a + b", 3),
+]
+
+
+@pytest.mark.parametrize("source,n", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+def test_weights_equal_autograd(source, n):
+    crit = _check_against_autograd(source, n)
+    assert crit._plan.weight_program is not None  # compiled, not the numeric sweep
+
+
+def test_constant_weights_fold_at_compile_time():
+    crit = lossdsl.compile("(0.5*mse + mae/4) * 3 - 2*(mae - mse)")
+    assert crit._plan.weight_program is None
+    assert crit.term_names == ["mse", "mae", "mae_2", "mse_2"]
+    assert crit._constant_weights.tolist() == [1.5, 0.75, -2.0, 2.0]
+
+
+def test_balance_at_the_root_hands_over_its_own_weights():
+    crit = lossdsl.compile('balance(mse, mae, method="ema")')
+    assert crit._plan.weight_program.whole_balancer
+    pred, target = torch.randn(6), torch.randn(6)
+    crit(pred, target)
+    mse, mae = float(torch.mean((pred - target) ** 2)), float(torch.mean((pred - target).abs()))
+    # first call of the EMA balancer: the bias-corrected mean is the loss itself
+    assert float(crit.weights["mse"]) == pytest.approx(1 / mse, rel=1e-5)
+    assert float(crit.weights["mae"]) == pytest.approx(1 / mae, rel=1e-5)
+
+
+def test_a_program_with_too_many_monomials_keeps_the_numeric_sweep():
+    # t's weight is the sum of the 70 other terms' values: 70 monomials, beyond MAX_MONOMIALS
+    others = " + ".join(f"t*leaf(x=x{i})" for i in range(1, 71))
+    crit = _check_against_autograd(f"t = leaf(x=x0)\n{others}", 71)
+    assert crit._plan.weight_program is None and crit._constant_weights is None
+
+
+def _float32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+SCHEDULE_CASES = [
+    ("linear", dict(start=0.0, end=0.1, steps=1000.0, delay=0.0),
+     lambda s: 0.1 * min(max(s / 1000, 0.0), 1.0)),
+    ("linear", dict(start=2.0, end=-1.0, steps=40.0, delay=10.0),
+     lambda s: 2 - 3 * min(max((s - 10) / 40, 0.0), 1.0)),
+    ("cosine", dict(start=1.0, end=0.1, steps=300.0, delay=0.0),
+     lambda s: 1 - 0.9 * (1 - math.cos(math.pi * min(s / 300, 1.0))) / 2),
+    ("piecewise", dict(boundaries=[10.0, 20.5], values=[1.0, 0.5, 0.1]),
+     lambda s: 1.0 if s < 10 else 0.5 if s < 20.5 else 0.1),
+    ("cyclic", dict(period=7.0, ratio=0.5, low=0.1, high=0.9),
+     lambda s: 0.1 + 0.8 * min((s % 7) / 7 / 0.5, 1.0)),
+    ("cyclic", dict(period=2.5, ratio=1.0, low=0.0, high=1.0), lambda s: (s % 2.5) / 2.5),
+    ("after", dict(steps=50.0), lambda s: float(s >= 50)),
+]
+
+
+@pytest.mark.parametrize("name,params,formula", SCHEDULE_CASES, ids=[c[0] for c in SCHEDULE_CASES])
+def test_host_and_tensor_schedules_agree_with_the_formula(name, params, formula):
+    run = schedule_runner(name, params)
+    for s in [0, 1, 3, 9, 10, 11, 20, 21, 49, 50, 77, 150, 299, 300, 1000, 12345, 2**24 + 5]:
+        want = _float32(formula(s))
+        on_host = run(torch.tensor(s))  # eager, CPU step: a Python float
+        on_device = SCHEDULES[name](torch.tensor(s), **params)  # the traced form: a tensor
+        assert isinstance(on_host, float) and on_device.dtype == torch.float32
+        assert on_host == pytest.approx(want, rel=1e-7, abs=1e-12), s
+        assert on_host == pytest.approx(float(on_device), rel=1e-7, abs=1e-12), s
