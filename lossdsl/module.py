@@ -210,6 +210,7 @@ class Loss(nn.Module):
         if fused:
             # the terms' values come out of the fused pass without a graph each: no probe
             (total, raw), logged, weights = fused, None, self._constant_weights
+            row = None
         else:
             vals: list[Any] = []
             for run in self._runs:
@@ -219,19 +220,21 @@ class Loss(nn.Module):
             if self._term_slots and total.dtype != vals[self._term_slots[0]].dtype:
                 total = total.to(_result_dtype([vals[s] for s in self._term_slots]))
             logged, total = self._guard.finish(logged, total, env)
-            raw = None  # stacked only when someone reads it (crit.terms, the guard)
+            # One copy of the values and the total, detached: a term's 0-dim value may share
+            # the storage of a full-size buffer (F.mse_loss's does), which a kept reference
+            # would hold on to.
+            row = _detached_row(logged, total)
+            raw = row[:-1]
             weights = self._weights(vals)
-        if self.nonfinite in _CHECKED and not _finite_on_cpu(
-            [logged[i] for i in self._watched] if raw is None else raw, total
+        if self.nonfinite in _CHECKED and not (
+            _finite_on_cpu(raw, total) if row is None else _finite_on_cpu(row, 0.0)
         ):
-            self._guard.check(self._stacked(logged) if raw is None else raw, total, self.step)
+            self._guard.check(raw, total, self.step)
         last = self._last
-        # detached: holding the graph of the last call could keep a model's activations alive
-        values = [v.detach() for v in logged] if raw is None else raw
-        last[0], last[1] = values, weights
+        last[0], last[1] = raw, weights
         if self.monitor.enabled:
-            if raw is None:
-                self.monitor.record_terms(logged, weights, total, env, values)
+            if row is not None:
+                self.monitor.record_terms(logged, weights, total, env, row)
             else:
                 self.monitor.record(raw, weights, total, logged, env)
         return total
@@ -278,10 +281,7 @@ class Loss(nn.Module):
 
     @property
     def _last_raw(self) -> Tensor | None:
-        last = self._last[0]
-        if isinstance(last, list):  # the last call's term tensors, stacked on first read
-            last = self._last[0] = self._stacked(last)
-        return last
+        return self._last[0]
 
     @property
     def _last_weights(self) -> Tensor | None:
@@ -353,8 +353,10 @@ def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
     ``raw`` holds the values whose NaN would not reach the total (watched terms), as a
     tensor or a list of 0-dim tensors; every other term's NaN shows in the total.
     """
+    if torch.compiler.is_compiling():
+        return False
     if isinstance(total, Tensor):
-        if not total.is_cpu or torch.compiler.is_compiling():
+        if not total.is_cpu:
             return False
         total = total.item()
     if isinstance(raw, Tensor):
@@ -368,6 +370,13 @@ def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
     # A sum is non-finite when any addend is; a sum of finite values that overflows only
     # sends the call to the guard, which checks each value.
     return math.isfinite(extra + total)
+
+
+def _detached_row(logged: list, total: Any) -> Tensor:
+    """``[value_1, ..., value_K, total]`` as one new (K+1,) tensor without a graph."""
+    parts = [v.detach() for v in logged]
+    parts.append(total.detach() if isinstance(total, Tensor) else torch.tensor(float(total), device=parts[0].device))
+    return torch.stack(parts)
 
 
 def _result_dtype(values: list) -> torch.dtype:

@@ -135,48 +135,43 @@ class Monitor(SinkHost, nn.Module):
             if due:
                 self._write(due)
 
-    def record_terms(
-        self, logged: list, weights: Tensor, total: Any, env=None, detached: list | None = None
-    ) -> None:
+    def record_terms(self, logged: list, weights: Tensor, total: Any, env=None, row: Tensor | None = None) -> None:
         """Record one call from the term tensors themselves (what ``Loss.forward`` uses).
 
-        ``detached``: the same values already detached (the module has them), else made here.
-        In eager calls on the history's device this keeps detached references only; they are
-        stacked into the history in one operation per 256 calls (or when someone reads), so a
-        call costs a few detaches. Constant weights are written into the rows once.
+        ``row``: ``[values..., total]`` detached, as one (K+1,) tensor (the module has it),
+        else made here. In eager calls on the history's device this keeps a reference to the
+        row; the rows are written into the history in one operation per 256 calls (or when
+        someone reads). Constant weights are written into the rows once.
         """
         history = self._history
         eager = self._eager
-        first = logged[0]
+        if row is None:
+            row = torch.stack([v.detach() for v in logged] + [total.detach()])
         if (
             torch.compiler.is_compiling()
-            or not isinstance(total, Tensor)
-            or first.device != history.device
+            or row.device != history.device
             or weights.device != history.device
-            or (first.dtype == torch.float64 and history.dtype != torch.float64)
+            or (row.dtype == torch.float64 and history.dtype != torch.float64)
         ):
-            raw = torch.stack([v.detach() for v in logged]) if len(logged) > 1 else first.detach().reshape(1)
-            self.record(raw, weights, total, logged, env)
+            self.record(row[:-1], weights, total, logged, env)
             return
-        row = eager.pending
-        if row == _HISTORY_ROWS:
+        at = eager.pending
+        if at == _HISTORY_ROWS:
             self._flush()
-            row = 0
-        values = [v.detach() for v in logged] if detached is None else list(detached)
-        values.append(total.detach())
+            at = 0
         if weights is eager.filled_with:
-            eager.deferred.append((row, values, None))
+            eager.deferred.append((at, row, None))
         elif eager.filled_with is None and not weights.requires_grad:
             # the same weights tensor every call (constant weights): fill every row once
             k = len(self.names)
             history[:, k + 1 : 2 * k + 1] = weights
             history[:, 2 * k + 1] = 1.0
             eager.filled_with = weights
-            eager.deferred.append((row, values, None))
+            eager.deferred.append((at, row, None))
         else:
             eager.filled_with = False
-            eager.deferred.append((row, values, weights.detach()))
-        eager.pending = row + 1
+            eager.deferred.append((at, row, weights.detach()))
+        eager.pending = at + 1
         eager.calls += 1
         if self._probe_every and (eager.calls - 1) % self._probe_every == 0:
             self._probe(weights, logged, env)
@@ -194,8 +189,7 @@ class Monitor(SinkHost, nn.Module):
         history = self._history
         k = len(self.names)
         rows = torch.tensor([r for r, _, _ in deferred], device=history.device)
-        flat = torch.stack([v for _, values, _ in deferred for v in values])
-        history[rows, : k + 1] = flat.view(len(deferred), k + 1).to(history.dtype)
+        history[rows, : k + 1] = torch.stack([row for _, row, _ in deferred]).to(history.dtype)
         changing = [(r, w) for r, _, w in deferred if w is not None]
         if changing:
             at = torch.tensor([r for r, _ in changing], device=history.device)
@@ -430,7 +424,7 @@ class _EagerCounters:
         self.pending = pending  # rows of the history not folded yet
         self.calls = calls  # for the every-N of the probe and the sinks
         self.rows, self.rows_of = (), None  # views of the history's rows
-        self.deferred: list = []  # (row, detached values, weights or None) not yet in the history
+        self.deferred: list = []  # (history row, values and total, weights or None) not written yet
         # the constant weights tensor already written into every row (None: none yet;
         # False: weights change per call and are written per row)
         self.filled_with = None

@@ -127,3 +127,20 @@ def test_second_module_from_a_shared_plan_reports_its_own_errors():
     with pytest.raises(lossdsl.LossInputError, match="target") as info:
         crit(torch.zeros(3))
     assert info.value.term == "mse"
+
+
+@pytest.mark.parametrize("source", ["mse", "mse + smooth_l1(beta=0.5)", "0.3*mse + linear(0, 1, steps=9)*smooth_l1"])
+def test_kept_values_do_not_hold_full_size_buffers(source):
+    # F.mse_loss returns a 0-dim tensor whose storage is its full-size elementwise buffer;
+    # the values the loss and its monitor keep between calls must be copies of their own.
+    crit = lossdsl.compile(source)
+    pred, target = torch.randn(64, 1024, requires_grad=True), torch.randn(64, 1024)
+    for step in range(20):
+        crit(pred, target, step=step).backward()
+    kept = [crit._last[0], crit._last[1]]
+    for _, row, weights in crit.monitor._eager.deferred:
+        kept += [row, weights]
+    assert len(kept) > 20
+    for t in kept:
+        if t is not None:
+            assert t.untyped_storage().nbytes() <= 8 * 16, t.shape
