@@ -115,6 +115,7 @@ class Loss(nn.Module):
             persistent=False,
         )
         program = self._weight_program = plan.weight_program
+        self._host_weights: list = [None, None]  # [monomials, weights] of the last call
         matrix, offset = (None, None) if program is None or program.direct else program.tensors()
         self.register_buffer("_weight_matrix", matrix, persistent=False)
         self.register_buffer("_weight_offset", offset, persistent=False)
@@ -168,6 +169,11 @@ class Loss(nn.Module):
                 return args
 
         guarded = self.nonfinite in GATED_POLICIES
+        on_residual = getattr(fn, "on_residual", None)
+        if on_residual is not None and not guarded and simple and [r.param for r in routes[:2]] == [
+            "pred", "target"
+        ]:
+            return self._residual_runner(term, on_residual, fetch)
 
         def run(vals, env: Env):
             args = fetch(env)
@@ -175,6 +181,26 @@ class Loss(nn.Module):
                 if guarded:  # zero_term / skip_batch: NaN/inf become 0 before any combination
                     return call_guarded(fn, args, hyper, env, name)
                 return fn(*args, **hyper)
+            except LossDSLError as err:
+                if err.term is None:
+                    err.message = f"term '{name}': {err.message}"
+                raise err.located(source, term.span, name) from None
+            except Exception as err:
+                err.add_note(f"lossdsl: raised while computing term '{name}' of: {source}")
+                raise
+
+        return run
+
+    def _residual_runner(self, term: ir.Term, on_residual, fetch):
+        """A term computed from the call's shared ``pred - target`` (see ``Env.residual``)."""
+        hyper, source, name = dict(term.hyper), self.source, term.name
+
+        def run(vals, env: Env):
+            rest = fetch(env)[2:]
+            try:
+                out = on_residual(env.residual(), *rest, **hyper)
+                dtype = env.pred.dtype
+                return out if out.dtype == dtype else out.to(dtype)
             except LossDSLError as err:
                 if err.term is None:
                     err.message = f"term '{name}': {err.message}"
@@ -246,6 +272,14 @@ class Loss(nn.Module):
         program = self._weight_program
         if program is not None:
             m = program.monomial_values(self._plan, vals, balancer_weights)
+            if isinstance(m, tuple):
+                # Weights from schedules read on the host. Unchanged since the last call (a
+                # schedule that has ended, a piecewise step): the same tensor, which the
+                # monitor then writes into its history once instead of per call.
+                cached = self._host_weights
+                if cached[0] != m:
+                    cached[0], cached[1] = m, torch.tensor(program.on_host(m), dtype=torch.float32)
+                return cached[1]
             if program.direct:
                 return m
             matrix, offset = self._weight_matrix, self._weight_offset

@@ -16,6 +16,7 @@ import torch
 
 from . import ir, ops
 from .errors import LossArgumentError, LossDSLError, LossInputError
+from .terms._common import check_same_shape, upcast
 from .weights import WeightProgram, prepare_weights
 
 __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
@@ -24,11 +25,22 @@ __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_inp
 class Env:
     """The inputs of one ``forward`` call."""
 
-    __slots__ = ("pred", "target", "inputs", "step", "guarded")
+    __slots__ = ("pred", "target", "inputs", "step", "guarded", "_residual")
 
     def __init__(self, pred, target, inputs, step) -> None:
         self.pred, self.target, self.inputs, self.step = pred, target, inputs, step
         self.guarded = None  # terms run under nonfinite="zero_term"/"skip_batch" (nonfinite.py)
+        self._residual = None
+
+    def residual(self):
+        """``pred - target`` (half precision in float32), computed once per call for every
+        term that has a residual form (``terms._common.residual_form``)."""
+        e = self._residual
+        if e is None:
+            check_same_shape(self.pred, self.target)
+            p, t = upcast(self.pred, self.target)
+            e = self._residual = p - t
+        return e
 
 
 @dataclass

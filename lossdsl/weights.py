@@ -69,8 +69,14 @@ class WeightProgram:
             torch.tensor(self.offset, dtype=torch.float32, device=device),
         )
 
-    def monomial_values(self, plan, vals: list, balancer_weights: list) -> Tensor:
-        """The monomials of this call as one float32 (J,) tensor, from detached values."""
+    def on_host(self, monomials: tuple[float, ...]) -> list[float]:
+        """The weights from monomials that are Python floats (schedules read on the host)."""
+        return [o + sum(c * m for c, m in zip(row, monomials)) for o, row in zip(self.offset, self.matrix)]
+
+    def monomial_values(self, plan, vals: list, balancer_weights: list) -> Tensor | tuple[float, ...]:
+        """The monomials of this call as one float32 (J,) tensor, from detached values, or
+        as a tuple of Python floats when every factor is one (the weights then follow on the
+        host: :meth:`on_host`)."""
         if self.whole_balancer:
             w = balancer_weights[0]
             return w if w.dtype == torch.float32 else w.float()
@@ -96,6 +102,8 @@ class WeightProgram:
             for i in mono[1:]:
                 v = v * values[i]
             out.append(v)
+        if not any(isinstance(v, Tensor) for v in out):
+            return tuple(out)
         return _as_vector(out)
 
 
@@ -104,8 +112,6 @@ def _detached(v: Any) -> Any:
 
 
 def _as_vector(values: list) -> Tensor:
-    if not any(isinstance(v, Tensor) for v in values):  # weights computed on the host
-        return torch.tensor(values, dtype=torch.float32)
     device = next((v.device for v in values if isinstance(v, Tensor)), None)
     parts = [
         v.reshape(()).to(torch.float32) if isinstance(v, Tensor) else torch.tensor(float(v), device=device)

@@ -144,3 +144,70 @@ def test_kept_values_do_not_hold_full_size_buffers(source):
     for t in kept:
         if t is not None:
             assert t.untyped_storage().nbytes() <= 8 * 16, t.shape
+
+
+SHARED = "charbonnier(eps=0.1) + log_cosh + 0.5*mae + quantile(q=0.2) + 0.3*temporal_diff + adaptive_huber(scale=0.5)"
+
+
+def _shared_by_hand(pred, target):
+    e = pred - target
+    a = e.abs()
+    delta = 0.5 * a.mean().detach()
+    return (
+        torch.sqrt(e * e + 0.01).mean()
+        + torch.log(torch.cosh(e)).mean()
+        + 0.5 * a.mean()
+        + torch.maximum(0.2 * -e, -0.8 * -e).mean()
+        + 0.3 * torch.diff(e, dim=1).abs().mean()
+        + torch.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta)).mean()
+    )
+
+
+def test_terms_sharing_one_residual_match_the_formulas():
+    crit = lossdsl.compile(SHARED)
+    for seed in range(3):
+        pred, target = _data(seed=seed)
+        got, want = crit(pred, target), _shared_by_hand(pred, target)
+        torch.testing.assert_close(got, want, **TOL)
+        torch.testing.assert_close(_grad(got, pred), _grad(want, pred), **TOL)
+        # the same values through the term functions called one by one
+        torch.testing.assert_close(crit.terms["charbonnier"], lossdsl.terms.regression.charbonnier(pred, target, eps=0.1).detach(), **TOL)
+
+
+def test_shared_residual_in_half_precision_returns_the_input_dtype():
+    crit = lossdsl.compile("charbonnier + mae + temporal_diff")
+    pred, target = _data()
+    got = crit(pred.to(torch.bfloat16), target.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    want = crit(pred.to(torch.bfloat16).double(), target.to(torch.bfloat16).double())
+    assert float(got) == pytest.approx(float(want), rel=1e-2)
+
+
+def _full_size_saved(fn, pred, target):
+    """Distinct full-size tensors autograd saves for backward while ``fn`` runs."""
+    saved = set()
+
+    def pack(t):
+        if t.numel() == pred.numel():
+            saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(pred, target)
+    return len(saved)
+
+
+def test_terms_sharing_one_residual_save_no_more_than_the_hand_written_formula():
+    pred, target = torch.randn(4, 50, 3, requires_grad=True), torch.randn(4, 50, 3)
+    source = "charbonnier + log_cosh + mae + quantile(q=0.3)"
+
+    def by_hand(p, t):  # one e shared, as a careful engineer writes it
+        e = p - t
+        a = e.abs()
+        return (
+            torch.sqrt(e * e + 1e-6).mean() + (a + F.softplus(-2.0 * a)).mean() + a.mean()
+            + torch.maximum(-0.3 * e, 0.7 * e).mean()
+        )
+
+    crit = lossdsl.compile(source)
+    assert _full_size_saved(crit, pred, target) <= _full_size_saved(by_hand, pred, target)

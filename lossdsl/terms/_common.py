@@ -24,6 +24,8 @@ __all__ = [
     "check_dim",
     "compute_dtype",
     "upcast",
+    "from_residual",
+    "residual_form",
     "reduce_elementwise",
     "reduce",
     "safe_pow",
@@ -62,6 +64,26 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 def upcast(*tensors: Tensor | None) -> list[Tensor | None]:
     """Cast half-precision tensors to float32 for the computation (no-op otherwise)."""
     return [t.float() if t is not None and t.dtype in _HALF else t for t in tensors]
+
+
+def from_residual(on_residual, pred, target, *rest, **hyper) -> Tensor:
+    """A term written on ``e = pred - target``, called with pred and target."""
+    check_same_shape(pred, target)
+    p, t = upcast(pred, target)
+    out = on_residual(p - t, *rest, **hyper)
+    return out if out.dtype == pred.dtype else out.to(pred.dtype)
+
+
+def residual_form(on_residual):
+    """Mark ``fn`` as computable from ``e = pred - target`` by ``on_residual(e, *inputs,
+    **hyper)``: a loss whose terms read the same pred and target then computes ``e`` once
+    and shares it (one subtraction, and one saved tensor, instead of one per term)."""
+
+    def mark(fn):
+        fn.on_residual = on_residual
+        return fn
+
+    return mark
 
 
 def _check_broadcast(x: Tensor, shape: torch.Size, name: str) -> None:

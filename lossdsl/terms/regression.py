@@ -18,9 +18,10 @@ from annotated_types import Gt, Lt
 from torch import Tensor
 
 from ..registry import registry
-from ._common import Reduction, check_same_shape, reduce_elementwise, upcast
+from ._common import Reduction, check_same_shape, from_residual, reduce_elementwise, residual_form, upcast
 
-__all__ = ["mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
+__all__ = [
+    "mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
 
 _LOG2 = math.log(2.0)
 
@@ -48,6 +49,11 @@ def mse(
     return _with_torch(F.mse_loss, pred, target, weight, mask, reduction)
 
 
+def _mae(e: Tensor, weight, mask, *, reduction: Reduction) -> Tensor:
+    return reduce_elementwise(e.abs(), weight, mask, reduction)
+
+
+@residual_form(_mae)
 def mae(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, reduction: Reduction = "mean",
@@ -56,7 +62,7 @@ def mae(
 
     Also registered as ``l1``. Example: ``0.5*mse + 0.5*l1``; masked: ``mae(mask=valid)``.
     """
-    return _with_torch(F.l1_loss, pred, target, weight, mask, reduction)
+    return from_residual(_mae, pred, target, weight, mask, reduction=reduction)
 
 
 def huber(
@@ -81,6 +87,15 @@ def smooth_l1(
     return _with_torch(F.smooth_l1_loss, pred, target, weight, mask, reduction, beta=beta)
 
 
+def _adaptive_huber(e: Tensor, weight, mask, *, scale: float, reduction: Reduction) -> Tensor:
+    a = e.abs()
+    with torch.no_grad():
+        delta = scale * (a.mean() if mask is None else reduce_elementwise(a, None, mask))
+    l = torch.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta))
+    return reduce_elementwise(l, weight, mask, reduction)
+
+
+@residual_form(_adaptive_huber)
 def adaptive_huber(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, scale: Annotated[float, Gt(0)] = 0.5, reduction: Reduction = "mean",
@@ -91,16 +106,15 @@ def adaptive_huber(
     the errors; it is treated as a constant for the gradient. With ``mask``, delta is the
     mean over the unmasked elements. Example: ``adaptive_huber(scale=0.5) + 0.1*mse``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    e = p - t
+    return from_residual(_adaptive_huber, pred, target, weight, mask, scale=scale, reduction=reduction)
+
+
+def _log_cosh(e: Tensor, weight, mask, *, reduction: Reduction) -> Tensor:
     a = e.abs()
-    with torch.no_grad():
-        delta = scale * (a.mean() if mask is None else reduce_elementwise(a, None, mask))
-    l = torch.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta))
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    return reduce_elementwise(a + F.softplus(-2.0 * a) - _LOG2, weight, mask, reduction)
 
 
+@residual_form(_log_cosh)
 def log_cosh(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, reduction: Reduction = "mean",
@@ -111,13 +125,15 @@ def log_cosh(
     overflows (cosh does from abs(e) ~ 89 in float32); the gradient is tanh(e).
     Example: ``log_cosh + 0.1*temporal_diff``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    a = (p - t).abs()
-    l = a + F.softplus(-2.0 * a) - _LOG2
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    return from_residual(_log_cosh, pred, target, weight, mask, reduction=reduction)
 
 
+def _quantile(e: Tensor, weight, mask, *, q: float, reduction: Reduction) -> Tensor:
+    # u = target - pred = -e: max(q u, (q - 1) u) = max(-q e, (1 - q) e)
+    return reduce_elementwise(torch.maximum(-q * e, (1.0 - q) * e), weight, mask, reduction)
+
+
+@residual_form(_quantile)
 def quantile(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, q: Annotated[float, Gt(0), Lt(1)] = 0.5, reduction: Reduction = "mean",
@@ -127,13 +143,14 @@ def quantile(
     Its minimiser is the q-th quantile of the target; q=0.5 is half the mean absolute error.
     Example: ``quantile(q=0.1) + quantile(q=0.9)`` for an 80 % prediction interval.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    u = t - p
-    l = torch.maximum(q * u, (q - 1.0) * u)
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    return from_residual(_quantile, pred, target, weight, mask, q=q, reduction=reduction)
 
 
+def _charbonnier(e: Tensor, weight, mask, *, eps: float, reduction: Reduction) -> Tensor:
+    return reduce_elementwise(torch.sqrt(e * e + eps * eps), weight, mask, reduction)
+
+
+@residual_form(_charbonnier)
 def charbonnier(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
     *, eps: Annotated[float, Gt(0)] = 1e-3, reduction: Reduction = "mean",
@@ -143,11 +160,7 @@ def charbonnier(
     Differentiable everywhere (gradient e / sqrt(e^2 + eps^2)); common in image restoration.
     Example: ``charbonnier(eps=1e-3) + 0.05*tv``.
     """
-    check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    e = p - t
-    l = torch.sqrt(e * e + eps * eps)
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    return from_residual(_charbonnier, pred, target, weight, mask, eps=eps, reduction=reduction)
 
 
 for _fn in (mse, mae, huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier):

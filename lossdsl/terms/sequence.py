@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, check_same_shape, check_tensor, reduce, safe_pow, upcast
+from ._common import Reduction, check_tensor, from_residual, reduce, residual_form, safe_pow, upcast
 
 __all__ = ["temporal_diff", "tv"]
 
@@ -34,6 +34,12 @@ def _difference(x: Tensor, order: int, dim: int) -> Tensor:
     return torch.diff(x, n=order, dim=dim)
 
 
+def _temporal_diff(e: Tensor, *, order: int, dim: int, p: float, reduction: Reduction) -> Tensor:
+    # D is linear, so D pred - D target = D (pred - target): one difference instead of two.
+    return reduce(safe_pow(_difference(e, order, dim).abs(), p), reduction)
+
+
+@residual_form(_temporal_diff)
 def temporal_diff(
     pred: Tensor, target: Tensor,
     *, order: Annotated[int, Ge(1)] = 1, dim: int = 1, p: Annotated[float, Gt(0)] = 1.0,
@@ -45,11 +51,7 @@ def temporal_diff(
     (batch, time, features) the time axis is dim=1. With p < 1 the gradient where
     D pred = D target is 0, not NaN. Example: ``0.7*huber(delta=1) + 0.3*temporal_diff(order=1, dim=1)``.
     """
-    check_same_shape(pred, target)
-    pr, t = upcast(pred, target)
-    # D is linear, so D pred - D target = D (pred - target): one difference instead of two.
-    d = safe_pow(_difference(pr - t, order, dim).abs(), p)
-    return reduce(d, reduction).to(pred.dtype)
+    return from_residual(_temporal_diff, pred, target, order=order, dim=dim, p=p, reduction=reduction)
 
 
 def tv(
