@@ -45,6 +45,9 @@ __all__ = [
 
 def _stack(values: list[Tensor]) -> Tensor:
     """The term values as one (K,) tensor of their common dtype, gradient kept."""
+    first = values[0].dtype
+    if all(v.dtype == first and v.dim() == 0 for v in values):
+        return torch.stack(values)
     dtype = reduce(torch.promote_types, (v.dtype for v in values))
     return torch.stack([v.to(dtype).reshape(()) for v in values])
 
@@ -98,8 +101,10 @@ class Balancer(nn.Module):
         if self.training:
             seen = _mean_over_ranks(seen)
         weights = self.weigh(seen, self.training)
-        self.last_weights = weights.detach()
-        return (weights * losses).sum() + self.extra()
+        self.__dict__["last_weights"] = weights.detach()  # a plain attribute: no Module checks
+        total = torch.dot(weights, losses) if weights.dtype == losses.dtype else (weights * losses).sum()
+        extra = self.extra()
+        return total if isinstance(extra, float) and extra == 0.0 else total + extra
 
 
 class UncertaintyBalancer(Balancer):
@@ -129,11 +134,23 @@ class EmaBalancer(Balancer):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def weigh(self, seen: Tensor, update: bool) -> Tensor:
+        if not update:
+            return self._stored_weights(seen)
+        ema = self.ema
+        if ema.dtype == seen.dtype:
+            new = torch.lerp(ema, seen, 1.0 - self.beta)  # beta * ema + (1 - beta) * seen
+        else:
+            new = self.beta * ema + (1.0 - self.beta) * seen
+        # the training step in few operations: a step with a NaN/inf loss changes nothing
+        finite = torch.isfinite(seen).all()
+        ema = torch.where(finite, new, ema)
+        self.ema.copy_(ema)
+        self.count.add_(finite)
+        count = self.count if ema.dtype == torch.float32 else self.count.to(ema.dtype)
+        return 1.0 / (ema / (1.0 - torch.pow(self.beta, count)) + self.eps)
+
+    def _stored_weights(self, seen: Tensor) -> Tensor:
         ema, count = self.ema, self.count
-        if update:
-            ema = self.beta * ema + (1.0 - self.beta) * seen
-            count = count + 1
-            self._commit(seen, ema=ema, count=count)
         correction = 1.0 - torch.pow(self.beta, count.to(ema.dtype))
         started = count > 0
         # Before any training step (eval only) the EMA is empty: use the losses themselves.

@@ -23,6 +23,7 @@ from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, call_guarded
 from .fused import fused_call, fused_program_for
 from .plan import Env, build_plan, shared_plan, missing_input, read_path
 from .weights import sweep
+from .quickset import set_attributes, set_buffers
 from .schedules import schedule_runner
 
 __all__ = ["Loss"]
@@ -53,14 +54,17 @@ class Loss(nn.Module):
                 f"unknown nonfinite policy {nonfinite!r}",
                 hint="use one of " + ", ".join(repr(p) for p in POLICIES),
             )
-        self.source: str = resolved.source
-        self.canonical: str = resolved.canonical
-        self.strict = bool(strict)
-        self.nonfinite = nonfinite
-        self._compile_args = compile_args or {}
-        self._resolved = resolved
-        self.fuse = bool(fuse)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        set_attributes(
+            self,
+            source=resolved.source,
+            canonical=resolved.canonical,
+            strict=bool(strict),
+            nonfinite=nonfinite,
+            _compile_args=compile_args or {},
+            _resolved=resolved,
+            fuse=bool(fuse),
+        )
+        set_buffers(self, {"step": torch.zeros((), dtype=torch.long)})
         self._build()
 
     # --- construction ---------------------------------------------------------------------
@@ -75,16 +79,17 @@ class Loss(nn.Module):
             make_term_runner=self._term_runner,
             make_schedule_runner=self._schedule_runner,
         ))
-        self._plan = plan
-        self._runs = [instr.run for instr in plan.instrs]
-        self._root = plan.root
-        self._logged_slots = plan.logged_slots
         # Slots of the terms: the total takes their dtype (a float32 schedule or balancer
         # weight must not turn a bfloat16 loss into float32).
-        self._term_slots = [
-            s for s, item in zip(plan.logged_slots, plan.logged_items) if isinstance(item, ir.Term)
-        ]
-        self.term_names: list[str] = list(plan.logged_names)
+        term_slots = [s for s, item in zip(plan.logged_slots, plan.logged_items) if isinstance(item, ir.Term)]
+        set_attributes(
+            self,
+            _plan=plan,
+            _runs=[instr.run for instr in plan.instrs],
+            _root=plan.root,
+            _logged_slots=plan.logged_slots,
+            _term_slots=term_slots,
+        )
         # Logged values the total does not depend on (only watched): their NaN must be
         # checked on their own; any other term's NaN shows in the total.
         feeding, stack = set(), [plan.root]
@@ -93,8 +98,12 @@ class Loss(nn.Module):
             if slot not in feeding:
                 feeding.add(slot)
                 stack.extend(plan.instrs[slot].args)
-        self._watched = [i for i, s in enumerate(plan.logged_slots) if s not in feeding]
-        self._read = resolved.inputs_read
+        set_attributes(
+            self,
+            term_names=list(plan.logged_names),
+            _watched=[i for i, s in enumerate(plan.logged_slots) if s not in feeding],
+            _read=resolved.inputs_read,
+        )
         if plan.balancers:
             from .balance import make_balancer
 
@@ -109,25 +118,28 @@ class Loss(nn.Module):
         elif not keep_modules:
             self.balancers = nn.ModuleList()
         constant = plan.constant_weights
-        self.register_buffer(
-            "_constant_weights",
-            None if constant is None else torch.tensor(constant, dtype=torch.float32),
-            persistent=False,
-        )
-        program = self._weight_program = plan.weight_program
-        self._host_weights: list = [None, None]  # [monomials, weights] of the last call
+        program = plan.weight_program
         matrix, offset = (None, None) if program is None or program.direct else program.tensors()
-        self.register_buffer("_weight_matrix", matrix, persistent=False)
-        self.register_buffer("_weight_offset", offset, persistent=False)
-        self._guard = NonFiniteGuard(self.nonfinite, plan, self.source)
+        set_buffers(self, {
+            "_constant_weights": None if constant is None else _constant_weights_of(plan),
+            "_weight_matrix": matrix,
+            "_weight_offset": offset,
+        }, persistent=False)
         # fuse=True: the one-pass value-and-gradient path, when the program allows it
-        self._fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
-        self.fused = self._fused is not None
+        fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
+        set_attributes(
+            self,
+            _weight_program=program,
+            _host_weights=[None, None],  # [monomials, weights] of the last call
+            _guard=NonFiniteGuard(self.nonfinite, plan, self.source),
+            _fused=fused,
+            fused=fused is not None,
+        )
         if not keep_modules:
             self.monitor = Monitor(self.term_names, resolved)
             # [raw values, weights] of the last call: a list, so that forward stores them
             # without nn.Module.__setattr__'s checks (a few microseconds per call)
-            self._last: list = [None, None]
+            set_attributes(self, _last=[None, None])
         else:
             self.monitor.program = resolved  # not pickled with the monitor: rebuilt here
 
@@ -404,6 +416,14 @@ def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
     # A sum is non-finite when any addend is; a sum of finite values that overflows only
     # sends the call to the guard, which checks each value.
     return math.isfinite(extra + total)
+
+
+def _constant_weights_of(plan) -> Tensor:
+    """The folded weights as a CPU tensor made once per plan and shared by the modules built
+    from it (never written in place; ``.to()`` gives each module its own copy)."""
+    if plan.constant_weights_tensor is None:
+        plan.constant_weights_tensor = torch.tensor(plan.constant_weights, dtype=torch.float32)
+    return plan.constant_weights_tensor
 
 
 def _detached_row(logged: list, total: Any) -> Tensor:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .errors import LossDSLError, did_you_mean
 from .sinks import JsonlWriter, SinkHost, TensorBoardWriter, format_table
+from .quickset import set_attributes, set_buffers
 from .monitor_stats import QUANTITIES, ROWS, fold_rows
 from .monitor_stats import acc_dtype as _acc_dtype
 from .monitor_stats import all_reduce as _all_reduce
@@ -52,26 +53,33 @@ class Monitor(SinkHost, nn.Module):
 
     def __init__(self, names: Sequence[str], program: Any = None, *, ema: float = 0.99) -> None:
         super().__init__()
-        self.names = list(names)
-        self.enabled = True
-        self.ema = float(ema)
-        c = len(self.names) + 1
+        c = len(names) + 1
         acc = _acc_dtype(torch.device("cpu"))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # calls ever: the sinks' step
-        self.register_buffer("window", torch.zeros(len(ROWS), c, dtype=acc))  # since the last read
-        self.register_buffer("totals", torch.zeros(len(ROWS), c, dtype=acc))  # earlier windows
-        self.register_buffer("ema_acc", torch.zeros(len(QUANTITIES), c, dtype=acc))
-        self.register_buffer("ema_norm", torch.zeros(c, dtype=acc))
-        self.register_buffer("low", torch.full((len(QUANTITIES), c), math.inf, dtype=acc))
-        self.register_buffer("high", torch.full((len(QUANTITIES), c), -math.inf, dtype=acc))
-        self.register_buffer("_history", torch.zeros(_HISTORY_ROWS, 2 * c), persistent=False)
-        self.register_buffer("_leaf", torch.ones(c, dtype=acc), persistent=False)
-        self.register_buffer("_one", torch.ones(1), persistent=False)  # the total's weight
-        self._eager = _EagerCounters()
-        self._probe_every = 0
-        self._probe_inputs: tuple[str, ...] = ("pred",)
-        self._sinks: list[tuple[Any, int]] = []
-        self._moved_weights: dict = {}
+        k = len(QUANTITIES)
+        set_buffers(self, {
+            "seen": torch.zeros((), dtype=torch.long),  # calls ever: the sinks' step
+            "window": torch.zeros(len(ROWS), c, dtype=acc),  # since the last read
+            "totals": torch.zeros(len(ROWS), c, dtype=acc),  # earlier windows
+            "ema_acc": torch.zeros(k, c, dtype=acc),
+            "ema_norm": torch.zeros(c, dtype=acc),
+            "low": torch.full((k, c), math.inf, dtype=acc),
+            "high": torch.full((k, c), -math.inf, dtype=acc),
+        })
+        set_buffers(self, {
+            "_history": torch.zeros(_HISTORY_ROWS, 2 * c),
+            "_one": torch.ones(1),  # the total's weight
+        }, persistent=False)
+        set_attributes(
+            self,
+            names=list(names),
+            enabled=True,
+            ema=float(ema),
+            _eager=_EagerCounters(),
+            _probe_every=0,
+            _probe_inputs=("pred",),
+            _sinks=[],
+            _moved_weights={},
+        )
         self.program = program
 
     @property
@@ -80,12 +88,13 @@ class Monitor(SinkHost, nn.Module):
 
     @program.setter
     def program(self, program: Any) -> None:
-        self._program = program
         k = len(self.names)
         # composites are not terms: every share is relative to the sum over the terms only
         leaf = [float(hasattr(item, "spec")) for item in program.logged] if program else [1.0] * k
-        self._leaf_list = leaf + [0.0]
-        self._leaf.copy_(torch.tensor(self._leaf_list, dtype=self._leaf.dtype))
+        set_attributes(self, _program=program, _leaf_list=leaf + [0.0])
+        old = self._buffers.get("_leaf")
+        dtype, device = (_acc_dtype(torch.device("cpu")), None) if old is None else (old.dtype, old.device)
+        set_buffers(self, {"_leaf": torch.tensor(self._leaf_list, dtype=dtype, device=device)}, persistent=False)
 
     # --- the per-call path ----------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class Plan:
     balancers: list[ir.Balance]
     schedules: list[ir.Schedule]
     weight_program: WeightProgram | None = None  # weights that depend on the values
+    constant_weights_tensor: Any = None  # made once, shared by the modules (Loss)
 
 
 def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner) -> Plan:
