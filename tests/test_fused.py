@@ -253,14 +253,14 @@ def test_only_the_gradient_is_saved_for_backward():
 
 
 @pytest.mark.parametrize("mode", ["grad", "no_grad", "inference"])
-def test_chunks_spread_over_threads_give_the_same_result(mode):
+def test_chunks_on_two_torch_threads_give_the_same_result(mode):
     gen = torch.Generator().manual_seed(10)
     shape = (3, fused_module.CHUNK + 77)
     pred = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
     target = torch.randn(shape, generator=gen, dtype=torch.float64)
     crit = lossdsl.compile("0.5*huber + 0.5*log_cosh", fuse=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the fused pass hands chunks to two threads
+    torch.set_num_threads(2)  # each op of a chunk is spread over torch's threads
     try:
         if mode == "grad":
             got = crit(pred, target)
