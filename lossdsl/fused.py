@@ -7,9 +7,9 @@ then elementwise, ``g = sum_i w_i * dl_i/de / N`` with ``e = pred - target``. On
 the data computes every term's value and ``g`` together; only ``g`` is kept for backward (no
 other intermediate), and backward multiplies it by the upstream scalar (``-g`` for ``target``).
 
-The pass (``lossdsl/fused_pass.py``) walks the data in chunks (on the CPU up to 2^18
-elements and at most 1/8 of the input), so its temporaries stay small and each input byte is
-read once from memory; torch spreads each op of a chunk over its threads. A call that cannot be fused (a
+The pass (``lossdsl/fused_pass.py``) walks the data in chunks (2^18 elements on the CPU), so
+its temporaries stay a few MiB and each input byte is read once from memory; torch spreads
+each op of a chunk over its threads. A call that cannot be fused (a
 ``weight``/``mask`` input given, shapes or dtypes that differ, ``torch.compile`` tracing)
 runs the normal path instead, which also gives the usual errors. Double backward through a
 fused call is not supported.

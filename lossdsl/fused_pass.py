@@ -24,11 +24,11 @@ __all__ = ["Part", "StatPlan", "value_and_grad", "CHUNK"]
 
 _LOG2 = math.log(2.0)
 # Elements per chunk on the CPU. Large enough that torch spreads each op of a chunk over its
-# threads and the ~25 ops per chunk are few dispatches in all; at most 1/8 of the input, so
-# the chunk's few buffers stay well under the input's size (measured on 2 and 1 threads:
-# 2^18 was 3-4x faster than eager, 2^15 with the chunks spread over Python threads 1.4-1.7x).
+# threads and the ~25 ops per chunk are few dispatches in all, small enough that the chunk's
+# buffers (about six) stay a few MiB whatever the input's size. Measured at 2^23 elements
+# on 2 and on 1 threads: 2^18 was 3-4x faster than eager; 2^15-element chunks spread over
+# Python threads were 1.4-1.7x, and a chunk of 1/8 of a small input was slower than eager.
 CHUNK = 1 << 18
-MIN_CHUNK = 1 << 15
 # On an accelerator a chunk only bounds the temporaries (a few times the chunk's bytes).
 DEVICE_CHUNK = 1 << 22
 
@@ -60,7 +60,7 @@ def value_and_grad(pred: Tensor, target: Tensor, program, need_grad: bool):
     device = pred.device
     plan = program.stat_plan(n, device, _accumulate_dtype(device, dtype))
     p, t = pred.detach().reshape(-1), target.detach().reshape(-1)
-    chunk = min(CHUNK, max(MIN_CHUNK, n // 8)) if device.type == "cpu" else DEVICE_CHUNK
+    chunk = CHUNK if device.type == "cpu" else DEVICE_CHUNK
     rows = -(-n // chunk)
     stats = torch.empty((rows, plan.size), dtype=dtype, device=device)
     grad = torch.empty(n, dtype=pred.dtype, device=device) if need_grad else None
