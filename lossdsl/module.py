@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from . import ir
 from .errors import LossDSLError, LossInputError, did_you_mean
-from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, call_guarded
+from .nonfinite import POLICIES, NonFiniteGuard
 from .fused import fused_call, fused_program_for
-from .plan import Env, build_plan, shared_plan, missing_input, read_path
+from .plan import Env, build_plan, shared_plan
+from .runners import term_runner
 from .weights import sweep
 from .quickset import set_attributes, set_buffers
 from .schedules import schedule_runner
@@ -139,89 +140,12 @@ class Loss(nn.Module):
             self.monitor = Monitor(self.term_names, resolved)
             # [raw values, weights] of the last call: a list, so that forward stores them
             # without nn.Module.__setattr__'s checks (a few microseconds per call)
-            set_attributes(self, _last=[None, None])
+            set_attributes(self, _last=[None, None, False])  # and whether [0] ends with the total
         else:
             self.monitor.program = resolved  # not pickled with the monitor: rebuilt here
 
     def _term_runner(self, term: ir.Term):
-        fn = term.spec.func
-        hyper = dict(term.hyper)
-        routes = term.routes
-        source = self.source
-        name = term.name
-        simple = [r.path[0] for r in routes] == [r.param for r in routes] and all(
-            len(r.path) == 1 for r in routes
-        )
-
-        def fetch(env: Env) -> list:
-            args = []
-            for route in routes:
-                value = read_path(env, route.path)
-                if value is None and route.required:
-                    raise missing_input(term, route.param, route.path).located(source, term.span)
-                args.append(value)
-            return args
-
-        if simple and [r.param for r in routes[:2]] == ["pred", "target"] and all(
-            r.required for r in routes[:2]
-        ):
-            rest = routes[2:]
-
-            def fetch(env: Env) -> list:  # noqa: F811 - the common case, without path walking
-                pred, target = env.pred, env.target
-                if pred is None or target is None:
-                    which = "pred" if pred is None else "target"
-                    raise missing_input(term, which, (which,)).located(source, term.span)
-                args = [pred, target]
-                for route in rest:
-                    value = env.inputs.get(route.param)
-                    if value is None and route.required:
-                        raise missing_input(term, route.param, route.path).located(source, term.span)
-                    args.append(value)
-                return args
-
-        guarded = self.nonfinite in GATED_POLICIES
-        on_residual = getattr(fn, "on_residual", None)
-        if on_residual is not None and not guarded and simple and [r.param for r in routes[:2]] == [
-            "pred", "target"
-        ]:
-            return self._residual_runner(term, on_residual, fetch)
-
-        def run(vals, env: Env):
-            args = fetch(env)
-            try:
-                if guarded:  # zero_term / skip_batch: NaN/inf become 0 before any combination
-                    return call_guarded(fn, args, hyper, env, name)
-                return fn(*args, **hyper)
-            except LossDSLError as err:
-                if err.term is None:
-                    err.message = f"term '{name}': {err.message}"
-                raise err.located(source, term.span, name) from None
-            except Exception as err:
-                err.add_note(f"lossdsl: raised while computing term '{name}' of: {source}")
-                raise
-
-        return run
-
-    def _residual_runner(self, term: ir.Term, on_residual, fetch):
-        """A term computed from the call's shared ``pred - target`` (see ``Env.residual``)."""
-        hyper, source, name = dict(term.hyper), self.source, term.name
-
-        def run(vals, env: Env):
-            rest = fetch(env)[2:]
-            try:
-                out = on_residual(env.residual(), *rest, **hyper)
-                dtype = env.pred.dtype
-                return out if out.dtype == dtype else out.to(dtype)
-            except LossDSLError as err:
-                if err.term is None:
-                    err.message = f"term '{name}': {err.message}"
-                raise err.located(source, term.span, name) from None
-            except Exception as err:
-                err.add_note(f"lossdsl: raised while computing term '{name}' of: {source}")
-                raise
-
-        return run
+        return term_runner(term, self.source, self.nonfinite)
 
     def _schedule_runner(self, schedule: ir.Schedule):
         run = schedule_runner(schedule.name, dict(schedule.params))
@@ -261,15 +185,12 @@ class Loss(nn.Module):
             # One copy of the values and the total, detached: a term's 0-dim value may share
             # the storage of a full-size buffer (F.mse_loss's does), which a kept reference
             # would hold on to.
-            row = _detached_row(logged, total)
-            raw = row[:-1]
+            row, finite = _values_row(logged, total)
             weights = self._weights(vals)
-        if self.nonfinite in _CHECKED and not (
-            _finite_on_cpu(raw, total) if row is None else _finite_on_cpu(row, 0.0)
-        ):
-            self._guard.check(raw, total, self.step)
+        if self.nonfinite in _CHECKED and not (finite if row is not None else _finite_on_cpu(raw, total)):
+            self._guard.check(raw if row is None else row[:-1], total, self.step)
         last = self._last
-        last[0], last[1] = raw, weights
+        last[0], last[1], last[2] = raw if row is None else row, weights, row is not None
         if self.monitor.enabled:
             if row is not None:
                 self.monitor.record_terms(logged, weights, total, env, row)
@@ -327,7 +248,8 @@ class Loss(nn.Module):
 
     @property
     def _last_raw(self) -> Tensor | None:
-        return self._last[0]
+        values, _, with_total = self._last
+        return values[:-1] if with_total else values
 
     @property
     def _last_weights(self) -> Tensor | None:
@@ -373,7 +295,7 @@ class Loss(nn.Module):
         for key in ("_plan", "_runs", "_guard"):
             state.pop(key, None)
         state["_resolved"] = None
-        state["_last"] = [self._last_raw, self._last[1]]  # detached values, not the graph
+        state["_last"] = [self._last_raw, self._last[1], False]  # detached values, not the graph
         return state
 
     def __setstate__(self, state):
@@ -426,11 +348,29 @@ def _constant_weights_of(plan) -> Tensor:
     return plan.constant_weights_tensor
 
 
-def _detached_row(logged: list, total: Any) -> Tensor:
-    """``[value_1, ..., value_K, total]`` as one new (K+1,) tensor without a graph."""
+def _values_row(logged: list, total: Any) -> tuple[Tensor, bool | None]:
+    """``[value_1, ..., value_K, total]`` as one new (K+1,) tensor without a graph, and
+    whether they are all finite (None: not known, the values are not on the CPU or traced).
+
+    On the CPU the numbers are read on the host (a microsecond; no device to wait for) and
+    the row is made from them: cheaper than detaching and stacking, and the finiteness
+    check comes with it.
+    """
+    if isinstance(total, Tensor) and total.is_cpu and not torch.compiler.is_compiling():
+        try:
+            numbers = [v.item() for v in logged]
+        except RuntimeError:  # a term value with more than one element: stacked as it is
+            numbers = None
+        if numbers is not None:
+            dtype = total.dtype
+            for v in logged:
+                if v.dtype != dtype:
+                    dtype = torch.promote_types(dtype, v.dtype)
+            numbers.append(total.item())
+            return torch.tensor(numbers, dtype=dtype), all(map(math.isfinite, numbers))
     parts = [v.detach() for v in logged]
     parts.append(total.detach() if isinstance(total, Tensor) else torch.tensor(float(total), device=parts[0].device))
-    return torch.stack(parts)
+    return torch.stack(parts), None
 
 
 def _result_dtype(values: list) -> torch.dtype:

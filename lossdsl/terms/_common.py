@@ -19,6 +19,7 @@ from ..errors import LossInputError
 
 __all__ = [
     "Reduction",
+    "HALF_DTYPES",
     "check_same_shape",
     "check_tensor",
     "check_dim",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 Reduction = Literal["mean", "sum"]
-_HALF = (torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def check_tensor(value, name: str) -> Tensor:
@@ -47,8 +48,9 @@ def check_tensor(value, name: str) -> Tensor:
 
 def check_same_shape(pred: Tensor, target: Tensor, what: str = "target") -> None:
     """Elementwise terms never broadcast pred against target silently."""
-    check_tensor(pred, "pred")
-    check_tensor(target, what)
+    if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
+        check_tensor(pred, "pred")
+        check_tensor(target, what)
     if pred.shape != target.shape:
         raise LossInputError(
             f"pred has shape {tuple(pred.shape)} but {what} has shape {tuple(target.shape)}",
@@ -58,12 +60,12 @@ def check_same_shape(pred: Tensor, target: Tensor, what: str = "target") -> None
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     """float16/bfloat16 are computed in float32; other dtypes as they are."""
-    return torch.float32 if x.dtype in _HALF else x.dtype
+    return torch.float32 if x.dtype in HALF_DTYPES else x.dtype
 
 
 def upcast(*tensors: Tensor | None) -> list[Tensor | None]:
     """Cast half-precision tensors to float32 for the computation (no-op otherwise)."""
-    return [t.float() if t is not None and t.dtype in _HALF else t for t in tensors]
+    return [t.float() if t is not None and t.dtype in HALF_DTYPES else t for t in tensors]
 
 
 def from_residual(on_residual, pred, target, *rest, **hyper) -> Tensor:

@@ -18,7 +18,7 @@ from annotated_types import Gt, Lt
 from torch import Tensor
 
 from ..registry import registry
-from ._common import Reduction, check_same_shape, from_residual, reduce_elementwise, residual_form, upcast
+from ._common import HALF_DTYPES, Reduction, check_same_shape, from_residual, reduce_elementwise, residual_form, upcast
 
 __all__ = [
     "mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
@@ -30,7 +30,7 @@ def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyp
     """An elementwise term that torch.nn.functional has: its fused reduction when there is no
     weight or mask, else the elementwise values reduced as DESIGN.md §5 defines."""
     check_same_shape(pred, target)
-    p, t = upcast(pred, target)
+    p, t = (pred, target) if pred.dtype not in HALF_DTYPES and target.dtype not in HALF_DTYPES else upcast(pred, target)
     if weight is None and mask is None:
         out = loss_fn(p, t, reduction=reduction, **hyper)
     else:
@@ -49,7 +49,9 @@ def mse(
     return _with_torch(F.mse_loss, pred, target, weight, mask, reduction)
 
 
-def _mae(e: Tensor, weight, mask, *, reduction: Reduction) -> Tensor:
+def _mae(
+    e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, reduction: Reduction
+) -> Tensor:
     return reduce_elementwise(e.abs(), weight, mask, reduction)
 
 
@@ -87,7 +89,9 @@ def smooth_l1(
     return _with_torch(F.smooth_l1_loss, pred, target, weight, mask, reduction, beta=beta)
 
 
-def _adaptive_huber(e: Tensor, weight, mask, *, scale: float, reduction: Reduction) -> Tensor:
+def _adaptive_huber(
+    e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, scale: float, reduction: Reduction
+) -> Tensor:
     a = e.abs()
     with torch.no_grad():
         delta = scale * (a.mean() if mask is None else reduce_elementwise(a, None, mask))
@@ -109,7 +113,9 @@ def adaptive_huber(
     return from_residual(_adaptive_huber, pred, target, weight, mask, scale=scale, reduction=reduction)
 
 
-def _log_cosh(e: Tensor, weight, mask, *, reduction: Reduction) -> Tensor:
+def _log_cosh(
+    e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, reduction: Reduction
+) -> Tensor:
     a = e.abs()
     return reduce_elementwise(a + F.softplus(-2.0 * a) - _LOG2, weight, mask, reduction)
 
@@ -128,7 +134,9 @@ def log_cosh(
     return from_residual(_log_cosh, pred, target, weight, mask, reduction=reduction)
 
 
-def _quantile(e: Tensor, weight, mask, *, q: float, reduction: Reduction) -> Tensor:
+def _quantile(
+    e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, q: float, reduction: Reduction
+) -> Tensor:
     # u = target - pred = -e: max(q u, (q - 1) u) = max(-q e, (1 - q) e)
     return reduce_elementwise(torch.maximum(-q * e, (1.0 - q) * e), weight, mask, reduction)
 
@@ -146,7 +154,9 @@ def quantile(
     return from_residual(_quantile, pred, target, weight, mask, q=q, reduction=reduction)
 
 
-def _charbonnier(e: Tensor, weight, mask, *, eps: float, reduction: Reduction) -> Tensor:
+def _charbonnier(
+    e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, eps: float, reduction: Reduction
+) -> Tensor:
     return reduce_elementwise(torch.sqrt(e * e + eps * eps), weight, mask, reduction)
 
 
