@@ -18,7 +18,15 @@ from annotated_types import Gt, Lt
 from torch import Tensor
 
 from ..registry import registry
-from ._common import HALF_DTYPES, Reduction, check_same_shape, from_residual, reduce_elementwise, residual_form, upcast
+from ._common import (
+    HALF_DTYPES,
+    Reduction,
+    check_same_shape,
+    from_residual,
+    reduce_elementwise,
+    residual_form,
+    upcast,
+)
 
 __all__ = [
     "mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
@@ -30,7 +38,8 @@ def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyp
     """An elementwise term that torch.nn.functional has: its fused reduction when there is no
     weight or mask, else the elementwise values reduced as DESIGN.md §5 defines."""
     check_same_shape(pred, target)
-    p, t = (pred, target) if pred.dtype not in HALF_DTYPES and target.dtype not in HALF_DTYPES else upcast(pred, target)
+    half = pred.dtype in HALF_DTYPES or target.dtype in HALF_DTYPES
+    p, t = upcast(pred, target) if half else (pred, target)
     if weight is None and mask is None:
         out = loss_fn(p, t, reduction=reduction, **hyper)
     else:
