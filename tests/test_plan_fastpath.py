@@ -211,3 +211,32 @@ def test_terms_sharing_one_residual_save_no_more_than_the_hand_written_formula()
 
     crit = lossdsl.compile(source)
     assert _full_size_saved(crit, pred, target) <= _full_size_saved(by_hand, pred, target)
+
+
+def test_direct_term_path_names_a_missing_input():
+    crit = lossdsl.compile("0.5*mse + charbonnier")
+    pred, _ = _data()
+    with pytest.raises(lossdsl.LossInputError) as err:
+        crit(pred)
+    assert "term 'mse' needs input 'target' for its 'target'" in str(err.value)
+    assert "^" in str(err.value)
+
+    def scaled_l1(pred, target, scale):
+        return ((pred - target).abs() * scale).mean()
+
+    crit = lossdsl.compile("scaled_l1", terms={"scaled_l1": scaled_l1})
+    with pytest.raises(lossdsl.LossInputError, match="needs input 'scale'"):
+        crit(pred, pred)
+    assert float(crit(pred, pred + 1, scale=torch.tensor(2.0))) == pytest.approx(2.0)
+
+
+def test_residual_terms_take_their_weight_and_mask_inputs():
+    crit = lossdsl.compile("charbonnier(eps=0.1) + mae + log_cosh", strict=False)
+    pred, target = _data()
+    weight = torch.rand(pred.shape, dtype=torch.float64)
+    mask = (torch.rand(pred.shape) > 0.5).double()
+    e = pred - target
+    elementwise = torch.sqrt(e * e + 0.01) + e.abs() + torch.log(torch.cosh(e))
+    torch.testing.assert_close(crit(pred, target, weight=weight), (weight * elementwise).mean(), **TOL)
+    want = (mask * elementwise).sum() / mask.sum()
+    torch.testing.assert_close(crit(pred, target, mask=mask), want, **TOL)
