@@ -65,10 +65,7 @@ class Monitor(SinkHost, nn.Module):
             "low": torch.full((k, c), math.inf, dtype=acc),
             "high": torch.full((k, c), -math.inf, dtype=acc),
         })
-        set_buffers(self, {
-            "_history": torch.zeros(_HISTORY_ROWS, 2 * c),
-            "_one": torch.ones(1),  # the total's weight
-        }, persistent=False)
+        set_buffers(self, {"_history": torch.zeros(_HISTORY_ROWS, 2 * c)}, persistent=False)
         set_attributes(
             self,
             names=list(names),
@@ -80,7 +77,7 @@ class Monitor(SinkHost, nn.Module):
             _sinks=[],
             _moved_weights={},
         )
-        self.program = program
+        self._set_program(program, acc)
 
     @property
     def program(self) -> Any:
@@ -88,12 +85,15 @@ class Monitor(SinkHost, nn.Module):
 
     @program.setter
     def program(self, program: Any) -> None:
+        self._set_program(program, _acc_dtype(torch.device("cpu")))
+
+    def _set_program(self, program: Any, acc: torch.dtype) -> None:
         k = len(self.names)
         # composites are not terms: every share is relative to the sum over the terms only
         leaf = [float(hasattr(item, "spec")) for item in program.logged] if program else [1.0] * k
         set_attributes(self, _program=program, _leaf_list=leaf + [0.0])
         old = self._buffers.get("_leaf")
-        dtype, device = (_acc_dtype(torch.device("cpu")), None) if old is None else (old.dtype, old.device)
+        dtype, device = (acc, None) if old is None else (old.dtype, old.device)
         set_buffers(self, {"_leaf": torch.tensor(self._leaf_list, dtype=dtype, device=device)}, persistent=False)
 
     # --- the per-call path ----------------------------------------------------------------
@@ -115,7 +115,7 @@ class Monitor(SinkHost, nn.Module):
         if weights.requires_grad:
             weights = weights.detach()
         flat = total.detach().reshape(1) if isinstance(total, Tensor) else raw.new_full((1,), total)
-        parts = [raw, flat, weights, self._one]
+        parts = [raw, flat, weights, raw.new_ones(1)]  # the total's weight is 1
         if torch.compiler.is_compiling():
             # One row, folded inside the graph. The probe and the sinks need the host, so they
             # run in eager calls only.

@@ -319,3 +319,13 @@ def test_the_last_call_does_not_keep_its_graph_alive():
     gc.collect()
     assert all(ref() is None for ref in markers)
     assert set(crit.terms) == {"keep", "keep_2"}
+
+
+def test_losses_without_a_balancer_share_one_empty_list_and_balancers_are_per_loss():
+    a, b = lossdsl.compile("mse + mae"), lossdsl.compile("huber")
+    assert len(a.balancers) == 0 and a.balancers is b.balancers
+    c, d = (lossdsl.compile('balance(mse, mae, method="ema")') for _ in range(2))
+    assert len(c.balancers) == 1 and c.balancers[0] is not d.balancers[0]
+    pred, target = data(0)
+    c(pred, target)
+    assert int(c.balancers[0].count) == 1 and int(d.balancers[0].count) == 0
