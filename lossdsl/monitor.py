@@ -1,11 +1,12 @@
 """Per-term magnitudes (DESIGN.md §7): raw value, effective weight, weighted contribution and
 share of every term, kept as running statistics on the inputs' device.
 
-The per-call path never reads a tensor on the host. In eager mode a call keeps detached
-references to its term values; once per 256 calls (or when someone reads) they are stacked
-into a history of rows ``[raw..., total, weight..., 1]`` and folded into the statistics,
-vectorised (the statistics themselves are in ``monitor_stats.py``). Inside ``torch.compile``
-the same fold runs on the single row in the graph, where it is fused.
+The per-call path never reads a tensor on the host. In eager mode a call keeps a reference
+to the row of its values that the loss made (``[raw..., total]``); once per 256 calls (or
+when someone reads) the rows are written into a history of rows ``[raw..., total,
+weight..., 1]`` and folded into the statistics, vectorised (the statistics themselves are
+in ``monitor_stats.py``, the readers in ``monitor_read.py``). Inside ``torch.compile`` the
+same fold runs on the single row in the graph, where it is fused.
 
 >>> import torch, lossdsl
 >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
@@ -25,22 +26,21 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LossDSLError, did_you_mean
-from .sinks import JsonlWriter, SinkHost, TensorBoardWriter, format_table
+from .sinks import JsonlWriter, SinkHost, TensorBoardWriter
 from .quickset import set_attributes, set_buffers
+from .monitor_read import StatsReader
 from .monitor_stats import QUANTITIES, ROWS, fold_rows
 from .monitor_stats import acc_dtype as _acc_dtype
-from .monitor_stats import all_reduce as _all_reduce
 from .monitor_stats import buffer_dtype as _buffer_dtype
 from .monitor_stats import grad_norm as _grad_norm
-from .monitor_stats import ratio as _ratio
-from .suggest import Suggestion, suggest
+from .suggest import Suggestion
 
 __all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
 
 _HISTORY_ROWS = 256
 
 
-class Monitor(SinkHost, nn.Module):
+class Monitor(SinkHost, StatsReader, nn.Module):
     """Running statistics of every term of a :class:`~lossdsl.Loss`: ``crit.monitor``.
 
     ``names``: the logged terms and named composites, in order. ``program``: the resolved
@@ -291,117 +291,6 @@ class Monitor(SinkHost, nn.Module):
         fin = torch.isfinite(gn)
         probed = torch.stack([torch.where(fin, gn, 0), fin.to(acc)])
         self.window[-2:, :-1].add_(probed)  # not the total: one backward pass fewer
-
-    # --- reading --------------------------------------------------------------------------
-
-    def _read(self, parts: dict[str, Tensor], sync: bool) -> dict[str, list]:
-        """The tensors as (nested) lists, in one device-to-host copy; all-reduced over the
-        process group first when ``sync``."""
-        if sync:
-            parts = _all_reduce(parts, self._leaf.dtype)
-        flat = torch.cat([t.reshape(-1).to(self._leaf.dtype) for t in parts.values()]).cpu()
-        sizes = [t.numel() for t in parts.values()]
-        return {n: p.reshape(t.shape).tolist() for (n, t), p in zip(parts.items(), flat.split(sizes))}
-
-    def _window(self, prefix: str, sync: bool) -> tuple[dict[str, float], int]:
-        self._flush()
-        snap = self._read({"window": self.window, "seen": self.seen}, sync)
-        self.totals.add_(self.window)
-        self.window.zero_()
-        win, seen = snap["window"], int(snap["seen"])
-        if win[ROWS.index("calls")][-1] == 0:
-            return {}, seen
-        means = [[_ratio(s, n) for s, n in zip(win[q], win[4])] for q in range(len(QUANTITIES))]
-        out = {f"{prefix}total": means[0][-1]}
-        for i, name in enumerate(self.names):
-            key = prefix + name
-            out[key] = means[0][i]
-            for q in (1, 2, 3):
-                out[f"{key}/{QUANTITIES[q]}"] = means[q][i]
-            if win[7][i]:
-                out[f"{key}/grad_norm"] = win[6][i] / win[7][i]
-        return out, seen
-
-    def as_dict(self, prefix: str = "loss/", sync: bool = False) -> dict[str, float]:
-        """Means since the last ``as_dict()`` (or ``reset()``), as plain floats, for any
-        logger (``self.log_dict(crit.monitor.as_dict())`` in Lightning). Keys: ``total``,
-        ``<term>`` (raw), ``<term>/weight``, ``<term>/weighted``, ``<term>/share`` and
-        ``<term>/grad_norm`` (when probed), each after ``prefix``. A term that was never
-        finite in the window reads NaN. ``sync=True`` adds up the windows of every rank of
-        ``torch.distributed``. Empty when nothing was recorded since the last read.
-
-        >>> import torch, lossdsl
-        >>> crit = lossdsl.compile("2*mse")
-        >>> _ = crit(torch.zeros(2), torch.ones(2))
-        >>> crit.monitor.as_dict(prefix="")
-        {'total': 2.0, 'mse': 1.0, 'mse/weight': 2.0, 'mse/weighted': 2.0, 'mse/share': 1.0}
-        """
-        return self._window(prefix, sync)[0]
-
-    def stats(self, sync: bool = False) -> dict[str, dict[str, float]]:
-        """Statistics since ``reset()`` for every name and ``"total"``: ``mean`` ``ema``
-        ``min`` ``max`` (of the raw value), ``nonfinite`` (calls where it was not finite),
-        ``count`` (finite calls), means of ``weight`` ``weighted`` ``share``, and
-        ``grad_norm`` (NaN when never probed). With ``sync=True`` over all ranks (counts and
-        sums add up, min/max reduce, the EMAs are averaged by their weight).
-
-        >>> import torch, lossdsl
-        >>> crit = lossdsl.compile("mse")
-        >>> for value in (1.0, 3.0):
-        ...     _ = crit(torch.zeros(1), torch.full((1,), value))
-        >>> s = crit.monitor.stats()["mse"]
-        >>> s["mean"], s["min"], s["max"], s["nonfinite"]
-        (5.0, 1.0, 9.0, 0.0)
-        """
-        self._flush()
-        parts = {"sums": self.totals + self.window, "ema_acc": self.ema_acc[0], "ema_norm": self.ema_norm,
-                 "low": self.low, "high": self.high}
-        snap = self._read(parts, sync)
-        sums, count = snap["sums"], snap["sums"][4]
-        table = {}
-        for i, name in enumerate(self.names + ["total"]):
-            found = count[i] > 0
-            table[name] = {
-                "mean": _ratio(sums[0][i], count[i]), "ema": _ratio(snap["ema_acc"][i], snap["ema_norm"][i]),
-                "min": snap["low"][0][i] if found else math.nan,
-                "max": snap["high"][0][i] if found else math.nan,
-                "nonfinite": sums[5][i] - count[i], "count": count[i],
-                "weight": _ratio(sums[1][i], count[i]), "weighted": _ratio(sums[2][i], count[i]),
-                "share": _ratio(sums[3][i], count[i]), "grad_norm": _ratio(sums[6][i], sums[7][i]),
-            }
-        table["total"]["share"] = sum(table[n]["share"] for n, leaf in zip(self.names, self._leaf_list) if leaf)
-        return table
-
-    def summary(self, sync: bool = False) -> str:
-        """A readable table of :meth:`stats`: weight, raw mean/EMA/min/max, weighted mean,
-        share %, share of the gradient norm % (when probed) and the non-finite count."""
-        return format_table(self.stats(sync), self._leaf_list)
-
-    def reset(self) -> None:
-        """Clear every statistic (the sinks' step counter keeps counting)."""
-        self._eager.pending = 0
-        self._eager.deferred = []
-        for buf in (self.window, self.totals, self.ema_acc, self.ema_norm):
-            buf.zero_()
-        self.low.fill_(math.inf)
-        self.high.fill_(-math.inf)
-
-    def suggest_weights(self, target: dict[str, float] | None = None) -> Suggestion:
-        """Weights that give every term an equal share (or the ``target`` shares) of the
-        gradient norm where probed, else of the weighted magnitude, and the source rewritten
-        with them (see :func:`lossdsl.suggest.suggest`).
-
-        >>> import torch, lossdsl
-        >>> crit = lossdsl.compile("mse + mae  # two terms")
-        >>> _ = crit(torch.zeros(4), torch.full((4,), 10.0))
-        >>> crit.monitor.suggest_weights().source
-        '0.55*mse + 5.5*mae  # two terms'
-        """
-        table = self.stats()
-        probed = any(table[n]["grad_norm"] > 0 for n in self.names)
-        magnitude = {n: abs(table[n]["grad_norm" if probed else "weighted"]) for n in self.names}
-        weights = {n: table[n]["weight"] for n in self.names}
-        return suggest(self.program, weights, magnitude, target)
 
     # --- state ----------------------------------------------------------------------------
 
