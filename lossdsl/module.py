@@ -131,8 +131,13 @@ class Loss(nn.Module):
         }, persistent=False)
         # fuse=True: the one-pass value-and-gradient path, when the program allows it
         fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
+        blank = [None] * len(plan.instrs)
+        for slot, value in plan.const_slots.items():
+            blank[slot] = value
         set_attributes(
             self,
+            _blank=blank,  # the values of a call before it runs: the constants in their slots
+            _coefficients={},  # (weights, dtype, device) -> the total's coefficients (linear.py)
             _weight_program=program,
             _host_weights=[None, None],  # [monomials, weights] of the last call
             _guard=NonFiniteGuard(self.nonfinite, plan, self.source),
@@ -177,11 +182,15 @@ class Loss(nn.Module):
             (total, raw), logged, weights = fused, None, self._constant_weights
             row = None
         else:
-            vals: list[Any] = []
-            for run in self._runs:
-                vals.append(run(vals, env))
+            lin = self._plan.linear
+            if lin is not None and (not lin.step_dependent or (env.step.is_cpu and not torch.compiler.is_compiling())):
+                vals, total, weights = self._linear_call(lin, env)
+            else:
+                vals = []
+                for run in self._runs:
+                    vals.append(run(vals, env))
+                total, weights = vals[self._root], None
             logged = [vals[s] for s in self._logged_slots]
-            total = vals[self._root]
             if self._term_slots and total.dtype != vals[self._term_slots[0]].dtype:
                 total = total.to(_result_dtype([vals[s] for s in self._term_slots]))
             logged, total = self._guard.finish(logged, total, env)
@@ -189,7 +198,8 @@ class Loss(nn.Module):
             # the storage of a full-size buffer (F.mse_loss's does), which a kept reference
             # would hold on to.
             row, finite = _values_row(logged, total)
-            weights = self._weights(vals)
+            if weights is None:
+                weights = self._weights(vals)
         if self.nonfinite in _CHECKED and not (finite if row is not None else _finite_on_cpu(raw, total)):
             self._guard.check(raw if row is None else row[:-1], total, self.step)
         last = self._last
@@ -200,6 +210,36 @@ class Loss(nn.Module):
             else:
                 self.monitor.record(raw, weights, total, logged, env)
         return total
+
+    def _linear_call(self, lin, env: Env) -> tuple[list, Tensor, Tensor]:
+        """The terms, then ``total = dot(weights, terms) + offset`` (see ``lossdsl/linear.py``)."""
+        vals = list(self._blank)
+        runs = self._runs
+        for s in lin.runs:
+            vals[s] = runs[s](vals, env)
+        weights = self._weights(vals)
+        terms = [vals[s] for s in lin.terms]
+        stacked = torch.stack(terms)
+        half = stacked.dtype in (torch.float16, torch.bfloat16)
+        dtype = torch.float32 if half else stacked.dtype
+        # The coefficients in the terms' precision, from the Python numbers (not the float32
+        # weights): a float64 loss gets 0.7, not float32's 0.699999988.
+        constant = self._constant_weights is not None
+        host = None if constant else self._host_weights[0]  # the monomials the weights came from
+        key = (host, dtype, stacked.device)
+        coeffs = None if torch.compiler.is_compiling() else self._coefficients.get(key)
+        if coeffs is None:  # under torch.compile: a constant of the graph, no cache to guard on
+            numbers = self._plan.constant_weights if constant else self._weight_program.on_host(host)
+            with torch.inference_mode(False):  # kept: must be usable by autograd later
+                coeffs = torch.tensor([numbers[i] for i in lin.weight_index], dtype=dtype, device=stacked.device)
+            if not torch.compiler.is_compiling():
+                if len(self._coefficients) > 8:
+                    self._coefficients.clear()
+                self._coefficients[key] = coeffs
+        total = torch.dot(coeffs, stacked.to(dtype) if half else stacked)
+        if half:
+            total = total.to(stacked.dtype)
+        return vals, (total + lin.offset if lin.offset else total), weights
 
     def _weights(self, vals: list) -> Tensor:
         if self._constant_weights is not None:
@@ -347,7 +387,8 @@ def _constant_weights_of(plan) -> Tensor:
     """The folded weights as a CPU tensor made once per plan and shared by the modules built
     from it (never written in place; ``.to()`` gives each module its own copy)."""
     if plan.constant_weights_tensor is None:
-        plan.constant_weights_tensor = torch.tensor(plan.constant_weights, dtype=torch.float32)
+        with torch.inference_mode(False):  # a compile under inference_mode must not make it one
+            plan.constant_weights_tensor = torch.tensor(plan.constant_weights, dtype=torch.float32)
     return plan.constant_weights_tensor
 
 

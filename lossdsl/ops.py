@@ -83,9 +83,13 @@ def apply(fn: str, args: Sequence[Value], params: dict) -> Value:
             out = _extreme(out, a, smaller=False)
         return out
     if fn == "clamp":
-        return torch.clamp(args[0], min=params.get("min"), max=params.get("max"))
+        low, high = params.get("min"), params.get("max")
+        if not isinstance(args[0], Tensor):  # a schedule's value computed on the host
+            x = args[0] if low is None else max(args[0], low)
+            return x if high is None else min(x, high)
+        return torch.clamp(args[0], min=low, max=high)
     if fn == "detach":
-        return args[0].detach()
+        return args[0].detach() if isinstance(args[0], Tensor) else args[0]
     if fn == "watch":
         return 0.0
     if fn == "named":

@@ -12,11 +12,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-
 from . import ir, ops
 from .errors import LossArgumentError, LossDSLError, LossInputError
 from .terms._common import check_same_shape, upcast
+from .linear import LinearTotal, linear_total
 from .weights import WeightProgram, prepare_weights
 
 __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
@@ -53,6 +52,7 @@ class Instr:
     fn: str | None = None  # an operation of lossdsl.ops (for the weight sweep), else None
     params: dict | None = None
     balancer: int | None = None  # index into Loss.balancers
+    kind: str = "op"  # "const", "term", "schedule", "balance" or "op"
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Plan:
     schedules: list[ir.Schedule]
     weight_program: WeightProgram | None = None  # weights that depend on the values
     constant_weights_tensor: Any = None  # made once, shared by the modules (Loss)
+    linear: LinearTotal | None = None  # the total as one dot product, when it is one
 
 
 def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner) -> Plan:
@@ -97,6 +98,7 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
         schedules=builder.schedules,
     )
     prepare_weights(plan)
+    plan.linear = linear_total(plan)
     return plan
 
 
@@ -119,6 +121,9 @@ def shared_plan(resolved: ir.Resolved, key: Any, build: Callable[[], Plan]) -> P
     return plan
 
 
+_KINDS = {ir.Const: "const", ir.Term: "term", ir.Schedule: "schedule", ir.Balance: "balance"}
+
+
 class _Builder:
     def __init__(self, make_term_runner, make_schedule_runner) -> None:
         self.instrs: list[Instr] = []
@@ -131,7 +136,8 @@ class _Builder:
 
     def _add(self, node, run, args=(), fn=None, params=None, balancer=None) -> int:
         slot = len(self.instrs)
-        self.instrs.append(Instr(slot, run, tuple(args), fn, params, balancer))
+        kind = _KINDS.get(type(node), "op")
+        self.instrs.append(Instr(slot, run, tuple(args), fn, params, balancer, kind))
         self.slot_of[id(node)] = slot
         return slot
 

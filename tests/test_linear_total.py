@@ -1,0 +1,94 @@
+"""A program that is a weighted sum of its terms adds them up as one dot product
+(lossdsl/linear.py): values and gradients against the formula written out here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _data(seed=0, shape=(3, 7, 2), dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_()
+    return pred, torch.randn(shape, generator=gen, dtype=dtype)
+
+
+def _temporal(e):
+    return torch.diff(e, dim=1).abs().mean()
+
+
+CASES = [
+    ("0.7*huber(delta=1) + 0.3*temporal_diff",
+     lambda p, t, s: 0.7 * F.huber_loss(p, t) + 0.3 * _temporal(p - t)),
+    ("mse - mae/4 + 2 - (0.5*smooth_l1(beta=0.5) + 1)",
+     lambda p, t, s: F.mse_loss(p, t) - F.l1_loss(p, t) / 4 + 1 - 0.5 * F.smooth_l1_loss(p, t, beta=0.5)),
+    ("3*(mse + 2*(mae - huber))",
+     lambda p, t, s: 3 * (F.mse_loss(p, t) + 2 * (F.l1_loss(p, t) - F.huber_loss(p, t)))),
+    ("linear(0, 0.1, steps=1000)*temporal_diff + 0.4*mse + cosine(1, 0, steps=100)*2*mae",
+     lambda p, t, s: 0.1 * min(s / 1000, 1.0) * _temporal(p - t) + 0.4 * F.mse_loss(p, t)
+     + (1 - (1 - math.cos(math.pi * min(s / 100, 1.0))) / 2) * 2 * F.l1_loss(p, t)),
+    ("-mse", lambda p, t, s: -F.mse_loss(p, t)),
+    ("mse + watch(mae)", lambda p, t, s: F.mse_loss(p, t)),
+]
+
+
+@pytest.mark.parametrize("source,formula", CASES, ids=[c[0] for c in CASES])
+def test_weighted_sums_match_the_formula(source, formula):
+    crit = lossdsl.compile(source)
+    assert crit._plan.linear is not None
+    for seed, step in [(0, 0), (1, 37), (2, 5000)]:
+        pred, target = _data(seed)
+        got, want = crit(pred, target, step=step), formula(pred, target, step)
+        # the schedules' values are float32 numbers (README, Schedules)
+        tol = TOL if "steps" not in source else dict(rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(got, want, **tol)
+        g_got, g_want = (torch.autograd.grad(v, pred)[0] for v in (got, want))
+        torch.testing.assert_close(g_got, g_want, **tol)
+
+
+@pytest.mark.parametrize(
+    "source", ["log(mse) + mae", "mse*mae", "mse/mae", "mse + detach(mae)", "mse + linear(0, 1, steps=9)",
+               'balance(mse, mae, method="ema")', "r = mse + mae\nr + huber"],
+)
+def test_other_programs_keep_the_operations_as_written(source):
+    crit = lossdsl.compile(source)
+    assert crit._plan.linear is None
+    pred, target = _data()
+    crit(pred, target, step=3).backward()  # and they still run
+
+
+def test_a_nan_in_a_watched_term_stays_out_of_the_total():
+    def leaf(x):
+        return x
+
+    crit = lossdsl.compile("leaf(x=a) + watch(leaf(x=b))", terms={"leaf": leaf}, nonfinite="warn")
+    total = crit(a=torch.tensor(2.0, dtype=torch.float64), b=torch.tensor(float("nan"), dtype=torch.float64))
+    assert float(total) == 2.0
+
+
+def test_half_precision_sums_in_float32_and_returns_the_input_dtype():
+    crit = lossdsl.compile("0.7*mse + 0.3*mae")
+    pred, target = _data(dtype=torch.float32)
+    got = crit(pred.bfloat16(), target.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = 0.7 * F.mse_loss(pred.bfloat16().float(), target.bfloat16().float()) + 0.3 * F.l1_loss(
+        pred.bfloat16().float(), target.bfloat16().float())
+    assert float(got) == pytest.approx(float(want), rel=1e-2)
+
+
+def test_a_step_off_the_cpu_runs_the_operations_as_written():
+    # off the CPU the schedule's value is a tensor on the device: the plan's own operations run
+    crit = lossdsl.compile("linear(0, 1, steps=10)*mse + mae")
+    pred, target = _data()
+    used, original = [], crit._linear_call
+    crit._linear_call = lambda *args: used.append(1) or original(*args)
+    crit(pred, target, step=3)
+    assert used == [1]
+    crit.step = torch.zeros((), dtype=torch.long, device="meta")
+    out = crit(pred.to("meta"), target.to("meta"))
+    assert out.device.type == "meta" and used == [1]
