@@ -46,6 +46,8 @@ def linear_total(plan) -> LinearTotal | None:
     """The weighted-sum form of ``plan``, or None when its total is not one."""
     if plan.balancers or plan.root in plan.const_slots:
         return None
+    if plan.constant_weights is None and plan.weight_program is None:
+        return None  # weights beyond the weight program's size: the plan's operations run
     if any(not hasattr(item, "spec") for item in plan.logged_items):
         return None  # named composites are logged: their operations must run anyway
     state: dict[int, str] = {}

@@ -183,7 +183,10 @@ class Loss(nn.Module):
             row = None
         else:
             lin = self._plan.linear
-            if lin is not None and (not lin.step_dependent or (env.step.is_cpu and not torch.compiler.is_compiling())):
+            # weights that follow the step are Python numbers only with the step on the CPU
+            if lin is not None and (
+                not lin.step_dependent or (env.step.is_cpu and not torch.compiler.is_compiling())
+            ):
                 vals, total, weights = self._linear_call(lin, env)
             else:
                 vals = []
@@ -231,7 +234,9 @@ class Loss(nn.Module):
         if coeffs is None:  # under torch.compile: a constant of the graph, no cache to guard on
             numbers = self._plan.constant_weights if constant else self._weight_program.on_host(host)
             with torch.inference_mode(False):  # kept: must be usable by autograd later
-                coeffs = torch.tensor([numbers[i] for i in lin.weight_index], dtype=dtype, device=stacked.device)
+                coeffs = torch.tensor(
+                    [numbers[i] for i in lin.weight_index], dtype=dtype, device=stacked.device
+                )
             if not torch.compiler.is_compiling():
                 if len(self._coefficients) > 8:
                     self._coefficients.clear()

@@ -92,3 +92,15 @@ def test_a_step_off_the_cpu_runs_the_operations_as_written():
     crit.step = torch.zeros((), dtype=torch.long, device="meta")
     out = crit(pred.to("meta"), target.to("meta"))
     assert out.device.type == "meta" and used == [1]
+
+
+def test_a_weighted_sum_with_more_weight_monomials_than_compiled_still_adds_up():
+    # t is logged as a composite and its weight is a sum of 70 schedules (beyond the weight
+    # program): the operations as written run, and still add up
+    schedules = " + ".join(f"linear(0, {i}, steps=10)*t" for i in range(1, 71))
+    crit = lossdsl.compile(f"t = mse\n{schedules}")
+    assert crit._plan.linear is None and crit._plan.weight_program is None
+    pred, target = _data()
+    got = crit(pred, target, step=5)
+    want = sum(0.5 * i for i in range(1, 71)) * F.mse_loss(pred, target)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
