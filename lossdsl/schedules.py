@@ -97,7 +97,9 @@ def _host_tau(s: int, steps: float, delay: float) -> float:
     return min(max((s - delay) / steps, 0.0), 1.0)
 
 
-def _host_cyclic(s: int, *, period: float, ratio: float = 0.5, low: float = 0.0, high: float = 1.0) -> float:
+def _host_cyclic(
+    s: int, *, period: float, ratio: float = 0.5, low: float = 0.0, high: float = 1.0
+) -> float:
     rest = s % int(period) if float(period).is_integer() else s % period
     return low + (high - low) * min(rest / period / ratio, 1.0)
 
