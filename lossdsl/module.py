@@ -92,18 +92,9 @@ class Loss(nn.Module):
             _logged_slots=plan.logged_slots,
             _term_slots=term_slots,
         )
-        # Logged values the total does not depend on (only watched): their NaN must be
-        # checked on their own; any other term's NaN shows in the total.
-        feeding, stack = set(), [plan.root]
-        while stack:
-            slot = stack.pop()
-            if slot not in feeding:
-                feeding.add(slot)
-                stack.extend(plan.instrs[slot].args)
         set_attributes(
             self,
             term_names=list(plan.logged_names),
-            _watched=[i for i, s in enumerate(plan.logged_slots) if s not in feeding],
             _read=resolved.inputs_read,
         )
         if plan.balancers:
@@ -366,8 +357,7 @@ def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
     microsecond instead of the guard's tensor ops. Anything else (another device,
     ``torch.compile`` tracing, a non-finite value) is left to the guard, which checks each.
 
-    ``raw`` holds the values whose NaN would not reach the total (watched terms), as a
-    tensor or a list of 0-dim tensors; every other term's NaN shows in the total.
+    ``raw``: the term values (the fused path's), as a tensor or a list of 0-dim tensors.
     """
     if torch.compiler.is_compiling():
         return False
