@@ -35,20 +35,25 @@ COMPILE_SET = {("card", "small"), ("card", "large"), ("elementwise", "large")}
 STEP = 500  # the step passed to every call: the mixture's schedule is half-way up
 
 
+def _basic_variants(program, pred, target) -> dict:
+    """The hand-written loss and lossdsl with the monitor on and off, as ``forward() -> loss``."""
+    hand = program.hand()
+    crit = lossdsl.compile(program.source)
+    quiet = lossdsl.compile(program.source)
+    quiet.monitor.enabled = False
+    return {
+        "eager (hand-written)": lambda: hand(pred, target, STEP),
+        "lossdsl": lambda: crit(pred, target, step=STEP),
+        "lossdsl, monitor off": lambda: quiet(pred, target, step=STEP),
+    }
+
+
 def _variants(program, shape, size_name: str, args):
     """``pred, target, {variant name: forward() -> loss}``."""
     gen = torch.Generator().manual_seed(0)
     pred = torch.randn(shape, generator=gen, requires_grad=True)
     target = torch.randn(shape, generator=gen)
-    hand = program.hand()
-    crit = lossdsl.compile(program.source)
-    quiet = lossdsl.compile(program.source)
-    quiet.monitor.enabled = False
-    out = {
-        "eager (hand-written)": lambda: hand(pred, target, STEP),
-        "lossdsl": lambda: crit(pred, target, step=STEP),
-        "lossdsl, monitor off": lambda: quiet(pred, target, step=STEP),
-    }
+    out = _basic_variants(program, pred, target)
     if program.elementwise:
         fused = lossdsl.compile(program.source, fuse=True)
         assert fused.fused, "the elementwise program should be eligible for fuse=True"
@@ -152,16 +157,7 @@ def setup_costs(quick: bool) -> dict[str, float]:
 
 def call_overhead(quick: bool) -> dict[str, float]:
     """Forward-only CPU microseconds on a tiny (2, 8, 2) input: the fixed cost of a call."""
-    program = PROGRAMS["card"]
-    pred, target = torch.randn(2, 8, 2), torch.randn(2, 8, 2)
-    hand, crit = program.hand(), lossdsl.compile(program.source)
-    quiet = lossdsl.compile(program.source)
-    quiet.monitor.enabled = False
-    steps = {
-        "eager (hand-written)": lambda: hand(pred, target, STEP),
-        "lossdsl": lambda: crit(pred, target, step=STEP),
-        "lossdsl, monitor off": lambda: quiet(pred, target, step=STEP),
-    }
+    steps = _basic_variants(PROGRAMS["card"], torch.randn(2, 8, 2), torch.randn(2, 8, 2))
     _, cpu = interleaved(steps, 5 if quick else 21, {k: 200 for k in steps})
     return {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
 

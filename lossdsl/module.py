@@ -23,6 +23,7 @@ from .nonfinite import POLICIES, NonFiniteGuard
 from .fused import fused_call, fused_program_for
 from .plan import Env, build_plan, shared_plan
 from .runners import term_runner
+from .terms._common import HALF_DTYPES
 from .weights import sweep
 from .quickset import set_attributes, set_buffers
 from .schedules import schedule_runner
@@ -215,7 +216,7 @@ class Loss(nn.Module):
         weights = self._weights(vals)
         terms = [vals[s] for s in lin.terms]
         stacked = torch.stack(terms)
-        half = stacked.dtype in (torch.float16, torch.bfloat16)
+        half = stacked.dtype in HALF_DTYPES
         dtype = torch.float32 if half else stacked.dtype
         # The coefficients in the terms' precision, from the Python numbers (not the float32
         # weights): a float64 loss gets 0.7, not float32's 0.699999988.
@@ -278,13 +279,6 @@ class Loss(nn.Module):
         )
 
     # --- what the last call saw -----------------------------------------------------------
-
-    @staticmethod
-    def _stacked(logged: list) -> Tensor:
-        # detach is idempotent, so already-detached values cost only a cheap alias here
-        if len(logged) == 1:
-            return logged[0].detach().reshape(1)
-        return torch.stack([v.detach() for v in logged])
 
     @property
     def _last_raw(self) -> Tensor | None:

@@ -144,18 +144,16 @@ class Monitor(SinkHost, StatsReader, nn.Module):
             if due:
                 self._write(due)
 
-    def record_terms(self, logged: list, weights: Tensor, total: Any, env=None, row: Tensor | None = None) -> None:
-        """Record one call from the term tensors themselves (what ``Loss.forward`` uses).
+    def record_terms(self, logged: list, weights: Tensor, total: Any, env, row: Tensor) -> None:
+        """Record one call from what ``Loss.forward`` has: the term tensors (for the probe),
+        the weights, the total and ``row`` = ``[values..., total]`` detached, one (K+1,) tensor.
 
-        ``row``: ``[values..., total]`` detached, as one (K+1,) tensor (the module has it),
-        else made here. In eager calls on the history's device this keeps a reference to the
-        row; the rows are written into the history in one operation per 256 calls (or when
-        someone reads). Constant weights are written into the rows once.
+        In eager calls on the history's device this keeps a reference to the row; the rows
+        are written into the history in one operation per 256 calls (or when someone reads).
+        Constant weights are written into the rows once.
         """
         history = self._history
         eager = self._eager
-        if row is None:
-            row = torch.stack([v.detach() for v in logged] + [total.detach()])
         if (
             torch.compiler.is_compiling()
             or row.device != history.device

@@ -1,9 +1,9 @@
 """Resolved program to straight-line code: a list of small closures, one per operation.
 
 ``forward`` runs the list in order, each closure appending one value; there is no tree walk
-and no lookup by name per call. Effective weights ``d total / d term`` come from a reverse
-sweep over the same list using each operation's local derivatives; when every derivative on
-the way is a constant (the usual ``0.7*a + 0.3*b``) the sweep runs once, here.
+and no lookup by name per call. Effective weights ``d total / d term`` are compiled from the
+same list once (``weights.py``), and a total that is a weighted sum of the terms is marked
+for one dot product (``linear.py``).
 """
 
 from __future__ import annotations

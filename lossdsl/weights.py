@@ -58,9 +58,11 @@ class WeightProgram:
         # direct: the weights are the monomials themselves; whole_balancer: they are one
         # balancer's weight vector, in argument order (``balance(a, b)`` at the root)
         object.__setattr__(self, "direct", identity and not any(self.offset))
-        object.__setattr__(self, "whole_balancer", self.direct and [f[:2] for f in self.factors] == [
-            ("balancer", 0)] * n and [f[2] for f in self.factors] == list(range(n)) and self.monomials == tuple(
-            (j,) for j in range(n)))
+        in_order = tuple(("balancer", 0, k) for k in range(n))
+        single = tuple((j,) for j in range(n))
+        object.__setattr__(
+            self, "whole_balancer", self.direct and self.factors == in_order and self.monomials == single
+        )
 
     def tensors(self, device=None) -> tuple[Tensor, Tensor]:
         """(matrix, offset) as float32 tensors, for the module's buffers."""
