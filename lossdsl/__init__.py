@@ -5,12 +5,16 @@
 >>> loss = crit(torch.zeros(2, 4, 1), torch.ones(2, 4, 1))
 >>> sorted(crit.terms)
 ['huber', 'temporal_diff']
+
+Names that need torch are loaded on first use, so ``lossdsl.parse`` and ``lossdsl.unparse``
+work without importing it.
 """
 
-from . import terms as _terms  # noqa: F401  (registers the catalogue)
-from .ast import Program
-from .compile import check, compile
-from .config import LossConfig, from_config
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import (
     LossArgumentError,
     LossDSLError,
@@ -20,15 +24,24 @@ from .errors import (
     LossTypeError,
     NonFiniteLossError,
 )
-from .module import Loss
-from .monitor import Monitor
-from .registry import registry, term
-from .sinks import JsonlWriter, TensorBoardWriter
-from .suggest import Suggestion
-from .syntax import parse
-from .unparse import unparse
+from .syntax import Program, parse, unparse
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (imported when the name is first used)
+_LAZY = {
+    "compile": "lossdsl.compiler",
+    "check": "lossdsl.compiler",
+    "registry": "lossdsl.compiler",
+    "term": "lossdsl.language.registry",
+    "Loss": "lossdsl.loss",
+    "Monitor": "lossdsl.monitor",
+    "Suggestion": "lossdsl.monitor",
+    "JsonlWriter": "lossdsl.monitor",
+    "TensorBoardWriter": "lossdsl.monitor",
+    "from_config": "lossdsl.config",
+    "LossConfig": "lossdsl.config",
+}
 
 __all__ = [
     "compile",
@@ -53,3 +66,18 @@ __all__ = [
     "LossInputError",
     "NonFiniteLossError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
+    if name == "term":
+        importlib.import_module("lossdsl.compiler")  # the catalogue first: a new term may not shadow it
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -87,7 +87,7 @@ def _hyper_text(spec) -> str:
 def cmd_terms(args) -> int:
     from .builtins import BUILTINS
     from .errors import did_you_mean
-    from .registry import registry
+    from .language.registry import registry
 
     if args.name is None:
         rows = [("term", "inputs", "hyperparameters", "summary")]

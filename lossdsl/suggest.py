@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import ast, ir
+from .resolve import ir
+from .syntax import ast
 from .errors import LossDSLError
 
 __all__ = ["Suggestion", "suggest", "suggest_from_log", "target_shares", "log_names", "log_terms"]
@@ -261,7 +262,7 @@ def suggest_from_log(
     >>> suggest_from_log(path, "mse + mae").source
     '0.55*mse + 5.5*mae'
     """
-    from .compile import check
+    from .compiler import check
     from .sinks import read_jsonl
 
     records = read_jsonl(jsonl_path)
@@ -311,7 +312,7 @@ def log_terms(records: list[dict], names: list[str], prefix: str, source: str | 
     dropped (the later one on a tie: composites are logged after their terms).
     """
     if source is not None:
-        from .compile import check
+        from .compiler import check
 
         terms = {item.name for item in check(source).logged if isinstance(item, ir.Term)}
         return [n for n in names if n in terms]

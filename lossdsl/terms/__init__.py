@@ -1,18 +1,22 @@
-"""The built-in term catalogue (DESIGN.md §5), grouped by family.
+"""The built-in term catalogue (DESIGN.md §5): plain torch functions, grouped by family.
 
-Importing this package registers every term with :data:`lossdsl.registry`:
 ``regression`` (mse, mae/l1, huber, smooth_l1, adaptive_huber, log_cosh, quantile,
 charbonnier), ``sequence`` (temporal_diff, tv), ``classification`` (bce, bce_logits,
 cross_entropy, focal, focal_ce, dice), ``distribution`` (kl_div, vae_kl, gaussian_nll,
 poisson_nll), ``ranking`` (margin_ranking, pairwise_ranking, triplet, cosine_distance) and
-``regularisation`` (out_of_bounds, l2_reg).
+``regularisation`` (out_of_bounds, l2_reg). This package imports only torch, the error types
+and its own modules; the language's registry reads :data:`CATALOGUE`.
+
+>>> CATALOGUE["l1"] is CATALOGUE["mae"]
+True
 """
 
-from . import (  # noqa: F401  (registration on import)
-    classification,
-    distribution,
-    ranking,
-    regression,
-    regularisation,
-    sequence,
-)
+from . import classification, distribution, ranking, regression, regularisation, sequence
+
+__all__ = ["CATALOGUE"]
+
+_FAMILIES = (regression, sequence, classification, distribution, ranking, regularisation)
+
+# name -> function; a second name for one function is an alias (`l1` for `mae`)
+CATALOGUE = {name: getattr(module, name) for module in _FAMILIES for name in module.__all__}
+CATALOGUE["l1"] = regression.mae

@@ -15,7 +15,6 @@ from annotated_types import Ge, Gt, Le, Lt, MinLen
 from torch import Tensor
 
 from ..errors import LossInputError
-from ..registry import registry
 from ._common import (
     Reduction,
     as_tensor_param,
@@ -213,7 +212,3 @@ def dice(
     t = t.to(p.dtype)
     overlap = 2.0 * (p * t).sum() + smooth
     return (1.0 - overlap / (p.sum() + t.sum() + smooth)).to(pred.dtype)
-
-
-for _fn in (bce, bce_logits, cross_entropy, focal, focal_ce, dice):
-    registry.register(_fn, replace=True)

@@ -14,7 +14,6 @@ from annotated_types import Gt
 from torch import Tensor
 
 from ..errors import LossInputError
-from ..registry import registry
 from ._common import Reduction, check_same_shape, check_tensor, reduce, upcast
 
 __all__ = ["kl_div", "vae_kl", "gaussian_nll", "poisson_nll"]
@@ -105,7 +104,3 @@ def poisson_nll(
     x, t = upcast(pred, target)
     l = F.poisson_nll_loss(x, t.to(x.dtype), log_input=log_input, full=False, eps=1e-8, reduction="none")
     return reduce(l, reduction).to(pred.dtype)
-
-
-for _fn in (kl_div, vae_kl, gaussian_nll, poisson_nll):
-    registry.register(_fn, replace=True)

@@ -14,7 +14,6 @@ from annotated_types import Ge
 from torch import Tensor
 
 from ..errors import LossInputError
-from ..registry import registry
 from ._common import Reduction, check_dim, check_same_shape, check_tensor, reduce, upcast
 
 __all__ = ["margin_ranking", "pairwise_ranking", "triplet", "cosine_distance"]
@@ -104,7 +103,3 @@ def cosine_distance(
     check_dim(pred, dim, "pred", hint="dim= names the axis of the vectors")
     p, t = upcast(pred, target)
     return reduce(1.0 - F.cosine_similarity(p, t, dim=dim), reduction).to(pred.dtype)
-
-
-for _fn in (margin_ranking, pairwise_ranking, triplet, cosine_distance):
-    registry.register(_fn, replace=True)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from annotated_types import Gt, Lt
 from torch import Tensor
 
-from ..registry import registry
 from ._common import (
     HALF_DTYPES,
     Reduction,
@@ -180,8 +179,3 @@ def charbonnier(
     Example: ``charbonnier(eps=1e-3) + 0.05*tv``.
     """
     return from_residual(_charbonnier, pred, target, weight, mask, eps=eps, reduction=reduction)
-
-
-for _fn in (mse, mae, huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier):
-    registry.register(_fn, replace=True)
-registry.register(mae, name="l1", replace=True)

@@ -15,7 +15,6 @@ from annotated_types import Ge
 from torch import Tensor, nn
 
 from ..errors import LossInputError
-from ..registry import registry
 from ._common import Reduction, check_tensor, compute_dtype, reduce, safe_pow, upcast
 
 __all__ = ["out_of_bounds", "l2_reg"]
@@ -79,7 +78,3 @@ def l2_reg(model, *, biases: bool = False) -> Tensor:
     dtype = functools.reduce(torch.promote_types, [compute_dtype(p) for p in counted])
     total = sum(p.to(dtype).square().sum() for p in counted)
     return (0.5 * total).to(first.dtype)
-
-
-registry.register(out_of_bounds, replace=True)
-registry.register(l2_reg, replace=True)

@@ -13,7 +13,6 @@ from annotated_types import Ge, Gt
 from torch import Tensor
 
 from ..errors import LossInputError
-from ..registry import registry
 from ._common import Reduction, check_tensor, from_residual, reduce, residual_form, safe_pow, upcast
 
 __all__ = ["temporal_diff", "tv"]
@@ -67,7 +66,3 @@ def tv(
     (x,) = upcast(pred)
     d = safe_pow(_difference(x, 1, dim).abs(), p)
     return reduce(d, reduction).to(pred.dtype)
-
-
-registry.register(temporal_diff, replace=True)
-registry.register(tv, replace=True)

@@ -1,0 +1,390 @@
+"""Loss configs: the program text plus its settings, from a mapping or a YAML/JSON/TOML file.
+
+A config's top level is a :class:`LossConfig`::
+
+    expr: |
+      recon  = huber(delta=1)
+      0.7*recon + 0.3*temporal_diff + watch(mse)
+    monitor: {probe_every: 50, log_every: 10, sink: runs/demo/terms.jsonl}
+    nonfinite: raise
+
+A training config that keeps its loss under a ``loss:`` key works too: when the top level has
+no ``expr`` but has ``loss``, only ``loss`` is read (the other keys belong to the training
+config), and ``loss:`` may hold a LossConfig or just the program text. ``key="train.loss"``
+picks any other place.
+
+Errors point at the file: a bad key at the key's line and column, a mistake in the program
+at the line and column of the FILE (exact for YAML block scalars ``|``/``>``, TOML strings and
+strings without escapes; approximate after an escape such as ``\\n`` in a JSON string).
+
+>>> import torch, lossdsl
+>>> crit = lossdsl.from_config({"expr": "0.7*huber(delta=1) + 0.3*mae", "nonfinite": "warn"})
+>>> crit.nonfinite, round(float(crit(torch.zeros(4), torch.ones(4))), 2)
+('warn', 0.65)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import pydantic
+import yaml
+from annotated_types import Gt, Lt
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .configtext import FORMATS, Place, positions, program_offsets
+from .errors import LossDSLError, did_you_mean
+
+__all__ = ["LossConfig", "MonitorSettings", "ConfigError", "from_config", "load_config", "make_sink"]
+
+
+class ConfigError(LossDSLError):
+    """A config that cannot be read: missing file, bad syntax, unknown key, wrong value.
+
+    ``path`` is the file (or ``None`` for a mapping), ``key`` the dotted key at fault.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.path, self.key = path, key
+
+    def __reduce__(self):
+        kwargs = dict(source=self.source, span=self.span, hint=self.hint, term=self.term)
+        return (_rebuild_config_error, (self.message, self.path, self.key, kwargs))
+
+
+def _rebuild_config_error(message, path, key, kwargs):
+    return ConfigError(message, path=path, key=key, **kwargs)
+
+
+class MonitorSettings(BaseModel):
+    """How the loss records its terms and where it writes them. Every field is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="record the terms at all (false: no statistics)")
+    ema: Annotated[float, Gt(0), Lt(1)] | None = Field(
+        default=None, description="decay of the per-term exponential moving average (0 < ema < 1)"
+    )
+    probe_every: Annotated[int, Gt(0)] | None = Field(
+        default=None,
+        description="every N calls also record each weighted term's gradient norm with respect to pred",
+    )
+    log_every: Annotated[int, Gt(0)] = Field(
+        default=10, description="write the per-term statistics to the sink every N calls"
+    )
+    sink: str | None = Field(
+        default=None,
+        description="where to write: a path ending in .jsonl (one JSON object a line) or a "
+        "TensorBoard log directory; relative paths are relative to the working directory",
+    )
+
+
+class LossConfig(BaseModel):
+    """A loss program and its settings: the top level of a loss config file.
+
+    >>> cfg = LossConfig(expr="0.7*huber(delta=1) + 0.3*temporal_diff", strict=False)
+    >>> cfg.compile().strict
+    False
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        title="LossConfig",
+        json_schema_extra={
+            "examples": [
+                {
+                    "expr": "0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)",
+                    "monitor": {"log_every": 10, "sink": "runs/demo/terms.jsonl"},
+                }
+            ]
+        },
+    )
+
+    expr: str = Field(description="the loss program, e.g. '0.7*huber(delta=1) + 0.3*temporal_diff'")
+    monitor: MonitorSettings = Field(
+        default_factory=MonitorSettings, description="per-term recording and where it is written"
+    )
+    nonfinite: Literal["raise", "warn", "zero_term", "skip_batch"] = Field(
+        default="raise", description="what a NaN or infinite term does"
+    )
+    strict: bool = Field(
+        default=True, description="a keyword input that no term reads is an error"
+    )
+
+    # Where the config came from, to report program errors at the file's line and column.
+    _origin: _Origin | None = PrivateAttr(default=None)
+
+    def compile(self, *, terms: Mapping[str, Callable] | None = None):
+        """Compile ``expr`` with these settings into a :class:`~lossdsl.Loss`."""
+        from .compiler import compile as compile_program
+
+        crit = self._located(compile_program, terms=terms, strict=self.strict, nonfinite=self.nonfinite)
+        apply_monitor_settings(crit, self.monitor)
+        return crit
+
+    def check(self, *, terms: Mapping[str, Callable] | None = None):
+        """Parse and resolve ``expr`` without building a module (nor opening any sink)."""
+        from .compiler import check as check_program
+
+        return self._located(check_program, terms=terms)
+
+    def _located(self, build: Callable, **kwargs: Any) -> Any:
+        try:
+            return build(self.expr, **kwargs)
+        except LossDSLError as err:
+            origin = self._origin
+            if origin is not None and origin.expr == self.expr:
+                raise origin.relocate(err) from None
+            raise
+
+
+class _Origin:
+    """The file (or mapping) a config was read from and where its ``expr`` value stands."""
+
+    def __init__(self, path: str | None, text: str | None, places: dict, expr_key: tuple[str, ...], expr: str):
+        self.path, self.text, self.places, self.expr_key, self.expr = path, text, places, expr_key, expr
+
+    def relocate(self, err: LossDSLError) -> LossDSLError:
+        """Re-point a program error at the file: same error type, file line and column."""
+        dotted = ".".join(self.expr_key)
+        where = f"{self.path}, key '{dotted}'" if self.path else f"config key '{dotted}'"
+        err.message = f"{where}: {err.message}"
+        err.path, err.key = self.path, dotted
+        place = self.places.get(self.expr_key)
+        if self.text is not None and place is not None and err.source == self.expr:
+            if err.span is not None:
+                offsets = program_offsets(self.text, place, self.expr)
+                start, end = (offsets[min(max(o, 0), len(self.expr))] for o in err.span)
+                err.span = (start, max(end, start + 1))
+            else:
+                err.span = place.key_span
+            err.source = self.text
+        elif self.text is not None and place is not None and err.source is None:
+            err.source, err.span = self.text, place.key_span
+        err.args = (str(err),)
+        return err
+
+
+def load_config(config: Any, *, key: str | None = None) -> LossConfig:
+    """Read and validate a config without compiling its program.
+
+    ``config``: a :class:`LossConfig`, a mapping, or the path of a ``.yaml``/``.yml``/
+    ``.json``/``.toml`` file. ``key``: a dotted key where the LossConfig lives (default: the
+    top level, or ``loss`` when the top level has no ``expr``).
+
+    >>> load_config({"loss": "mse + 0.1*mae"}).expr
+    'mse + 0.1*mae'
+    """
+    if isinstance(config, LossConfig):
+        return config
+    path: str | None = None
+    text: str | None = None
+    places: dict[tuple[str, ...], Place] = {}
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        text, data, fmt = _read_file(path)
+        places = positions(text, fmt)
+    elif isinstance(config, Mapping):
+        data = _plain(config)
+    else:
+        raise TypeError(f"from_config takes a mapping or a file path, got {type(config).__name__}")
+    prefix = _select(data, key, path, text, places)
+    data = _get(data, prefix)
+    expr_key = prefix
+    if isinstance(data, str):  # `loss: "0.7*huber + ..."`: the program alone
+        data = {"expr": data}
+    else:
+        expr_key = prefix + ("expr",)
+    if not isinstance(data, dict):
+        where = ".".join(prefix) or "the top level"
+        raise _config_error(
+            f"{where} must be a mapping with an 'expr' key, got {type(data).__name__}",
+            path, text, places, prefix, hint="write e.g. expr: 0.7*huber(delta=1) + 0.3*temporal_diff",
+        )
+    try:
+        cfg = LossConfig.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise _validation_error(err, path, text, places, prefix) from None
+    cfg._origin = _Origin(path, text, places, expr_key, cfg.expr)
+    return cfg
+
+
+def from_config(config: Any, *, key: str | None = None, terms: Mapping[str, Callable] | None = None):
+    """Build a :class:`~lossdsl.Loss` from a mapping or a YAML/JSON/TOML file.
+
+    The top level is a :class:`LossConfig` (or holds one under ``loss:``, see
+    :func:`load_config`). Errors are :class:`~lossdsl.LossDSLError` that point at the file,
+    the key and, inside ``expr``, the file's line and column.
+
+    >>> import lossdsl
+    >>> crit = lossdsl.from_config({"expr": "mse", "strict": False})
+    >>> crit.strict
+    False
+    """
+    return load_config(config, key=key).compile(terms=terms)
+
+
+def make_sink(target: str):
+    """A sink for a path: ``*.jsonl`` gives a JSONL writer, anything else a TensorBoard directory.
+
+    >>> type(make_sink("runs/terms.jsonl")).__name__
+    'JsonlWriter'
+    """
+    from .sinks import JsonlWriter, TensorBoardWriter
+
+    if str(target).endswith(".jsonl"):
+        return JsonlWriter(target)
+    return TensorBoardWriter(target)
+
+
+def apply_monitor_settings(crit, settings: MonitorSettings) -> None:
+    """Configure ``crit.monitor`` from :class:`MonitorSettings`.
+
+    >>> import lossdsl
+    >>> crit = lossdsl.compile("mse")
+    >>> apply_monitor_settings(crit, MonitorSettings(ema=0.9))
+    >>> crit.monitor.ema
+    0.9
+    """
+    monitor = crit.monitor
+    monitor.enabled = settings.enabled
+    if settings.ema is not None:
+        monitor.ema = settings.ema
+    if settings.probe_every is not None:
+        monitor.probe(every=settings.probe_every)
+    if settings.sink is not None:
+        monitor.attach(make_sink(settings.sink), every=settings.log_every)
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def _read_file(path: str) -> tuple[str, Any, str]:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            f"{path}: unknown config format '{Path(path).suffix}'",
+            path=path,
+            hint="use a .yaml, .yml, .json or .toml file; for program text use "
+            "lossdsl.compile(text) or from_config({'expr': text})",
+        )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ConfigError(f"no config file at {path}", path=path, hint="check the path") from None
+    try:
+        if fmt == "yaml":
+            data = yaml.safe_load(text)
+        elif fmt == "json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        raise _syntax_error(path, text, "YAML", err.problem or str(err), mark.index if mark else None)
+    except json.JSONDecodeError as err:
+        raise _syntax_error(path, text, "JSON", err.msg, err.pos)
+    except tomllib.TOMLDecodeError as err:
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
+        offset = None
+        if found:
+            line, column = int(found.group(1)), int(found.group(2))
+            offset = sum(len(s) for s in text.splitlines(keepends=True)[: line - 1]) + column - 1
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err))
+        raise _syntax_error(path, text, "TOML", message, offset)
+    except yaml.YAMLError as err:
+        raise _syntax_error(path, text, "YAML", str(err), None)
+    if data is None:
+        raise ConfigError(f"{path} is empty", path=path, hint="write expr: <the loss program>")
+    return text, data, fmt
+
+
+def _syntax_error(path: str, text: str, fmt: str, problem: str, offset: int | None) -> ConfigError:
+    span = None if offset is None else (min(offset, len(text)), min(offset, len(text)) + 1)
+    return ConfigError(
+        f"{path} is not valid {fmt}: {problem}",
+        path=path, source=text if span else None, span=span,
+        hint=f"fix the {fmt} syntax at the caret",
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Mappings (including OmegaConf's DictConfig) as plain dicts, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _get(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _select(data: Any, key: str | None, path, text, places) -> tuple[str, ...]:
+    """The key path of the LossConfig inside ``data``."""
+    if key:
+        prefix: tuple[str, ...] = ()
+        for part in key.split("."):
+            node = _get(data, prefix)
+            if not isinstance(node, Mapping) or part not in node:
+                options = list(node) if isinstance(node, Mapping) else []
+                raise _config_error(
+                    f"no key '{'.'.join(prefix + (part,))}' in the config",
+                    path, text, places, prefix,
+                    hint=did_you_mean(part, options) or f"keys here: {', '.join(options) or 'none'}",
+                )
+            prefix += (part,)
+        return prefix
+    if isinstance(data, Mapping) and "expr" not in data and "loss" in data:
+        return ("loss",)
+    return ()
+
+
+def _config_error(message, path, text, places, key: tuple[str, ...], hint=None) -> ConfigError:
+    place = places.get(key)
+    dotted = ".".join(key) or None
+    span = place.key_span if place is not None and text is not None else None
+    return ConfigError(
+        f"{path}: {message}" if path else message,
+        path=path, key=dotted, source=text if span else None, span=span, hint=hint,
+    )
+
+
+def _fields_at(loc: tuple) -> dict[str, Any]:
+    """The fields of the model that holds the key at ``loc`` (for did-you-mean hints)."""
+    model: Any = LossConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = getattr(field, "annotation", None)
+    return model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+
+
+def _validation_error(err: pydantic.ValidationError, path, text, places, prefix) -> ConfigError:
+    errors = err.errors()
+    # An unknown key is usually the cause of a "missing" one (`exp:` for `expr:`): report it first.
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = prefix + loc
+    dotted = ".".join(key)
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    fields = _fields_at(loc)
+    if first["type"] == "extra_forbidden":
+        hint = did_you_mean(loc[-1], fields) or ""
+        hint = (hint + " " if hint else "") + "allowed keys: " + ", ".join(fields)
+        return _config_error(f"unknown key '{dotted}'{more}", path, text, places, key, hint)
+    if first["type"] == "missing":
+        hint = "add it: " + (fields[loc[-1]].description or "") if loc[-1] in fields else None
+        return _config_error(f"missing key '{dotted}'{more}", path, text, places, key[:-1], hint)
+    described = fields.get(loc[-1]).description if loc and loc[-1] in fields else None
+    return _config_error(
+        f"bad value for '{dotted}': {first['msg']}{more}", path, text, places, key, described
+    )

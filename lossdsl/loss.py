@@ -1,0 +1,205 @@
+"""``Loss``: a compiled program as one differentiable ``torch.nn.Module`` (DESIGN.md §4).
+
+The ``Loss`` owns the state of a run: the stored step, the balancers, the monitor and the
+non-finite policy. It runs the shared :class:`~lossdsl.program.Program` and keeps what the
+last call saw for ``terms`` and ``weights``.
+
+>>> import torch, lossdsl
+>>> crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+>>> pred = torch.randn(4, 8, 2, requires_grad=True)
+>>> loss = crit(pred, torch.randn(4, 8, 2))
+>>> loss.backward()
+>>> sorted(crit.terms), round(crit.weights["huber"].item(), 6)
+(['huber', 'temporal_diff'], 0.7)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LossDSLError, LossInputError, did_you_mean
+from .monitor import Monitor
+from .program import Program
+from .resolve import ir
+from .runtime.balancer import Balancer
+from .runtime.guard import CHECKED_POLICIES, POLICIES, nonfinite_error
+from .runtime.steps import checked_step
+
+__all__ = ["Loss"]
+
+_STATE_VERSION = 2
+logger = logging.getLogger("lossdsl")
+
+
+class Loss(nn.Module):
+    """A compiled loss program. Build one with :func:`lossdsl.compile`.
+
+    ``forward(pred=None, target=None, *, step=None, **inputs)`` returns a 0-dim tensor.
+    After a call, ``terms`` holds each term's raw value and ``weights`` its effective weight
+    ``d total / d term``; ``monitor`` keeps running statistics.
+    """
+
+    def __init__(self, resolved: ir.IR, program: Program, *, strict: bool = True, nonfinite: str = "raise") -> None:
+        super().__init__()
+        if nonfinite not in POLICIES:
+            raise LossDSLError(
+                f"unknown nonfinite policy {nonfinite!r}", hint="use one of " + ", ".join(repr(p) for p in POLICIES)
+            )
+        self.source = resolved.source
+        self.canonical = resolved.canonical
+        self.strict = bool(strict)
+        self.nonfinite = nonfinite
+        self.program = program
+        self.ir = resolved
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.balancers = nn.ModuleList(Balancer(method, k, params) for method, k, params in program.balancers)
+        self.monitor = Monitor(program.names, _MonitorView(resolved))
+        self._last: tuple[Tensor | None, Tensor | None] = (None, None)
+        self._constant = {}  # (dtype, device) -> the constant weights as a tensor
+
+    @property
+    def term_names(self) -> list[str]:
+        """The keys of :attr:`terms`: the terms and named composites, in source order."""
+        return list(self.program.names)
+
+    @property
+    def graph(self) -> torch.fx.Graph:
+        """The program's ``torch.fx`` graph (``print(crit.graph)``, ``lossdsl explain --graph``)."""
+        return self.program.graph
+
+    # --- the call -------------------------------------------------------------------------
+
+    def forward(self, pred: Any = None, target: Any = None, *, step: Any = None, **inputs: Any) -> Tensor:
+        if step is not None:
+            self.step.copy_(checked_step(step, self.step))
+        if inputs and self.strict:
+            unread = inputs.keys() - self.program.inputs_read
+            if unread:
+                raise self._unread_error(sorted(unread))
+        try:
+            total, values, weights = self.program.forward(pred, target, inputs, self.step, self.balancers)
+        except LossDSLError as err:
+            raise self._located(err) from None
+        row = torch.stack([*values, total]).detach() if values else total.detach().reshape(1)
+        if weights is None:
+            weights = self._constant_weights(row)
+        self._last = (row, weights)
+        if self.nonfinite in CHECKED_POLICIES:
+            self._check(row)
+        if self.monitor.enabled:
+            self.monitor.record_terms(list(values), weights, total, _CallInputs(pred, target, inputs), row)
+        return total
+
+    def _constant_weights(self, like: Tensor) -> Tensor:
+        dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+        key = (dtype, like.device)
+        found = self._constant.get(key)
+        if found is None:
+            with torch.inference_mode(False):  # kept across calls: never an inference tensor
+                found = torch.tensor(self.program.constant_weights, dtype=dtype, device=like.device)
+            if not torch.compiler.is_compiling():
+                self._constant[key] = found
+        return found
+
+    def _check(self, row: Tensor) -> None:
+        """``raise``/``warn``: one flag read per call; nothing on ``meta`` or while tracing."""
+        if row.device.type == "meta" or torch.compiler.is_compiling():
+            return
+        if row.is_cpu:
+            finite = all(map(math.isfinite, row.tolist()))
+        else:
+            finite = bool(torch.isfinite(row).all())
+        if finite:
+            return
+        error = self._located(nonfinite_error(row, self.program.names, self.program.is_term, int(self.step)))
+        if self.nonfinite == "warn":
+            logger.warning("%s", error)
+            return
+        raise error
+
+    def _located(self, err: LossDSLError) -> LossDSLError:
+        """``err`` with this loss's source and, for a term, the term's place in it."""
+        span = err.span
+        if span is None and err.term is not None:
+            span = self._spans().get(err.term)
+        return err.located(self.source, span, err.term)
+
+    def _spans(self) -> dict[str, Any]:
+        return {item.name: item.node.span for item in self.ir.logged}
+
+    def _unread_error(self, unread: list[str]) -> LossInputError:
+        readable = sorted(self.program.inputs_read - {"pred", "target"})
+        read = ", ".join(readable) or "no keyword inputs"
+        names = ", ".join(repr(u) for u in unread)
+        close = did_you_mean(unread[0], readable)
+        return LossInputError(
+            f"no term reads the input{'s' if len(unread) > 1 else ''} {names}",
+            hint=(close + " " if close else "") + f"this loss reads {read}; check the spelling, or compile with strict=False",
+        )
+
+    # --- what the last call saw -----------------------------------------------------------
+
+    @property
+    def terms(self) -> dict[str, Tensor]:
+        """Raw (unweighted) value of every term and named composite of the last call, detached."""
+        row = self._last[0]
+        return {} if row is None else dict(zip(self.program.names, row[:-1].unbind(0)))
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        """Effective weight ``d total / d term`` of every term in the last call."""
+        weights = self._last[1]
+        if weights is None:
+            if self.program.constant_weights is None:
+                return {}
+            weights = self._constant_weights(torch.zeros(()))
+        return dict(zip(self.program.names, weights.unbind(0)))
+
+    def set_step(self, step: int) -> None:
+        """Set the stored optimizer step that schedules and balancers read."""
+        self.step.copy_(checked_step(step, self.step))
+
+    # --- state ----------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict:
+        return {"source": self.canonical, "version": _STATE_VERSION}
+
+    def set_extra_state(self, state: Any) -> None:
+        saved = state.get("source") if isinstance(state, Mapping) else None
+        if saved != self.canonical:
+            raise LossDSLError(
+                "this state was saved from a different loss program",
+                hint=f"saved: {saved!r}; this loss: {self.canonical!r}. Compile the saved "
+                "program, or delete the state's '_extra_state' entry and load with strict=False",
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.source!r}, nonfinite={self.nonfinite!r}, strict={self.strict}"
+
+
+class _MonitorView:
+    """What the monitor reads of the program (which items are terms, the inputs read)."""
+
+    def __init__(self, resolved: ir.IR) -> None:
+        self.logged = [_Item(item) for item in resolved.logged]
+        self.inputs_read = resolved.inputs_read
+        self.source = resolved.source
+
+
+class _Item:
+    def __init__(self, item: ir.Logged) -> None:
+        self.name = item.name
+        if item.is_term:
+            self.spec = None
+
+
+class _CallInputs:
+    __slots__ = ("pred", "target", "inputs")
+
+    def __init__(self, pred, target, inputs) -> None:
+        self.pred, self.target, self.inputs = pred, target, inputs

@@ -1,0 +1,79 @@
+"""The callables a program's graph calls for what is not plain torch: a term with its
+hyperparameters bound, and the reading of a call input by path.
+
+Binding hyperparameters (strings included) into these objects keeps every string of the
+program text out of the generated code: the graph shows ``huber = lossdsl_program_bound_huber(pred,
+target)``, never ``reduction="sum"`` or an input path.
+
+>>> import torch, lossdsl
+>>> from lossdsl.resolve import resolve_text
+>>> term = resolve_text("huber(delta=2)").root
+>>> run = BoundTerm(term, "huber")
+>>> float(run(torch.zeros(2), torch.full((2,), 3.0)))
+4.0
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from ..errors import LossDSLError
+from ..resolve import ir
+from ..runtime.inputs import is_absent, missing_input, read_path
+
+__all__ = ["BoundTerm", "InputReader", "identifier"]
+
+
+def identifier(text: str) -> str:
+    """``text`` as a Python identifier, for the names of graph nodes and globals."""
+    name = re.sub(r"\W", "_", text)
+    return name if name and not name[0].isdigit() else f"_{name}"
+
+
+def _named(obj: Any, name: str, module: str) -> None:
+    # torch.fx names a called object's global after its __module__ and __name__
+    obj.__name__ = obj.__qualname__ = identifier(name)
+    obj.__module__ = module
+
+
+class BoundTerm:
+    """Calls one term of the program: ``run(*inputs)`` with the hyperparameters bound.
+
+    ``name`` is the term's log name. A missing required input or a failure inside the term
+    is reported naming the term; a :class:`~lossdsl.LossDSLError` from the term keeps its type.
+    """
+
+    def __init__(self, term: ir.Term, name: str) -> None:
+        self.func = term.spec.func
+        self.hyper = dict(term.hyper)
+        self.term_name = name
+        self.routes = term.routes
+        self.required = [i for i, r in enumerate(term.routes) if r.required]
+        _named(self, name, __name__)
+
+    def __call__(self, *args: Any) -> Any:
+        for i in self.required:
+            if is_absent(args[i]):
+                raise missing_input(args[i], self.routes[i].param, self.term_name, self.routes[i].path)
+        try:
+            return self.func(*[None if is_absent(a) else a for a in args], **self.hyper)
+        except LossDSLError as err:
+            if err.term is None:
+                err.message = f"term '{self.term_name}': {err.message}"
+                err.term = self.term_name
+            raise
+        except Exception as err:
+            err.add_note(f"lossdsl: raised while computing term '{self.term_name}'")
+            raise
+
+
+class InputReader:
+    """``read(inputs)``: the call input at one path (``out.depth``), or an ``Absent``."""
+
+    def __init__(self, path: tuple[str, ...]) -> None:
+        self.path = path
+        _named(self, "input_" + "_".join(path), __name__)
+
+    def __call__(self, inputs: Mapping[str, Any]) -> Any:
+        return read_path(inputs, self.path)

@@ -1,0 +1,158 @@
+"""IR to a ``torch.fx`` graph: one node per operation, in one pass over :func:`~lossdsl.resolve.ir.walk`.
+
+The graph's ``forward(pred, target, inputs, step, balancers)`` returns ``(total, values,
+weights)``: the loss, the raw value of every logged item, and the effective weights (or
+``None`` when they are constants, kept in the program's metadata). Operations of the function
+table record themselves (a torch function becomes a ``call_function`` node, a rule written
+with operators becomes its operators); a term, an input path and a schedule are called
+through the objects of :mod:`~lossdsl.program.bound` and :mod:`~lossdsl.runtime`.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch.fx.proxy import GraphAppendingTracer, Proxy
+
+from ..language import algebra
+from ..language.lazy import resolve as resolve_lazy
+from ..language.schedules import Schedule
+from ..resolve import ir
+from ..runtime.guard import GATED_POLICIES, Gate, settle
+from ..runtime.precision import narrow, weight_vector, widen
+from ..runtime.schedules import ScheduleValue
+from .bound import BoundTerm, InputReader, identifier
+from .weights import sweep
+
+__all__ = ["Emitted", "emit", "run_balancer"]
+
+
+def run_balancer(balancers: Any, index: int, values: list) -> tuple:
+    """Call balancer ``index`` of the loss on the term values: ``(total, weights)``."""
+    return balancers[index](values)
+
+
+@dataclass
+class Emitted:
+    """The graph and what the program needs to know about it."""
+
+    graph: fx.Graph
+    balancers: list[tuple[Any, int, dict]] = field(default_factory=list)  # (method, k, params)
+    constant_weights: tuple[float, ...] | None = None
+    reads_step: bool = False
+
+
+class _Emitter:
+    def __init__(self, program: ir.IR, policy: str) -> None:
+        self.ir, self.policy = program, policy
+        self.graph = fx.Graph()
+        self.tracer = GraphAppendingTracer(self.graph)
+        self.slots = {
+            name: Proxy(self.graph.placeholder(name), self.tracer)
+            for name in ("pred", "target", "inputs", "step", "balancers")
+        }
+        self.value: dict[int, Any] = {}  # what a node's consumers compute with
+        self.raw: dict[int, Any] = {}  # what is logged (a gated term's raw value)
+        self.readers: dict[tuple, Any] = {}
+        self.gated: list[Any] = []
+        self.balance_weights: dict[int, Any] = {}
+        self.out = Emitted(self.graph)
+        self.names = {id(item.node): item.name for item in program.logged}
+
+    def call(self, target: Any, args: tuple, kwargs: dict | None = None, name: str | None = None) -> Proxy:
+        return self.tracer.create_proxy("call_function", target, args, kwargs or {}, name=name)
+
+    def input(self, path: tuple[str, ...]) -> Any:
+        if path in (("pred",), ("target",)):
+            return self.slots[path[0]]
+        reader = self.readers.get(path)
+        if reader is None:
+            reader = self.readers[path] = self.call(InputReader(path), (self.slots["inputs"],), name=identifier("_".join(path)))
+        return reader
+
+    def run(self) -> Emitted:
+        nodes = self.ir.nodes()
+        for node in nodes:
+            self.emit(node)
+        root = self.ir.root
+        total = self.value[id(root)]
+        raws = tuple(self.raw.get(id(item.node), self.value[id(item.node)]) for item in self.ir.logged)
+        terms = [r for item, r in zip(self.ir.logged, raws) if item.is_term]
+        total = self.call(narrow, (total, *terms), name="total")
+        if self.policy in GATED_POLICIES and self.gated:
+            total = self.call(settle, (self.policy, total, self.gated), name="settled")
+        weights = sweep(self, nodes, root)
+        if all(algebra.is_number(w) for w in weights):
+            self.out.constant_weights = tuple(float(w) for w in weights)
+            weight_out = None
+        else:
+            weight_out = self.call(weight_vector, (total, *weights), name="weights")
+        self.graph.output(fx.node.map_aggregate((total, raws, weight_out), _unwrap))
+        # derivative rules compute every partial; those of numbers are never used
+        self.graph.eliminate_dead_code()
+        return self.out
+
+    def emit(self, node: ir.Node) -> None:
+        key = id(node)
+        if isinstance(node, ir.Const):
+            self.value[key] = node.value
+        elif isinstance(node, ir.Term):
+            self._term(node)
+        elif isinstance(node, ir.Named):
+            self.value[key] = self.value[id(node.value)]
+            if id(node.value) in self.raw:
+                self.raw[key] = self.raw[id(node.value)]
+        elif isinstance(node, ir.Balance):
+            index = len(self.out.balancers)
+            self.out.balancers.append((node.method, len(node.args), dict(node.params)))
+            args = [self.value[id(a)] for a in node.args]
+            both = self.call(run_balancer, (self.slots["balancers"], index, args), name=f"balance_{node.method.name}")
+            self.value[key] = self.call(operator.getitem, (both, 0), name="balanced")
+            self.balance_weights[key] = self.call(operator.getitem, (both, 1), name="balance_weights")
+        elif isinstance(node, ir.Call) and isinstance(node.fn, Schedule):
+            self.out.reads_step = True
+            self.value[key] = self.call(ScheduleValue(node.fn, dict(node.params)), (self.slots["step"],), name=node.fn.name)
+        elif isinstance(node, ir.Call):
+            self._function(node)
+        elif isinstance(node, ir.Input):
+            self.value[key] = self.input(node.path)
+        else:  # pragma: no cover - every IR node type is handled above
+            raise TypeError(f"cannot compile {type(node).__name__}")
+
+    def _term(self, node: ir.Term) -> None:
+        name = self.names.get(id(node), node.label)
+        bound = BoundTerm(node, name)
+        args = tuple(self.input(route.path) for route in node.routes)
+        if self.policy in GATED_POLICIES:
+            gated = self.call(Gate(bound), args, name=f"gated_{identifier(name)}")
+            self.gated.append(gated)
+            self.raw[id(node)] = gated.raw
+            value = gated.value
+        else:
+            value = self.raw[id(node)] = self.call(bound, args, name=identifier(name))
+        self.value[id(node)] = self.call(widen, (value,), name=f"{identifier(name)}_wide")
+
+    def _function(self, node: ir.Call) -> None:
+        fn = node.fn
+        args = tuple(self.value[id(a)] for a in node.args)
+        params = dict(node.params)
+        if fn.inline:
+            out = fn.run(*args, **params)
+        else:
+            out = self.call(resolve_lazy(fn.run), args, params, name=identifier(fn.name))
+        if node.kind == "loss" and any(a.kind == "tensor" for a in node.args):
+            self.raw[id(node)] = out  # an inline term: logged as computed, combined in float32+
+            out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
+        self.value[id(node)] = out
+
+
+def _unwrap(x: Any) -> Any:
+    return x.node if isinstance(x, Proxy) else x
+
+
+def emit(program: ir.IR, policy: str) -> Emitted:
+    """The graph of ``program`` under the non-finite ``policy``."""
+    return _Emitter(program, policy).run()

@@ -1,0 +1,291 @@
+"""Resolving calls: term calls, built-in functions, schedules and ``balance``; operator
+chains; argument values. Functions of the :class:`~lossdsl.resolve.resolver.Resolver` they
+are given (``r``), which resolves the operands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import LossArgumentError, LossTypeError, did_you_mean
+from ..language.balancers import METHODS
+from ..language.functions import FUNCTIONS, OPERATORS, KindError
+from ..language.names import BALANCE
+from ..language.registry import TermSpec
+from ..language.schedules import SCHEDULES
+from ..syntax import ast
+from . import ir
+from .arguments import fold, is_int_literal, show, validate
+
+__all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError"]
+
+
+def argument_error(message: str, *, span, hint: str) -> LossArgumentError:
+    return LossArgumentError(message, span=span, hint=hint)
+
+
+def refuse_watch_inside(r, args) -> None:
+    """watch(...) adds exactly 0 and only logs; inside a calculation it would be a hidden 0
+    (``log(watch(a))``, ``mse / watch(a)``), so it may only be added to the loss."""
+    for arg in args:
+        if r.watch_only(arg):
+            raise LossTypeError(
+                "watch(...) only logs a term; it cannot be part of a calculation",
+                span=arg.span,
+                hint="add it to the loss on its own, e.g. mse + watch(mae)",
+            )
+
+
+# --- operator chains ----------------------------------------------------------------------
+
+
+def chain(r, node: ast.Node, fn) -> ir.Node:
+    """``a + b - c`` or ``a * b / c``: constant operands folded into one number first, so a
+    long chain of constants costs one operation (and its weights stay linear to compute)."""
+    operands = [r.expr(o) for o in node.operands]
+    is_sum = fn.name == "add"
+    marks = (1,) + tuple(1 if op == "+" else -1 for op in node.ops) if is_sum else ("*",) + tuple(node.ops)
+    if not is_sum:
+        for mark, operand in zip(marks[1:], operands[1:]):
+            if mark == "/" and isinstance(operand, ir.Const) and operand.value == 0:
+                # `mse/0` would only show up as inf at the first call; say so when compiling
+                raise LossArgumentError(
+                    "division by zero",
+                    span=operand.span or node.offsets,
+                    hint="divide by a non-zero number, or multiply by a weight instead",
+                )
+    consts = [(m, o) for m, o in zip(marks, operands) if isinstance(o, ir.Const)]
+    if len(consts) < 2 or len(consts) == len(operands):
+        items = list(zip(marks, operands))  # as written: nothing to gain from reordering
+        if len(consts) == len(operands):
+            params = {"signs": marks} if is_sum else {"ops": marks[1:]}
+            return ir.Const(fold(fn, [o.value for o in operands], params, node.offsets), span=node.offsets)
+    else:
+        # several numbers: folded into one, written first (`0.5 * mse` for `mse*1*0.5`)
+        values = [o.value for _, o in consts]
+        if is_sum:
+            folded = fold(fn, values, {"signs": tuple(m for m, _ in consts)}, node.offsets)
+        else:
+            folded = fold(fn, [1.0] + values, {"ops": tuple(m for m, _ in consts)}, node.offsets)
+        rest = [(m, o) for m, o in zip(marks, operands) if not isinstance(o, ir.Const)]
+        neutral = 0.0 if is_sum else 1.0
+        items = ([] if folded == neutral else [(1 if is_sum else "*", ir.Const(folded, span=node.offsets))]) + rest
+        if not is_sum and items[0][0] == "/":  # `1/mse`: keep the numerator
+            items = [("*", ir.Const(1.0, span=node.offsets))] + items
+    if len(items) == 1 and items[0][0] in (1, "*"):
+        return items[0][1]
+    args = tuple(o for _, o in items)
+    params = {"signs": tuple(m for m, _ in items)} if is_sum else {"ops": tuple(m for m, _ in items[1:])}
+    return r.apply(fn, args, params, node.offsets)
+
+
+# --- term calls ---------------------------------------------------------------------------
+
+
+def term(r, node: ast.Call, spec: TermSpec, label: str) -> ir.Term:
+    hyper_names = spec.hyper_names
+    if len(node.args) > len(hyper_names):
+        extra = node.args[len(hyper_names)]
+        raise LossArgumentError(
+            f"{spec.name} takes at most {len(hyper_names)} positional "
+            f"argument{'' if len(hyper_names) == 1 else 's'}, got {len(node.args)}",
+            span=extra.offsets,
+            hint=f"{spec.signature()}",
+        )
+    values: dict[str, Any] = {}
+    places: dict[str, Any] = {}
+    for param, arg in zip(hyper_names, node.args):
+        values[param] = const_arg(r, arg, spec.name, param)
+        places[param] = arg.offsets
+    routes: dict[str, ir.Route] = {}
+    for kw in node.kwargs:
+        if kw.name in spec.input_names:
+            routes[kw.name] = ir.Route(kw.name, _route_path(kw, spec), required=True)
+        elif kw.name in hyper_names:
+            keyword_value(r, spec.name, kw, values, places)
+        else:
+            known = list(hyper_names) + list(spec.input_names)
+            close = did_you_mean(kw.name, known)
+            takes = ", ".join(hyper_names) or "no hyperparameters"
+            raise LossArgumentError(
+                f"{spec.name} has no parameter '{kw.name}'",
+                span=kw.offsets,
+                hint=(close + " " if close else "") + f"{spec.name} takes {takes}; inputs: {', '.join(spec.input_names)}",
+            )
+    hyper = validate(spec.name, spec.model, values, places, node.offsets, spec.hyper)
+    for p in spec.inputs:
+        routes.setdefault(p.name, ir.Route(p.name, (p.name,), required=p.required))
+    made = ir.Term(label, spec, tuple(hyper.items()), tuple(routes[p.name] for p in spec.inputs), span=node.offsets)
+    r.add_term(label, made, named=label != spec.name or label in r.all_bindings)
+    return made
+
+
+def _route_path(kw: ast.Keyword, spec: TermSpec) -> tuple[str, ...]:
+    if not isinstance(kw.value, ast.InputRef):
+        raise LossArgumentError(
+            f"'{kw.name}' is a tensor input of {spec.name}; it needs an input name, not a value",
+            span=kw.offsets,
+            hint=f"name the input to read, e.g. {kw.name}={kw.name} or {kw.name}=outputs.{kw.name}",
+        )
+    for part in kw.value.path:
+        if part.startswith("_"):
+            raise LossArgumentError(
+                f"input reference '{'.'.join(kw.value.path)}' reads a private name '{part}'",
+                span=kw.value.offsets,
+                hint="input references read mapping keys or public attributes only",
+            )
+    return kw.value.path
+
+
+# --- built-in functions, schedules, balance -----------------------------------------------
+
+
+def builtin(r, node: ast.Call) -> ir.Node:
+    name = node.name
+    if name == BALANCE:
+        return _balance(r, node)
+    if name in SCHEDULES:
+        row = SCHEDULES[name]
+        params = _parameters(r, node, name, row.params, node.args, row.summary)
+        return r.node(ir.Call, row, (), tuple(params.items()), span=node.offsets, kind="schedule")
+    fn = FUNCTIONS[name]
+    low, high = fn.operands
+    n_operands = len(node.args) if high is None else min(len(node.args), high)
+    if n_operands < low:
+        what = "an operand" if low == 1 else f"at least {low} operands"
+        raise LossArgumentError(f"{name} needs {what}, got {len(node.args)}", span=node.offsets, hint=fn.summary)
+    operands = tuple(r.expr(a) for a in node.args[:n_operands])
+    params = _parameters(r, node, name, fn.params, node.args[n_operands:], fn.summary, high)
+    if name == "watch":
+        (operand,) = operands
+        if operand.kind not in ("loss", "tensor"):
+            raise LossTypeError("watch needs a loss term to log", span=node.offsets, hint="watch a term such as watch(mae)")
+        refuse_watch_inside(r, operands)
+    if name in ("watch", "detach") and operands[0].kind == "const":
+        return operands[0]
+    return r.apply(fn, operands, params, node.offsets)
+
+
+def _parameters(r, node: ast.Call, owner: str, model, extra_args, summary: str, high: int | None = 0) -> dict:
+    fields = list(model.model_fields)
+    if len(extra_args) > len(fields):
+        raise LossArgumentError(
+            f"{owner} takes {high if high is not None else 'any number of'} operand(s)"
+            + (f" and at most {len(fields)} more arguments" if fields else ""),
+            span=extra_args[len(fields)].offsets,
+            hint=summary,
+        )
+    values: dict[str, Any] = {}
+    places: dict[str, Any] = {}
+    for field_name, arg in zip(fields, extra_args):
+        values[field_name] = const_arg(r, arg, owner, field_name)
+        places[field_name] = arg.offsets
+    for kw in node.kwargs:
+        if kw.name not in fields:
+            close = did_you_mean(kw.name, fields)
+            raise LossArgumentError(
+                f"{owner} has no parameter '{kw.name}'", span=kw.offsets, hint=(close + " " if close else "") + summary
+            )
+        keyword_value(r, owner, kw, values, places)
+    return validate(owner, model, values, places, node.offsets)
+
+
+def _balance(r, node: ast.Call) -> ir.Balance:
+    if len(node.args) < 2:
+        raise LossArgumentError(
+            f"balance needs at least 2 operands, got {len(node.args)}",
+            span=node.offsets,
+            hint="balance(a, b, ..., method=...)",
+        )
+    operands = tuple(r.expr(a) for a in node.args)
+    refuse_watch_inside(r, operands)
+    for arg, operand in zip(node.args, operands):
+        if operand.kind != "loss":
+            raise LossTypeError(
+                "balance combines loss terms; this operand is a number"
+                if operand.kind in ("const", "schedule")
+                else "balance combines loss terms; this operand is a tensor",
+                span=arg.offsets,
+                hint="put weights outside: 0.5*balance(a, b, method=\"ema\")",
+            )
+    kwargs = {kw.name: kw for kw in node.kwargs}
+    if "method" not in kwargs:
+        raise LossArgumentError(
+            "balance needs method=...", span=node.offsets, hint="methods: " + ", ".join(f'"{m}"' for m in METHODS)
+        )
+    method_kw = kwargs["method"]
+    method = method_kw.value.value if isinstance(method_kw.value, ast.String) else None
+    if method not in METHODS:
+        close = did_you_mean(str(method), METHODS) if method else None
+        raise LossArgumentError(
+            f"unknown balance method {show(method_kw.value)}",
+            span=method_kw.offsets,
+            hint=(close + " " if close else "") + "methods: " + ", ".join(f'"{m}"' for m in METHODS),
+        )
+    row = METHODS[method]
+    model = row.params
+    values: dict[str, Any] = {}
+    places: dict[str, Any] = {}
+    for kw in node.kwargs:
+        if kw.name not in model.model_fields:
+            close = did_you_mean(kw.name, list(model.model_fields))
+            allowed = ", ".join(f for f in model.model_fields if f != "method") or "nothing else"
+            raise LossArgumentError(
+                f'balance(method="{method}") has no parameter \'{kw.name}\'',
+                span=kw.offsets,
+                hint=(close + " " if close else "") + f"it takes {allowed}",
+            )
+        values[kw.name] = literal(r, kw.value, "balance", kw.name, kw.offsets)
+        places[kw.name] = kw.offsets
+    params = validate("balance", model, values, places, node.offsets)
+    params.pop("method", None)
+    return r.node(ir.Balance, row, operands, tuple(params.items()), span=node.offsets)
+
+
+# --- argument values ----------------------------------------------------------------------
+
+
+def keyword_value(r, owner: str, kw: ast.Keyword, values: dict, places: dict) -> None:
+    """Take ``kw``'s literal value for a parameter not given by position already."""
+    if kw.name in values:
+        raise LossArgumentError(f"{owner} got '{kw.name}' both by position and by keyword", span=kw.offsets, hint="give it once")
+    values[kw.name] = literal(r, kw.value, owner, kw.name, kw.offsets)
+    places[kw.name] = kw.offsets
+
+
+def const_arg(r, arg: ast.Node, owner: str, param: str) -> Any:
+    node = r.expr(arg)
+    if node.kind != "const":
+        raise LossTypeError(
+            f"'{param}' of {owner} must be a number, not a {node.kind}",
+            span=arg.offsets,
+            hint=f"give {param} a number, e.g. {owner}({param}=1)",
+        )
+    value = node.value
+    return int(value) if float(value).is_integer() and is_int_literal(arg) else value
+
+
+def literal(r, value: ast.Node, owner: str, param: str, span) -> Any:
+    if isinstance(value, ast.Number):
+        return value.value
+    if isinstance(value, (ast.String, ast.Bool)):
+        return value.value
+    if isinstance(value, ast.NoneValue):
+        return None
+    if isinstance(value, ast.ListValue):
+        return [literal(r, item, owner, param, item.offsets) for item in value.items]
+    if isinstance(value, ast.InputRef):
+        if len(value.path) == 1 and value.path[0] in r.resolved:
+            r.used.add(value.path[0])
+            bound = r.resolved[value.path[0]]
+            if bound.kind == "const":
+                return int(bound.value) if float(bound.value).is_integer() else bound.value
+        raise LossArgumentError(
+            f"'{param}' of {owner} is a hyperparameter; it needs a value, not an input name",
+            span=span,
+            hint=f"write a literal such as {param}=1, or bind a number first: k = 1; ...({param}=k)",
+        )
+    raise LossArgumentError(f"bad value for '{param}'", span=span)
+
+
+__all__ += ["keyword_value", "const_arg", "literal", "OPERATORS", "fold"]

@@ -1,0 +1,245 @@
+"""AST to IR: names, kinds, hyperparameters and input routes (DESIGN.md §3).
+
+Name resolution order: binding -> registered term -> built-in function -> error with
+suggestions. Each binding is resolved once, so a binding used many times is one node;
+constant sub-expressions are folded (``2*0.5*mse`` costs one multiply, ``mse*1*...*1`` none).
+Limits are checked as each node is made, before any work that could grow with them.
+
+>>> import lossdsl
+>>> from lossdsl.resolve import resolve_text
+>>> [item.name for item in resolve_text("recon = huber(delta=2); 0.7*recon + 0.3*mae").logged]
+['recon', 'mae']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import LossDSLError, LossNameError, LossTypeError, did_you_mean
+from ..language.functions import OPERATORS
+from ..language.names import BUILTIN_NAMES
+from ..language.registry import Registry, TermSpec
+from ..syntax import ast
+from ..syntax.unparse import unparse
+from . import calls, ir
+from .arguments import fold
+from .naming import logged_items
+
+__all__ = ["Resolver", "MAX_TERMS", "MAX_OPERATION_DEPTH"]
+
+MAX_TERMS = 256
+# Bindings compose: `a2 = exp(a1)` puts a1 inside a2 without a bracket in the text, so a chain
+# of bindings nests deeper than the parser's bracket limit. One expression within that limit
+# reaches about 130 operations; this bounds what bindings inside bindings may add.
+MAX_OPERATION_DEPTH = 256
+
+
+class Resolver:
+    """Resolves one program. ``local``: extra term specs for this program only."""
+
+    def __init__(self, local: Mapping[str, TermSpec], registry: Registry) -> None:
+        self.local = local
+        self.registry = registry
+        self.bindings: dict[str, ast.Binding] = {}
+        self.all_bindings: set[str] = set()
+        self.resolved: dict[str, ir.Node] = {}
+        self.used: set[str] = set()
+        self.order: list[tuple[str, ir.Node, bool]] = []  # (label, node, named by a binding)
+        self.term_count = 0
+        self._watch_only: dict[int, bool] = {}
+
+    # --- program --------------------------------------------------------------------------
+
+    def run(self, program: ast.Program, source: str | None) -> ir.IR:
+        # every binding name, so that a use above the definition says so instead of "unknown"
+        self.all_bindings = {b.name for b in program.bindings}
+        for binding in program.bindings:
+            if binding.name in self.bindings:
+                raise LossNameError(
+                    f"'{binding.name}' is bound twice",
+                    span=binding.name_span,
+                    hint="give each binding its own name",
+                )
+            if binding.name in BUILTIN_NAMES:
+                raise LossNameError(
+                    f"'{binding.name}' is a built-in function and cannot be rebound",
+                    span=binding.name_span,
+                    hint=f"pick another name, e.g. '{binding.name}_term'",
+                )
+            self.bindings[binding.name] = binding
+            self.resolved[binding.name] = self._binding_value(binding)
+        root = self.expr(program.expr)
+        for binding in program.bindings:
+            if binding.name not in self.used:
+                raise LossNameError(
+                    f"binding '{binding.name}' is never used",
+                    span=binding.name_span,
+                    hint=f"use it in the expression, or write watch({binding.name}) to only log it",
+                )
+        self._check_root(root, program.expr)
+        logged = logged_items(self.order, self.all_bindings)
+        read = set()
+        for node in ir.walk(root, *(item.node for item in logged)):
+            if isinstance(node, ir.Term):
+                read.update(route.path[0] for route in node.routes)
+            elif isinstance(node, ir.Input):
+                read.add(node.path[0])
+        canonical = unparse(program)
+        return ir.IR(
+            source=source if source is not None else canonical,
+            canonical=canonical,
+            root=root,
+            logged=logged,
+            inputs_read=frozenset(read),
+        )
+
+    def _check_root(self, root: ir.Node, expr: ast.Node) -> None:
+        if root.kind in ("const", "schedule"):
+            raise LossTypeError(
+                "the expression has no loss term",
+                span=expr.offsets,
+                hint="a program needs at least one term, e.g. mse or 0.5*huber(delta=1)",
+            )
+        contributes = any(
+            isinstance(node, (ir.Term, ir.Balance)) for node in ir.walk(root) if not self.watch_only(node)
+        ) and not self.watch_only(root)
+        if not contributes:
+            raise LossTypeError(
+                "every term is inside watch(...), so the loss is always 0",
+                span=expr.offsets,
+                hint="add a term outside watch, e.g. mse + watch(mae)",
+            )
+
+    def _binding_value(self, binding: ast.Binding) -> ir.Node:
+        value = binding.value
+        if isinstance(value, ast.Call) and self.term_spec(value.name) is not None and (
+            value.name not in self.bindings or value.name == binding.name
+        ):
+            # a binding that is exactly one term call: the term is logged under the binding's name
+            return self.call(value, label=binding.name)
+        node = self.expr(value)
+        # `w = watch(mae)` is an alias: the watched term is logged already, and the watch
+        # itself has no value to log
+        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not self.watch_only(node):
+            node = self.node(ir.Named, binding.name, node, span=binding.offsets)
+            self.order.append((binding.name, node, True))
+        return node
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def node(self, cls, *fields: Any, span=None, **kw: Any) -> Any:
+        """Make an IR node, counting its depth (bindings inside bindings included)."""
+        children = [f for f in fields if isinstance(f, ir.Node)]
+        for f in fields:
+            if isinstance(f, tuple):
+                children.extend(x for x in f if isinstance(x, ir.Node))
+        depth = 1 + max((c.depth for c in children), default=0)
+        if depth > MAX_OPERATION_DEPTH:
+            raise LossDSLError(
+                f"the program nests more than {MAX_OPERATION_DEPTH} operations deep "
+                "(counting the bindings used inside bindings)",
+                span=span,
+                hint="use fewer levels of bindings inside bindings, or flatten the expression",
+            )
+        return cls(*fields, span=span, depth=depth, **kw)
+
+    def apply(self, fn, args: tuple, params: dict, span) -> ir.Node:
+        """A call of a function row: folded when every operand is a number."""
+        if fn.name not in ("add",) and fn.group != "special":
+            calls.refuse_watch_inside(self, args)
+        kinds = tuple(a.kind for a in args)
+        try:
+            kind = fn.result_kind(kinds, params)
+        except calls.KindError as err:
+            where = args[err.operand].span if err.operand is not None else span
+            raise LossTypeError(err.message, span=where or span, hint=err.hint) from None
+        if kind == "const" and all(isinstance(a, ir.Const) for a in args):
+            return ir.Const(fold(fn, [a.value for a in args], params, span), span=span)
+        return self.node(ir.Call, fn, args, tuple(params.items()), span=span, kind=kind)
+
+    def watch_only(self, node: ir.Node) -> bool:
+        """Whether ``node`` is a watch, or a sum of watches only (memoised: shared nodes)."""
+        key = id(node)
+        known = self._watch_only.get(key)
+        if known is None:
+            if isinstance(node, ir.Named):
+                known = self.watch_only(node.value)
+            elif isinstance(node, ir.Call) and node.name == "watch":
+                known = True
+            elif isinstance(node, ir.Call) and node.name == "add":
+                known = all(self.watch_only(a) for a in node.args)
+            else:
+                known = False
+            self._watch_only[key] = known
+        return known
+
+    # --- expressions ----------------------------------------------------------------------
+
+    def expr(self, node: ast.Node) -> ir.Node:
+        if isinstance(node, ast.Number):
+            return ir.Const(float(node.value), span=node.offsets)
+        if isinstance(node, ast.Neg):
+            return self.apply(OPERATORS["neg"], (self.expr(node.operand),), {}, node.offsets)
+        if isinstance(node, ast.Sum):
+            return calls.chain(self, node, OPERATORS["add"])
+        if isinstance(node, ast.Product):
+            return calls.chain(self, node, OPERATORS["multiply"])
+        if isinstance(node, ast.Power):
+            base, exponent = self.expr(node.base), self.expr(node.exponent)
+            return self.apply(OPERATORS["pow"], (base, exponent), {}, node.offsets)
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        raise LossTypeError(f"unexpected {type(node).__name__} here", span=node.offsets)
+
+    def call(self, node: ast.Call, label: str | None = None) -> ir.Node:
+        name = node.name
+        if name in self.bindings and label is None:
+            return self.binding_ref(node)
+        spec = self.term_spec(name)
+        if spec is not None:
+            return calls.term(self, node, spec, label or name)
+        if name in BUILTIN_NAMES:
+            return calls.builtin(self, node)
+        if name in self.all_bindings:  # used before its definition
+            return self.binding_ref(node)
+        candidates = list(self.bindings) + list(self.registry) + list(self.local) + list(BUILTIN_NAMES)
+        raise LossNameError(
+            f"unknown loss term '{name}'",
+            span=node.name_span,
+            hint=did_you_mean(name, candidates)
+            or "see `lossdsl terms` for the catalogue, or register one with @lossdsl.term",
+        )
+
+    def binding_ref(self, node: ast.Call) -> ir.Node:
+        name = node.name
+        if node.args or node.kwargs:
+            raise calls.argument_error(
+                f"'{name}' is a binding and takes no arguments",
+                span=node.offsets,
+                hint=f"write '{name}' alone, or put the arguments in its definition",
+            )
+        if name not in self.resolved:
+            raise LossNameError(
+                f"'{name}' is used before it is defined",
+                span=node.name_span,
+                hint="define a binding on an earlier line than its first use",
+            )
+        self.used.add(name)
+        return self.resolved[name]
+
+    def term_spec(self, name: str) -> TermSpec | None:
+        if name in self.local:
+            return self.local[name]
+        if name in self.registry:
+            return self.registry[name]
+        return None
+
+    def add_term(self, label: str, node: ir.Node, named: bool) -> None:
+        self.term_count += 1
+        if self.term_count > MAX_TERMS:
+            raise LossDSLError(
+                f"the program has more than {MAX_TERMS} terms",
+                span=node.span,
+                hint="combine terms into fewer calls or split the loss",
+            )
+        self.order.append((label, node, named))

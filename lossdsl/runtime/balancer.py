@@ -1,0 +1,107 @@
+"""The balancer module: runs one method of ``language.balancers`` and owns its state.
+
+``forward([L_1, ..., L_K])`` returns ``(total, weights)`` with ``total = sum w_i L_i + extra``;
+``weights`` are the effective weights ``d total / d L_i`` of that call, detached. The method's
+statistics read the detached ``L_i`` (in at least single precision); under an initialised
+``torch.distributed`` they are first averaged over ranks so every rank computes the same
+weights. State lives in buffers (and learnable state in parameters), so ``state_dict``
+resumes a run exactly. State changes only in training mode, and is committed only when every
+term is finite (decided on the device, without a sync), so one bad batch cannot poison the
+statistics for the rest of the run. The forward has no data-dependent Python branch, so
+``torch.compile(crit, fullgraph=True)`` traces it in one graph.
+
+>>> import torch
+>>> from lossdsl.language.balancers import METHODS
+>>> ema = Balancer(METHODS["ema"], 2, {"beta": 0.9, "eps": 1e-8})
+>>> total, weights = ema([torch.tensor(4.0), torch.tensor(0.5)])
+>>> [round(float(w), 4) for w in weights], round(float(total), 4)
+([0.25, 2.0], 2.0)
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["Balancer", "mean_over_ranks"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def mean_over_ranks(seen: Tensor) -> Tensor:
+    """Average the detached losses over the ranks of an initialised process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return seen
+    world = dist.get_world_size()
+    if world == 1:
+        return seen
+    reduced = seen.clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / world
+
+
+def _stack(values: Sequence[Tensor]) -> Tensor:
+    """The term values as one (K,) tensor of their common dtype, gradient kept."""
+    first = values[0].dtype
+    if all(v.dtype == first and v.dim() == 0 for v in values):
+        return torch.stack(list(values))
+    dtype = reduce(torch.promote_types, (v.dtype for v in values))
+    return torch.stack([v.to(dtype).reshape(()) for v in values])
+
+
+class _Params:
+    def __init__(self, values: dict) -> None:
+        self.__dict__.update(values)
+
+
+class Balancer(nn.Module):
+    """One ``balance(...)`` of a program: ``method`` (a row of ``language.balancers``), ``k``
+    terms, validated ``params``."""
+
+    def __init__(self, method: Any, k: int, params: dict) -> None:
+        super().__init__()
+        if k < 2:
+            raise ValueError("a balancer needs at least two terms")
+        self.method, self.k = method, k
+        self.params = _Params(params)
+        self._buffer_names = []
+        for name, value in method.state(k, self.params, torch).items():
+            self.register_buffer(name, value)
+            self._buffer_names.append(name)
+        self._parameter_names = []
+        for name, value in method.learnable(k, self.params, torch).items():
+            self.register_parameter(name, nn.Parameter(value))
+            self._parameter_names.append(name)
+
+    def _state(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self._buffer_names + self._parameter_names}
+
+    def forward(self, values: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        losses = _stack(values)
+        seen = losses.detach()
+        if seen.dtype in _HALF:
+            seen = seen.float()  # statistics in at least single precision
+        update = self.training
+        if update:
+            seen = mean_over_ranks(seen)
+        weights, new, always = self.method.weigh(self._state(), seen, self.params, update, torch)
+        if new:
+            finite = torch.isfinite(seen).all()
+            for name, value in new.items():
+                buffer = getattr(self, name)
+                buffer.copy_(torch.where(finite, value.to(buffer.dtype), buffer))
+        for name, value in always.items():
+            getattr(self, name).copy_(value)
+        weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
+        total = torch.dot(weights, losses)
+        if self.method.extra is not None:
+            total = total + self.method.extra(self._state(), self.params, torch)
+        return total, weights.detach()
+
+    def extra_repr(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in vars(self.params).items())
+        return f"method={self.method.name!r}, k={self.k}" + (f", {shown}" if shown else "")

@@ -1,0 +1,98 @@
+"""Evaluating a schedule (``language.schedules``) at the stored step.
+
+In an eager call with the step on the CPU the value is a Python float computed in float64
+and rounded to float32, read on the host without a tensor operation (as in hand-written
+code); otherwise (``torch.compile``, another device) it is a float32 tensor computed in
+float64 on the step's device, traced without recompiling as the step changes. Host
+arithmetic never raises: a value beyond float32 is inf.
+
+>>> import torch
+>>> from lossdsl.language.schedules import SCHEDULES
+>>> at = ScheduleValue(SCHEDULES["linear"], {"start": 0.0, "end": 1.0, "steps": 4.0, "delay": 0.0})
+>>> at(torch.tensor(1))
+0.25
+>>> float(SCHEDULES["linear"].value(torch.tensor(1), at.params, TENSOR))
+0.25
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..language.schedules import HOST
+
+__all__ = ["ScheduleValue", "TENSOR", "to_float32"]
+
+_FLOAT32 = struct.Struct("f")
+
+
+def to_float32(x: float) -> float:
+    """``x`` rounded to the nearest float32, as a Python float (inf beyond its range)."""
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+class _TensorMath:
+    """The schedules' math on a step tensor: float64 where the device has it, and exact
+    integer comparisons and remainders however large the step grows."""
+
+    cos = staticmethod(torch.cos)
+
+    @staticmethod
+    def real(step: Tensor) -> Tensor:
+        return step.to(torch.float64 if step.device.type in ("cpu", "cuda") else torch.float32)
+
+    @staticmethod
+    def clamp(x: Tensor, low: float, high: float) -> Tensor:
+        return x.clamp(low, high)
+
+    @staticmethod
+    def minimum(x: Tensor, bound: float) -> Tensor:
+        return x.clamp(max=bound)
+
+    @staticmethod
+    def reached(step: Tensor, boundary: float) -> Tensor:
+        hit = step >= math.ceil(boundary) if not step.is_floating_point() else step >= boundary
+        return _TensorMath.real(hit)
+
+    @staticmethod
+    def phase(step: Tensor, period: float) -> Tensor:
+        if not step.is_floating_point() and float(period).is_integer():
+            return _TensorMath.real(torch.remainder(step, int(period))) / period
+        return torch.remainder(_TensorMath.real(step), period) / period
+
+    @staticmethod
+    def piecewise(step: Tensor, boundaries: list, values: list) -> Tensor:
+        out = torch.full_like(_TensorMath.real(step), float(values[0]))
+        for boundary, value in zip(boundaries, values[1:]):
+            # boundaries increase, so a later boundary that is passed overrides the earlier
+            out = torch.where(_TensorMath.reached(step, boundary) > 0, value, out)
+        return out
+
+
+TENSOR = _TensorMath()
+
+
+class ScheduleValue:
+    """``at(step)``: the value of one schedule with validated parameters."""
+
+    def __init__(self, row: Any, params: dict) -> None:
+        self.row, self.params = row, dict(params)
+        self.__name__ = f"schedule_{row.name}"
+        self.__qualname__ = self.__name__
+        self.__module__ = __name__
+
+    def __call__(self, step: Tensor) -> Any:
+        if step.is_cpu and not torch.compiler.is_compiling():
+            try:
+                return to_float32(self.row.value(step.item(), self.params, HOST))
+            except (ArithmeticError, ValueError):
+                return math.nan
+        return self.row.value(step, self.params, TENSOR).float()

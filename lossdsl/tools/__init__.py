@@ -1,0 +1,1 @@
+"""Tools on top of the library: explain, the catalogue, plots, the demo."""
