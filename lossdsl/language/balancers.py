@@ -11,7 +11,7 @@ term is finite, and computes ``total = sum w_i L_i + extra(state)``. Torch is re
 >>> ema = METHODS["ema"]
 >>> p = ema.params(beta=0.9)
 >>> state = ema.initial_state(2, p, torch)
->>> w, new, _ = ema.weigh(state, torch.tensor([4.0, 0.5]), p, True, torch)
+>>> w, new = ema.weigh(state, torch.tensor([4.0, 0.5]), p, True, torch)
 >>> [round(float(x), 4) for x in w]          # the first call gives 1 / L_i
 [0.25, 2.0]
 """
@@ -38,8 +38,9 @@ class Method:
 
     ``state(k, p, t)``: ``{name: initial tensor}`` (buffers); ``learnable(k, p, t)``:
     ``{name: initial tensor}`` trained by the optimizer (``uncertainty``'s log-variances);
-    ``weigh(state, seen, p, update, t) -> (weights, new_state, always)``: ``new_state`` is
-    committed only when every term is finite, ``always`` in any case (a generator's counter);
+    ``weigh(state, seen, p, update, t) -> (weights, new_state)``: the new state is committed
+    only on an accepted training call (every term finite and none refused by the loss's
+    guard); a refused call weighs with the stored state;
     ``extra(state, p, t)``: a term added to the total that does not depend on the losses.
     ``t`` is the torch module, given by the runtime (the table itself imports no torch).
     """
@@ -51,6 +52,7 @@ class Method:
     state: Callable[[int, Any, Any], dict] = lambda k, p, t: {}
     learnable: Callable[[int, Any, Any], dict] = lambda k, p, t: {}
     extra: Callable[[dict, Any, Any], Any] | None = None
+    reads_losses: bool = True  # False: the weights do not depend on the losses (no all-reduce)
 
     def initial_state(self, k: int, p: Any, t: Any) -> dict:
         return {**self.state(k, p, t), **self.learnable(k, p, t)}
@@ -69,7 +71,7 @@ class UncertaintyParams(BaseModel):
 
 
 def _uncertainty(state, seen, p, update, t):
-    return 0.5 * t.exp(-state["log_var"]), {}, {}
+    return 0.5 * t.exp(-state["log_var"]), {}
 
 
 # --- ema ----------------------------------------------------------------------------------
@@ -88,12 +90,12 @@ def _ema(state, seen, p, update, t):
         ema = t.lerp(ema, seen.to(ema.dtype), 1.0 - p.beta)  # beta * ema + (1 - beta) * seen
         count = count + 1
         mean = ema / (1.0 - p.beta ** count.to(ema.dtype))
-        return 1.0 / (mean + p.eps), {"ema": ema, "count": count}, {}
+        return 1.0 / (mean + p.eps), {"ema": ema, "count": count}
     # eval: the stored state as it is; before any training step, the losses themselves
     started = count > 0
     correction = t.where(started, 1.0 - p.beta ** count.to(ema.dtype), 1.0)
     mean = t.where(started, ema / correction, seen.to(ema.dtype))
-    return 1.0 / (mean + p.eps), {}, {}
+    return 1.0 / (mean + p.eps), {}
 
 
 # --- dwa (Liu et al. 2019) ----------------------------------------------------------------
@@ -117,7 +119,7 @@ def _dwa(state, seen, p, update, t):
     w = p.window
     ratio = history[w:].mean(0) / (history[:w].mean(0) + p.eps)
     lam = seen.shape[0] * t.softmax(ratio / p.temperature, dim=0)
-    return t.where(count >= 2 * w, lam, t.ones_like(lam)), new, {}
+    return t.where(count >= 2 * w, lam, t.ones_like(lam)), new
 
 
 # --- cov (Groenendijk et al. 2021) --------------------------------------------------------
@@ -149,7 +151,7 @@ def _cov(state, seen, p, update, t):
     spread = total_cv > 0
     alpha = t.where((count > 2) & spread, cv / t.where(spread, total_cv, 1.0), uniform)
     mean = t.where(count > 0, loss_mean, seen)
-    return alpha / (mean + p.eps), new, {}
+    return alpha / (mean + p.eps), new
 
 
 # --- softadapt (Heydari et al. 2019) ------------------------------------------------------
@@ -165,7 +167,7 @@ def _softadapt(state, seen, p, update, t):
     previous, count = state["previous"], state["count"]
     slope = t.where(count > 0, seen - previous, t.zeros_like(seen))
     lam = t.softmax(p.beta * slope, dim=0)
-    return lam, ({"previous": seen, "count": count + 1} if update else {}), {}
+    return lam, ({"previous": seen, "count": count + 1} if update else {})
 
 
 # --- relobralo (Bischof & Kraus 2021) -----------------------------------------------------
@@ -196,9 +198,10 @@ def _relobralo(state, seen, p, update, t):
         rho = t.full_like(seen[0], p.expected_rho)
     lam = p.alpha * (rho * state["lambdas"] + (1.0 - rho) * lhat(seen, initial)) + (1.0 - p.alpha) * lhat(seen, previous)
     if not update:
-        return lam, {}, {}
-    new = {"initial": initial, "previous": seen, "lambdas": lam, "count": state["count"] + 1}
-    return lam, new, {"rng_counter": state["rng_counter"] + 1}  # a draw is used up even on a skipped step
+        return lam, {}
+    # the draw is used up with the call: a refused call leaves it for the next one
+    new = {"initial": initial, "previous": seen, "lambdas": lam, "count": state["count"] + 1, "rng_counter": state["rng_counter"] + 1}
+    return lam, new
 
 
 def _row(name, params, weigh, summary, **kw):
@@ -212,6 +215,7 @@ METHODS: dict[str, Method] = dict(
             "sum 0.5 exp(-s_i) L_i + 0.5 s_i, s_i learnable (Kendall et al. 2018)",
             learnable=lambda k, p, t: {"log_var": t.zeros(k)},
             extra=lambda state, p, t: 0.5 * state["log_var"].sum(),
+            reads_losses=False,
         ),
         _row(
             "ema", EmaParams, _ema, "sum L_i / (m_i + eps), m_i the bias-corrected EMA of L_i",

@@ -66,6 +66,13 @@ class Function:
     inline: bool = False
 
     @property
+    def broadcasts(self) -> bool:
+        """Whether operands of different shapes are broadcast against each other."""
+        return self.group in ("operator", "comparison", "logical") or (
+            self.group == "elementwise" and self.operands[1] != 1
+        )
+
+    @property
     def boolean(self) -> bool:
         """Whether the value is a condition (true/false) rather than a number."""
         return self.group in ("comparison", "logical")

@@ -30,9 +30,30 @@ from .weights import sweep
 __all__ = ["Emitted", "emit", "run_balancer"]
 
 
-def run_balancer(balancers: Any, index: int, values: list) -> tuple:
+def run_balancer(balancers: Any, index: int, values: list, ok: Any = None) -> tuple:
     """Call balancer ``index`` of the loss on the term values: ``(total, weights)``."""
-    return balancers[index](values)
+    return balancers[index](values, ok)
+
+
+def all_finite(*gated: Any) -> Any:
+    """Whether every gated term of a balancer was finite in this call (a 0-dim bool tensor)."""
+    ok = gated[0].ok
+    for g in gated[1:]:
+        ok = ok & g.ok
+    return ok
+
+
+class _Tracer(GraphAppendingTracer):
+    """Records, on every node it makes, the IR operation it belongs to (for errors)."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        super().__init__(graph)
+        self.meta: dict[str, Any] = {}
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta.update(self.meta)
+        return node
 
 
 @dataclass
@@ -49,7 +70,7 @@ class _Emitter:
     def __init__(self, program: ir.IR, policy: str) -> None:
         self.ir, self.policy = program, policy
         self.graph = fx.Graph()
-        self.tracer = GraphAppendingTracer(self.graph)
+        self.tracer = _Tracer(self.graph)
         self.slots = {
             name: Proxy(self.graph.placeholder(name), self.tracer)
             for name in ("pred", "target", "inputs", "step", "balancers")
@@ -58,6 +79,7 @@ class _Emitter:
         self.raw: dict[int, Any] = {}  # what is logged (a gated term's raw value)
         self.readers: dict[tuple, Any] = {}
         self.gated: list[Any] = []
+        self.gates: dict[int, Any] = {}  # id of a term -> its gated call
         self.balance_weights: dict[int, Any] = {}
         self.out = Emitted(self.graph)
         self.names = {id(item.node): item.name for item in program.logged}
@@ -75,8 +97,10 @@ class _Emitter:
 
     def run(self) -> Emitted:
         nodes = self.ir.nodes()
-        for node in nodes:
+        for index, node in enumerate(nodes):
+            self.tracer.meta = {"ir_index": index, "what": _describe(node), "broadcasts": _broadcasts(node)}
             self.emit(node)
+        self.tracer.meta = {}
         root = self.ir.root
         total = self.value[id(root)]
         raws = tuple(self.raw.get(id(item.node), self.value[id(item.node)]) for item in self.ir.logged)
@@ -109,7 +133,9 @@ class _Emitter:
             index = len(self.out.balancers)
             self.out.balancers.append((node.method, len(node.args), dict(node.params)))
             args = [self.value[id(a)] for a in node.args]
-            both = self.call(run_balancer, (self.slots["balancers"], index, args), name=f"balance_{node.method.name}")
+            gates = [self.gates[id(n)] for n in ir.walk(*node.args) if id(n) in self.gates]
+            ok = self.call(all_finite, tuple(gates), name="terms_ok") if gates else None
+            both = self.call(run_balancer, (self.slots["balancers"], index, args, ok), name=f"balance_{node.method.name}")
             self.value[key] = self.call(operator.getitem, (both, 0), name="balanced")
             self.balance_weights[key] = self.call(operator.getitem, (both, 1), name="balance_weights")
         elif isinstance(node, ir.Call) and isinstance(node.fn, Schedule):
@@ -129,6 +155,7 @@ class _Emitter:
         if self.policy in GATED_POLICIES:
             gated = self.call(Gate(bound), args, name=f"gated_{identifier(name)}")
             self.gated.append(gated)
+            self.gates[id(node)] = gated
             self.raw[id(node)] = gated.raw
             value = gated.value
         else:
@@ -147,6 +174,20 @@ class _Emitter:
             self.raw[id(node)] = out  # an inline term: logged as computed, combined in float32+
             out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
         self.value[id(node)] = out
+
+
+def _describe(node: ir.Node) -> str:
+    """An operation in the user's words, for errors at call time."""
+    if isinstance(node, ir.Term):
+        return f"term '{node.label}'"
+    if isinstance(node, ir.Call):
+        symbol = {"add": "'+'/'-'", "multiply": "'*'/'/'", "pow": "'^'", "neg": "unary '-'"}.get(node.name)
+        return f"operator {symbol}" if symbol else f"{node.name}(...)"
+    return type(node).__name__.lower()
+
+
+def _broadcasts(node: ir.Node) -> bool:
+    return isinstance(node, ir.Call) and getattr(node.fn, "broadcasts", False) and node.kind == "tensor"
 
 
 def _unwrap(x: Any) -> Any:

@@ -5,9 +5,10 @@
 statistics read the detached ``L_i`` (in at least single precision); under an initialised
 ``torch.distributed`` they are first averaged over ranks so every rank computes the same
 weights. State lives in buffers (and learnable state in parameters), so ``state_dict``
-resumes a run exactly. State changes only in training mode, and is committed only when every
+resumes a run exactly. State changes only on training calls, and is committed only when every
 term is finite (decided on the device, without a sync), so one bad batch cannot poison the
-statistics for the rest of the run. The forward has no data-dependent Python branch, so
+statistics for the rest of the run; a validation call (eval mode or no gradients) reads the
+state without changing it and talks to no other rank. The forward has no data-dependent Python branch, so
 ``torch.compile(crit, fullgraph=True)`` traces it in one graph.
 
 >>> import torch
@@ -32,16 +33,20 @@ __all__ = ["Balancer", "mean_over_ranks"]
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def mean_over_ranks(seen: Tensor) -> Tensor:
-    """Average the detached losses over the ranks of an initialised process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return seen
+def mean_over_ranks(seen: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Average the detached losses over the ranks of an initialised process group; ``ok``
+    becomes true only where it is true on every rank. One all-reduce for both."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return seen, ok
     world = dist.get_world_size()
-    if world == 1:
-        return seen
-    reduced = seen.clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / world
+    if ok is None:
+        reduced = seen.clone()
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced / world, None
+    # the number of ranks with a refused term rides in one more entry
+    packed = torch.cat([seen, (~ok).to(seen.dtype).reshape(1)])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return packed[:-1] / world, packed[-1] == 0
 
 
 def _stack(values: Sequence[Tensor]) -> Tensor:
@@ -80,22 +85,31 @@ class Balancer(nn.Module):
     def _state(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in self._buffer_names + self._parameter_names}
 
-    def forward(self, values: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, values: Sequence[Tensor], ok: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(total, weights)`` of ``values``. ``ok``: under ``zero_term``/``skip_batch``,
+        false when the loss's guard replaced one of these terms by 0 (the call then leaves
+        the state as it was, as if it had not been made)."""
         losses = _stack(values)
         seen = losses.detach()
         if seen.dtype in _HALF:
             seen = seen.float()  # statistics in at least single precision
-        update = self.training
-        if update:
-            seen = mean_over_ranks(seen)
-        weights, new, always = self.method.weigh(self._state(), seen, self.params, update, torch)
-        if new:
-            finite = torch.isfinite(seen).all()
+        # A validation call (eval mode or no gradients) neither changes the state nor waits
+        # for the other ranks, so it may run on one rank alone.
+        update = self.training and torch.is_grad_enabled()
+        if update and self.method.reads_losses:
+            seen, ok = mean_over_ranks(seen, ok)
+        state = self._state()
+        weights, new = self.method.weigh(state, seen, self.params, update, torch)
+        if update and new:
+            accept = torch.isfinite(seen).all()
+            if ok is not None:
+                accept = accept & ok
+                # a refused call weighs with the stored state, and its loss stays finite
+                stored, _ = self.method.weigh(state, seen, self.params, False, torch)
+                weights = torch.where(accept, weights, stored)
             for name, value in new.items():
                 buffer = getattr(self, name)
-                buffer.copy_(torch.where(finite, value.to(buffer.dtype), buffer))
-        for name, value in always.items():
-            getattr(self, name).copy_(value)
+                buffer.copy_(torch.where(accept, value.to(buffer.dtype), buffer))
         weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
         total = torch.dot(weights, losses)
         if self.method.extra is not None:
