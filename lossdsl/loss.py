@@ -22,12 +22,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import LossDSLError, LossInputError, did_you_mean
+from .errors import LossDSLError, LossInputError, did_you_mean, location
 from .monitor import Monitor
 from .program import Program
 from .resolve import ir
 from .runtime.balancer import Balancer
-from .runtime.guard import CHECKED_POLICIES, POLICIES, nonfinite_error
+from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.steps import checked_step
 
 __all__ = ["Loss"]
@@ -89,10 +89,10 @@ class Loss(nn.Module):
         if weights is None:
             weights = self._constant_weights(row)
         self._last = (row, weights)
-        if self.nonfinite in CHECKED_POLICIES:
-            self._check(row)
         if self.monitor.enabled:
             self.monitor.record_terms(list(values), weights, total, _CallInputs(pred, target, inputs), row)
+        if self.nonfinite in CHECKED_POLICIES:
+            self._check(row)  # after recording: a call that raises still shows in the logs
         return total
 
     def _constant_weights(self, like: Tensor) -> Tensor:
@@ -107,16 +107,33 @@ class Loss(nn.Module):
         return found
 
     def _check(self, row: Tensor) -> None:
-        """``raise``/``warn``: one flag read per call; nothing on ``meta`` or while tracing."""
+        """``raise``/``warn``: one flag read per call (one all-reduce of the flags on a
+        ``raise`` training call across ranks); nothing on ``meta`` or while tracing."""
         if row.device.type == "meta" or torch.compiler.is_compiling():
             return
-        if row.is_cpu:
-            finite = all(map(math.isfinite, row.tolist()))
-        else:
-            finite = bool(torch.isfinite(row).all())
-        if finite:
+        ranks = ranks_deciding(self.nonfinite, self.training)
+        if ranks == 1:
+            if row.is_cpu:
+                finite = all(map(math.isfinite, row.tolist()))
+            else:
+                finite = bool(torch.isfinite(row).all())
+            if finite:
+                return
+        counts = bad_counts(row, ranks)
+        if not any(counts):
             return
-        error = self._located(nonfinite_error(row, self.program.names, self.program.is_term, int(self.step)))
+        names, spans = self.program.names, self._spans()
+
+        def where(i: int) -> str:
+            span = spans.get(names[i])
+            if span is None:
+                return ""
+            line, column = location(self.source, span[0])
+            return f" (line {line}, column {column})"
+
+        error = self._located(
+            nonfinite_error(row, names, self.program.is_term, int(self.step), counts, ranks, where)
+        )
         if self.nonfinite == "warn":
             logger.warning("%s", error)
             return
@@ -168,6 +185,14 @@ class Loss(nn.Module):
 
     def get_extra_state(self) -> dict:
         return {"source": self.canonical, "version": _STATE_VERSION}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the program is checked before any tensor is copied: a refused state changes nothing
+        # (nn.Module would copy this module's own tensors first, then check)
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self.set_extra_state(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_extra_state(self, state: Any) -> None:
         saved = state.get("source") if isinstance(state, Mapping) else None

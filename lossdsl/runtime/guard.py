@@ -30,9 +30,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+import torch.distributed as dist
+
 from ..errors import NonFiniteLossError
 
-__all__ = ["POLICIES", "GATED_POLICIES", "CHECKED_POLICIES", "Gate", "Gated", "settle", "nonfinite_error"]
+__all__ = [
+    "POLICIES", "GATED_POLICIES", "CHECKED_POLICIES", "Gate", "Gated", "settle", "nonfinite_error", "ranks_deciding",
+    "bad_counts",
+]
 
 POLICIES = ("raise", "warn", "zero_term", "skip_batch")
 GATED_POLICIES = frozenset({"zero_term", "skip_batch"})
@@ -102,28 +107,56 @@ def settle(policy: str, total: Any, gated: Sequence[Gated]) -> Any:
     return total
 
 
+def ranks_deciding(policy: str, training: bool) -> int:
+    """How many ranks decide a call's ``raise`` together: the process group's size for a
+    training call (training mode, gradients enabled), else 1. All-reducing the flags then
+    makes a NaN on one rank raise on every rank, so a loop that catches the error and skips
+    the batch keeps the ranks' collectives in step."""
+    if policy != "raise" or not training or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def bad_counts(row: Tensor, ranks: int) -> list[int]:
+    """Per term and then the total: on how many of the ``ranks`` it was not finite."""
+    flags = (~torch.isfinite(row.detach())).to(torch.int32)
+    if ranks > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return flags.tolist()
+
+
 def _finite(value: float) -> bool:
     return value == value and value not in (float("inf"), float("-inf"))
 
 
-def nonfinite_error(row: Tensor, names: Sequence[str], is_term: Sequence[bool], step: int) -> NonFiniteLossError:
+def nonfinite_error(
+    row: Tensor, names: Sequence[str], is_term: Sequence[bool], step: int, counts: list[int], ranks: int, where
+) -> NonFiniteLossError:
     """The error naming the non-finite terms of one call (``row`` = values, then the total),
-    or the total when every term is finite. Located by the ``Loss``, which knows the spans."""
+    or the total when every term is finite. ``counts``: see :func:`bad_counts`; ``where(i)``:
+    `` (line L, column C)`` of item ``i``. The ``Loss`` locates it in its source."""
     values = row.detach().float().cpu().tolist()
-    total = values[-1]
-    bad = [i for i, v in enumerate(values[:-1]) if not _finite(v)]
+
+    def on(n: int) -> str:
+        return f" (on {n} of {ranks} ranks)" if ranks > 1 else ""
+
+    # a value that is finite here was bad on another rank
+    shown = [v if not _finite(v) else "not finite on another rank" for v in values]
+    bad = [i for i, n in enumerate(counts[:-1]) if n]
     # name the terms themselves; a named composite is only named when no term is bad
     bad = [i for i in bad if is_term[i]] or bad
     if not bad:
         return NonFiniteLossError(
-            f"the total is {total} at step {step}, although every term is finite",
+            f"the total is {shown[-1]} at step {step}{on(counts[-1])}, although every term is finite",
             hint="an operation between terms overflowed or divided by zero; check divisions, exp and powers of terms",
         )
     if len(bad) == 1:
-        message = f"term '{names[bad[0]]}' is {values[bad[0]]} at step {step}"
+        message = f"term '{names[bad[0]]}' is {shown[bad[0]]} at step {step}{on(counts[bad[0]])}"
     else:
-        shown = ", ".join(f"'{names[i]}' = {values[i]}" for i in bad)
-        message = f"terms {shown} are not finite at step {step}"
+        parts = ", ".join(f"'{names[i]}' = {shown[i]}{on(counts[i])}{where(i)}" for i in bad)
+        message = f"terms {parts} are not finite at step {step}"
     return NonFiniteLossError(
         message,
         term=names[bad[0]],
