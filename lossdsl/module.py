@@ -314,6 +314,14 @@ class Loss(nn.Module):
     def get_extra_state(self) -> dict:
         return {"source": self.canonical, "version": _STATE_VERSION}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The program is checked before any tensor is copied: a refused state changes nothing
+        # (nn.Module would copy this module's own tensors first, then check).
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self.set_extra_state(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def set_extra_state(self, state: Any) -> None:
         saved = state.get("source") if isinstance(state, Mapping) else None
         if saved != self.canonical:

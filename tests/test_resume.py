@@ -178,6 +178,31 @@ def test_state_from_a_different_program_is_refused():
     assert "mse + mae" in info.value.hint and "mse + 2 * mae" in info.value.hint
 
 
+def test_a_refused_state_changes_nothing():
+    # two programs with tensors of the same names and shapes: a learnable balancer, a
+    # stateful one, the step and the monitor; only the ema's beta differs
+    program = 'balance(mse, mae, method="uncertainty") + balance(huber, temporal_diff, method="ema", beta={})'
+    saved, crit = lossdsl.compile(program.format(0.5)), lossdsl.compile(program.format(0.9))
+    for loss, steps in ((saved, 5), (crit, 2)):
+        opt = torch.optim.SGD(loss.parameters(), lr=0.5)
+        for step in range(steps):
+            x, y = _batch(step)
+            opt.zero_grad()
+            loss(x[..., :2] * (1 + steps), y, step=10 * steps + step).backward()
+            opt.step()
+    state = saved.state_dict()
+    tensors = dict(crit.named_parameters()) | dict(crit.named_buffers())
+    before = {k: v.detach().clone() for k, v in tensors.items()}
+    assert any(not torch.equal(before[k], state[k]) for k in state if k in before)
+    with pytest.raises(lossdsl.LossDSLError, match="different loss program"):
+        crit.load_state_dict(state)
+    after = dict(crit.named_parameters()) | dict(crit.named_buffers())
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before), [
+        k for k in before if not torch.equal(after[k], before[k])
+    ]
+
+
 def test_state_from_the_same_program_written_differently_loads():
     crit = lossdsl.compile("mse+mae")
     crit(torch.zeros(3), torch.ones(3), step=5)
