@@ -3,11 +3,16 @@
 Each method of DESIGN.md §6 is a small module over a shared base. A balancer is called with
 the inner terms' values ``[L_1, ..., L_K]`` and returns the combined total; ``last_weights``
 then holds the effective weights ``d total / d L_i`` of that call (detached). Statistics read
-the detached ``L_i``; under an initialised ``torch.distributed`` they are first averaged over
-ranks so every rank computes the same weights. State lives in buffers (and the learnable
-log-variances of ``uncertainty`` in parameters), so ``state_dict`` resumes a run exactly.
-State changes only in training mode (and not on a call where a loss is NaN or infinite);
-in eval mode the stored state is used as it is.
+the detached ``L_i``. State lives in buffers (and the learnable log-variances of
+``uncertainty`` in parameters), so ``state_dict`` resumes a run exactly.
+
+State changes only on training calls (training mode with gradients enabled, the monitor's
+training phase), and not on a call where a loss is NaN or infinite or where the loss's
+``zero_term``/``skip_batch`` guard found one of the balancer's terms bad (``ok``): such a call
+leaves every buffer as it was, as if it had not been made. Other calls use the stored state
+as it is. On training calls, under an initialised ``torch.distributed`` group of more than
+one rank, the losses (and the ``ok`` flag) are all-reduced first, so every rank computes the
+same weights and skips the same calls; other calls are rank-local and need no other rank.
 The forward pass never synchronises with the device and has no data-dependent Python
 branches, so ``torch.compile(crit, fullgraph=True)`` traces it in one graph.
 
@@ -52,25 +57,41 @@ def _stack(values: list[Tensor]) -> Tensor:
     return torch.stack([v.to(dtype).reshape(()) for v in values])
 
 
-def _mean_over_ranks(seen: Tensor) -> Tensor:
-    """Average the detached losses over the ranks of an initialised process group."""
+def _mean_over_ranks(seen: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Average the detached losses over the ranks of an initialised process group; ``ok``
+    becomes true only where it is true on every rank. One all-reduce for both."""
     if not (dist.is_available() and dist.is_initialized()):
-        return seen
+        return seen, ok
     world = dist.get_world_size()
     if world == 1:
-        return seen
-    reduced = seen.clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / world
+        return seen, ok
+    if ok is None:
+        reduced = seen.clone()
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced / world, None
+    # the number of ranks with a bad term rides in one more entry
+    packed = torch.cat([seen, (~ok).to(seen.dtype).reshape(1)])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return packed[:-1] / world, packed[-1] == 0
+
+
+def _accepted(seen: Tensor, ok: Tensor | None) -> Tensor:
+    """Whether a training call may change the state: every loss finite (and ``ok``)."""
+    finite = torch.isfinite(seen).all()
+    return finite if ok is None else finite & ok
 
 
 class Balancer(nn.Module):
     """Base of all balancers: ``forward(values) -> total`` with ``total = sum w_i L_i + extra``.
 
-    Subclasses implement ``weigh(seen, update) -> w`` (``seen`` = detached losses, averaged
-    over ranks when training; ``update`` = whether to advance the state) and may add
-    ``extra()`` (a term that does not depend on the losses).
+    Subclasses implement ``weigh(seen, update, ok) -> w`` (``seen`` = detached losses,
+    averaged over ranks when training; ``update`` = whether this is a training call; ``ok`` =
+    None, or a flag that is false when the loss's guard replaced one of the terms by 0) and
+    may add ``extra()`` (a term that does not depend on the losses). ``weigh`` stores its new
+    state only where ``_accepted(seen, ok)`` holds (``_commit`` does that).
     """
+
+    reads_statistics = True  # False: the weights do not depend on the losses (no all-reduce)
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -79,28 +100,31 @@ class Balancer(nn.Module):
         self.n = n
         self.last_weights: Tensor | None = None
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         raise NotImplementedError
 
     def extra(self) -> Tensor | float:
         return 0.0
 
-    def _commit(self, seen: Tensor, **updates: Tensor) -> None:
-        """Store new state, unless a loss was NaN/inf: one bad batch must not poison the
-        statistics for the rest of the run (decided on the device, without a sync)."""
-        finite = torch.isfinite(seen).all()
+    def _commit(self, accept: Tensor, **updates: Tensor) -> None:
+        """Store new state where ``accept`` (see ``_accepted``): one bad batch must not poison
+        the statistics for the rest of the run (decided on the device, without a sync)."""
         for name, value in updates.items():
             buf = getattr(self, name)
-            buf.copy_(torch.where(finite, value, buf))
+            buf.copy_(torch.where(accept, value, buf))
 
-    def forward(self, values: list[Tensor]) -> Tensor:
+    def forward(self, values: list[Tensor], ok: Tensor | None = None) -> Tensor:
+        """The combined total of ``values``; ``ok``: see the class docstring."""
         losses = _stack(values)
         seen = losses.detach()
         if seen.dtype in (torch.float16, torch.bfloat16):
             seen = seen.float()  # statistics in at least single precision
-        if self.training:
-            seen = _mean_over_ranks(seen)
-        weights = self.weigh(seen, self.training)
+        # A validation call (eval mode or no gradients) neither changes the state nor waits
+        # for the other ranks, so it may run on one rank alone.
+        update = self.training and torch.is_grad_enabled()
+        if update and self.reads_statistics:
+            seen, ok = _mean_over_ranks(seen, ok)
+        weights = self.weigh(seen, update, ok)
         self.__dict__["last_weights"] = weights.detach()  # a plain attribute: no Module checks
         total = torch.dot(weights, losses) if weights.dtype == losses.dtype else (weights * losses).sum()
         extra = self.extra()
@@ -113,11 +137,13 @@ class UncertaintyBalancer(Balancer):
     Add ``crit.parameters()`` to the optimizer so the log-variances ``s_i`` are trained.
     """
 
+    reads_statistics = False
+
     def __init__(self, n: int) -> None:
         super().__init__(n)
         self.log_var = nn.Parameter(torch.zeros(n))
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         return 0.5 * torch.exp(-self.log_var)
 
     def extra(self) -> Tensor:
@@ -133,7 +159,7 @@ class EmaBalancer(Balancer):
         self.register_buffer("ema", torch.zeros(n))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         if not update:
             return self._stored_weights(seen)
         ema = self.ema
@@ -142,10 +168,14 @@ class EmaBalancer(Balancer):
         else:
             new = self.beta * ema + (1.0 - self.beta) * seen
         # the training step in few operations: a step with a NaN/inf loss changes nothing
-        finite = torch.isfinite(seen).all()
-        ema = torch.where(finite, new, ema)
+        accept = _accepted(seen, ok)
+        ema = torch.where(accept, new, ema)
         self.ema.copy_(ema)
-        self.count.add_(finite)
+        self.count.add_(accept)
+        if ok is not None:
+            # Under the guard the loss must stay finite, also when the very first call is
+            # refused and there is no average yet to divide by.
+            return self._stored_weights(seen)
         count = self.count if ema.dtype == torch.float32 else self.count.to(ema.dtype)
         return 1.0 / (ema / (1.0 - torch.pow(self.beta, count)) + self.eps)
 
@@ -172,12 +202,12 @@ class DwaBalancer(Balancer):
         self.register_buffer("history", torch.zeros(2 * self.window, n))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
-        history, count = self.history, self.count
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         if update:
-            history = torch.cat([history[1:], seen.to(history.dtype).unsqueeze(0)])
-            count = count + 1
-            self._commit(seen, history=history, count=count)
+            history = torch.cat([self.history[1:], seen.to(self.history.dtype).unsqueeze(0)])
+            self._commit(_accepted(seen, ok), history=history, count=self.count + 1)
+        # read after the commit: a refused call weighs with the stored windows
+        history, count = self.history, self.count
         w = self.window
         ratio = history[w:].mean(0) / (history[:w].mean(0) + self.eps)
         lam = self.n * torch.softmax(ratio / self.temperature, dim=0)
@@ -200,17 +230,20 @@ class CovBalancer(Balancer):
         self.register_buffer("ratio_m2", torch.zeros(n))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
-        loss_mean, ratio_mean, ratio_m2, count = self.loss_mean, self.ratio_mean, self.ratio_m2, self.count
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         if update:
-            count = count + 1
+            loss_mean, ratio_mean, ratio_m2 = self.loss_mean, self.ratio_mean, self.ratio_m2
+            count = self.count + 1
             c = count.to(loss_mean.dtype)
             loss_mean = loss_mean + (seen - loss_mean) / c
             ratio = seen / (loss_mean + self.eps)
             delta = ratio - ratio_mean
             ratio_mean = ratio_mean + delta / c
             ratio_m2 = ratio_m2 + delta * (ratio - ratio_mean)
-            self._commit(seen, loss_mean=loss_mean, ratio_mean=ratio_mean, ratio_m2=ratio_m2, count=count)
+            accept = _accepted(seen, ok)
+            self._commit(accept, loss_mean=loss_mean, ratio_mean=ratio_mean, ratio_m2=ratio_m2, count=count)
+        # read after the commit: a refused call weighs with the stored statistics
+        loss_mean, ratio_mean, ratio_m2, count = self.loss_mean, self.ratio_mean, self.ratio_m2, self.count
         c = count.to(loss_mean.dtype).clamp(min=1.0)
         cv = torch.sqrt(ratio_m2 / c) / (ratio_mean + self.eps)
         total_cv = cv.sum()
@@ -234,11 +267,11 @@ class SoftAdaptBalancer(Balancer):
         self.register_buffer("previous", torch.zeros(n))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         slope = torch.where(self.count > 0, seen - self.previous, torch.zeros_like(seen))
         lam = torch.softmax(self.beta * slope, dim=0)
         if update:
-            self._commit(seen, previous=seen, count=self.count + 1)
+            self._commit(_accepted(seen, ok), previous=seen, count=self.count + 1)
         return lam
 
 
@@ -307,7 +340,7 @@ class ReLoBRaLoBalancer(Balancer):
     def _lhat(self, now: Tensor, then: Tensor) -> Tensor:
         return self.n * torch.softmax(now / (self.temperature * then + self.eps), dim=0)
 
-    def weigh(self, seen: Tensor, update: bool) -> Tensor:
+    def weigh(self, seen: Tensor, update: bool, ok: Tensor | None) -> Tensor:
         first = self.count == 0
         initial = torch.where(first, seen, self.initial)
         previous = torch.where(first, seen, self.previous)
@@ -320,8 +353,10 @@ class ReLoBRaLoBalancer(Balancer):
             1.0 - self.alpha
         ) * self._lhat(seen, previous)
         if update:
-            self._commit(seen, initial=initial, previous=seen, lambdas=lam, count=self.count + 1)
-            self.rng_counter.add_(1)  # the draw is used up even when the step is skipped
+            accept = _accepted(seen, ok)
+            self._commit(accept, initial=initial, previous=seen, lambdas=lam, count=self.count + 1)
+            # a refused call leaves the draw for the next one: as if it had not been made
+            self.rng_counter.add_(accept)
         return lam
 
 

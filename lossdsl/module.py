@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import ir
 from .errors import LossDSLError, LossInputError, did_you_mean
-from .nonfinite import POLICIES, NonFiniteGuard
+from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, balancer_ok
 from .fused import fused_call, fused_program_for
 from .plan import Env, build_plan, shared_plan
 from .runners import term_runner
@@ -155,6 +155,9 @@ class Loss(nn.Module):
         # forward itself: nn.Module.__call__'s hook handling is a tenth of a balancer's call
         forward = self.balancers[instr.balancer].forward
         args = instr.args
+        if self.nonfinite in GATED_POLICIES:  # told when the guard zeroed one of its terms
+            ok = balancer_ok(self._plan.balancers[instr.balancer])
+            return lambda vals, env: forward([vals[a] for a in args], ok(env))
         return lambda vals, env: forward([vals[a] for a in args])
 
     # --- the call -------------------------------------------------------------------------
@@ -196,8 +199,6 @@ class Loss(nn.Module):
             row, finite = _values_row(logged, total)
             if weights is None:
                 weights = self._weights(vals)
-        if self.nonfinite in _CHECKED and not (finite if row is not None else _finite_on_cpu(raw, total)):
-            self._guard.check(raw if row is None else row[:-1], total, self.step)
         last = self._last
         last[0], last[1], last[2] = raw if row is None else row, weights, row is not None
         if self.monitor.enabled:
@@ -205,6 +206,11 @@ class Loss(nn.Module):
                 self.monitor.record_terms(logged, weights, total, env, row)
             else:
                 self.monitor.record(raw, weights, total, logged, env)
+        if self.nonfinite in _CHECKED:
+            # after recording: a call that raises still shows in crit.terms and the monitor
+            ranks = self._guard.across_ranks(self.training)
+            if ranks > 1 or not (finite if row is not None else _finite_on_cpu(raw, total)):
+                self._guard.check(raw if row is None else row[:-1], total, self.step, ranks)
         return total
 
     def _linear_call(self, lin, env: Env) -> tuple[list, Tensor, Tensor]:

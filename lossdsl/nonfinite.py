@@ -9,7 +9,12 @@
 
 ``raise``/``warn`` read one flag per call (one host-device synchronisation); they are skipped
 on the ``meta`` device and while ``torch.compile`` traces, so ``fullgraph=True`` works.
-``zero_term``/``skip_batch`` never synchronise: everything is decided by ``torch.where``.
+Under ``raise``, a training call (training mode, gradients enabled) in an initialised process
+group of more than one rank all-reduces the flags first, so a NaN on one rank raises on every
+rank and a loop that catches the error and skips the batch keeps the ranks' collectives in
+step. ``zero_term``/``skip_batch`` never synchronise: everything is decided by ``torch.where``.
+A balancer whose terms one of them zeroed is told so (:func:`balancer_ok`) and leaves its
+statistics as they were.
 
 How the zero gradient is made exact: replacing a term's value with
 ``torch.where(ok, value, 0)`` is not enough, because the term's own backward then multiplies
@@ -38,11 +43,13 @@ import logging
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from . import ir
 from .errors import NonFiniteLossError, location
 
-__all__ = ["POLICIES", "GATED_POLICIES", "NonFiniteGuard", "call_guarded"]
+__all__ = ["POLICIES", "GATED_POLICIES", "NonFiniteGuard", "call_guarded", "balancer_ok"]
 
 POLICIES = ("raise", "warn", "zero_term", "skip_batch")
 GATED_POLICIES = ("zero_term", "skip_batch")
@@ -86,6 +93,37 @@ def call_guarded(fn: Callable[..., Any], args: list, hyper: dict, env, name: str
         env.guarded = []
     env.guarded.append(_GuardedTerm(name, value, ok, views))
     return torch.where(ok, value, 0.0)
+
+
+def balancer_ok(node: ir.Balance) -> Callable[[Any], Tensor | None]:
+    """``ok(env)``: whether every guarded term under the balancer ``node`` was finite in this
+    call (a 0-dim bool tensor), or None when none of them ran guarded."""
+    names = set()
+    stack = list(node.args)
+    while stack:  # iterative: programs nest up to 256 operations deep
+        item = stack.pop()
+        if isinstance(item, ir.Term):
+            names.add(item.name)
+        elif isinstance(item, (ir.Apply, ir.Balance)):
+            stack.extend(item.args)
+        elif isinstance(item, ir.Named):
+            stack.append(item.value)
+
+    def ok(env) -> Tensor | None:
+        flag = None
+        for record in env.guarded or ():
+            if record.name in names:
+                flag = record.ok if flag is None else flag & record.ok
+        return flag
+
+    return ok
+
+
+def _ranks() -> int:
+    """The size of the initialised process group; 1 without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 def _gate(ok: Tensor) -> Callable[[Tensor], Tensor]:
@@ -132,41 +170,77 @@ class NonFiniteGuard:
                 shown[i] = record.value
         return shown, total
 
-    def check(self, raw: Tensor, total: Any, step: Tensor) -> None:
-        """``raise``/``warn``: one flag read per call; nothing under meta or compile tracing."""
+    def across_ranks(self, training: bool) -> int:
+        """How many ranks decide this call together: the process group's size for a
+        ``raise`` training call (training mode, gradients enabled), else 1."""
+        if self.policy != "raise" or not training or not torch.is_grad_enabled():
+            return 1
+        return _ranks()
+
+    def check(self, raw: Tensor, total: Any, step: Tensor, ranks: int = 1) -> None:
+        """``raise``/``warn``: one read per call; nothing under meta or compile tracing.
+
+        ``ranks > 1``: the per-term flags are all-reduced first (one collective of K + 1
+        numbers), so every rank raises when a term is bad on any of them. Every rank of the
+        group must then make this call.
+        """
         if self.policy not in ("raise", "warn"):
             return
         if raw.device.type == "meta" or torch.compiler.is_compiling():
             return
-        finite = torch.isfinite(raw).all()
+        bad = ~torch.isfinite(raw.detach()).reshape(raw.shape[0], -1).all(1)
         if isinstance(total, Tensor):
-            finite = finite & torch.isfinite(total).all()
-        if bool(finite):
+            total_bad = ~torch.isfinite(total.detach()).all().reshape(1)
+        else:
+            total_bad = bad.new_zeros(1)
+        flags = torch.cat([bad, total_bad]).to(torch.int32)
+        if ranks > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.SUM)  # per entry: on how many ranks it is bad
+        counts = flags.tolist()
+        if not any(counts):
             return
-        error = self.error(raw, total, step)
+        error = self.error(raw, total, step, counts, ranks)
         if self.policy == "warn":
             logger.warning("%s", error)
             return
         raise error
 
-    def error(self, raw: Tensor, total: Any, step: Tensor) -> NonFiniteLossError:
-        """The error naming the non-finite terms (or the total), their places and the step."""
+    def error(
+        self, raw: Tensor, total: Any, step: Tensor, counts: list[int] | None = None, ranks: int = 1
+    ) -> NonFiniteLossError:
+        """The error naming the non-finite terms (or the total), their places and the step.
+
+        ``counts``: per term and then the total, on how many of the ``ranks`` it was not
+        finite (None: this rank's values decide).
+        """
         values = raw.detach().float().cpu().tolist()
-        bad = [i for i, v in enumerate(values) if not _finite(v)]
+        if counts is None:
+            counts = [int(not _finite(v)) for v in values] + [int(not _finite(_number(total)))]
+        bad = [i for i, n in enumerate(counts[:-1]) if n]
         # Name the terms themselves; a named composite is only named when no term is bad.
         bad = [i for i in bad if self.is_term[i]] or bad
         step_no = int(step)
+
+        def on(n: int) -> str:
+            return f" (on {n} of {ranks} ranks)" if ranks > 1 else ""
+
         if not bad:
-            message = f"the total is {float(total.detach())} at step {step_no}, although every term is finite"
+            shown = _number(total)
+            shown = shown if not _finite(shown) else "not finite on another rank"
+            message = (
+                f"the total is {shown} at step {step_no}{on(counts[-1])}, although every term is finite"
+            )
             return NonFiniteLossError(
                 message,
                 source=self.source,
                 hint="an operation between terms overflowed or divided by zero; "
                 "check divisions, exp and powers of terms",
             )
-        parts = [f"'{self.names[i]}' = {values[i]}{self._where(i)}" for i in bad]
+        # a term that is finite here was bad on another rank
+        shown = [values[i] if not _finite(values[i]) else "not finite on another rank" for i in range(len(values))]
+        parts = [f"'{self.names[i]}' = {shown[i]}{on(counts[i])}{self._where(i)}" for i in bad]
         if len(bad) == 1:
-            message = f"term '{self.names[bad[0]]}' is {values[bad[0]]} at step {step_no}"
+            message = f"term '{self.names[bad[0]]}' is {shown[bad[0]]} at step {step_no}{on(counts[bad[0]])}"
         else:
             message = f"terms {', '.join(parts)} are not finite at step {step_no}"
         return NonFiniteLossError(
@@ -184,6 +258,10 @@ class NonFiniteGuard:
             return ""
         line, column = location(self.source, span[0])
         return f" (line {line}, column {column})"
+
+
+def _number(total: Any) -> float:
+    return float(total.detach()) if isinstance(total, Tensor) else float(total)
 
 
 def _finite(value: float) -> bool:
