@@ -175,6 +175,8 @@ class NonFiniteGuard:
         ``raise`` training call (training mode, gradients enabled), else 1."""
         if self.policy != "raise" or not training or not torch.is_grad_enabled():
             return 1
+        if torch.compiler.is_compiling():
+            return 1  # no check while tracing (see check), so nothing to agree on
         return _ranks()
 
     def check(self, raw: Tensor, total: Any, step: Tensor, ranks: int = 1) -> None:
