@@ -24,7 +24,7 @@ def run(crit, calls, seed=0, nan_at=()):
         pred, target = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
         if i in nan_at:
             pred[0] = math.nan
-        crit(pred, target)
+        crit(pred, target, step=i + 1)
         values.append((F.mse_loss(pred, target).item(), F.l1_loss(pred, target).item()))
     return values
 
@@ -76,10 +76,10 @@ def test_tensorboard_events_hold_every_scalar(tmp_path):
     crit.monitor.attach(writer, every=2)
     gen = torch.Generator().manual_seed(1)
     values = []
-    for _ in range(6):
+    for step in range(1, 7):
         pred = torch.randn(6, generator=gen, requires_grad=True)
         target = torch.randn(6, generator=gen)
-        crit(pred, target)
+        crit(pred, target, step=step)
         values.append((F.mse_loss(pred, target).item(), F.l1_loss(pred, target).item()))
     crit.monitor.close()
     events = EventAccumulator(str(tmp_path / "tb"))
