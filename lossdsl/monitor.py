@@ -122,7 +122,7 @@ class Monitor(SinkHost, StatsReader, nn.Module):
     def record(self, raw: Tensor, weights: Tensor, total: Any, logged=None, env=None) -> None:
         """Record one call: raw term values (K,), effective weights (K,) and the total.
 
-        A call in ``eval()`` mode or with gradients disabled is a validation call. The
+        A call in ``crit.eval()`` mode or with gradients disabled is a validation call. The
         statistics follow the inputs' device (under ``torch.compile``, move the loss there
         first: ``crit.to(device)``). ``logged`` (the term tensors) and ``env`` (the call's
         inputs) are for the probe."""
@@ -181,7 +181,9 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         phase = 0 if self.training and torch.is_grad_enabled() else 1
         eager = self._eager
         with eager.lock:
-            at = self._next_row(phase)
+            at = eager.pending
+            if eager.phase != phase or at == _HISTORY_ROWS:
+                at = self._next_row(phase)
             if weights is eager.filled_with:
                 eager.deferred.append((at, row, None))
             elif eager.filled_with is None and not weights.requires_grad:
@@ -195,8 +197,12 @@ class Monitor(SinkHost, StatsReader, nn.Module):
                 eager.filled_with = False
                 eager.deferred.append((at, row, weights.detach()))
             eager.pending = at + 1
-            if not phase:
-                self._after_training_call(weights, logged, env)
+            if not phase:  # _after_training_call, written out: this is the per-call path
+                calls = eager.calls = eager.calls + 1
+                if self._probe_every and (calls - 1) % self._probe_every == 0:
+                    self._probe(weights, logged, env)
+                if self._sinks:
+                    self._sinks_after_call(calls)
 
     def _next_row(self, phase: int) -> int:
         """The history row of this call; the pending rows are folded first when the history

@@ -103,7 +103,7 @@ class StatsReader:
         ``<term>`` (raw), ``<term>/weight``, ``<term>/weighted``, ``<term>/share`` and
         ``<term>/grad_norm`` (when probed), each after ``prefix``. A term that was never
         finite in the window reads NaN. ``phase="eval"``: the validation calls (in
-        ``eval()`` mode or with gradients disabled), a window of its own. The attached
+        ``crit.eval()`` mode or with gradients disabled), a window of its own. The attached
         sinks have windows of their own too: reading here never empties theirs.
         ``sync=True`` adds up the windows of every rank of ``torch.distributed``. Empty
         when nothing was recorded since the last read.

@@ -188,6 +188,27 @@ def test_meta_device_uses_no_hidden_cpu_tensor():
     assert all(b.device.type == "meta" for b in crit.monitor.buffers())
 
 
+def test_reading_on_the_meta_device_skips_the_host():
+    # a meta tensor has no data to copy out: the readers give NaN or nothing, and a sink
+    # gets no row, instead of failing
+    crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+    rows = []
+    crit.monitor.attach(lambda scalars, step: rows.append(scalars), every=1)
+    crit.monitor.probe(every=1)
+    x = torch.empty(4, 8, 2, device="meta", requires_grad=True)
+    loss = crit(x, torch.empty(4, 8, 2, device="meta"), step=3)
+    assert loss.device.type == "meta" and loss.shape == ()
+    crit.monitor.write()
+    assert rows == [] and crit.monitor.as_dict() == {}
+    stats = crit.monitor.stats()
+    assert set(stats) == {"huber", "temporal_diff", "total"}
+    assert all(math.isnan(v) for s in stats.values() for v in s.values())
+    assert crit.monitor.summary().splitlines()[0].startswith("term")
+    suggestion = crit.monitor.suggest_weights()  # nothing measured: the program unchanged
+    assert suggestion.source == "0.7*huber(delta=1) + 0.3*temporal_diff"
+    assert all(b.device.type == "meta" for b in crit.monitor.buffers())
+
+
 def test_torch_compile_fullgraph_compiles_once_and_records():
     from torch._dynamo.testing import CompileCounter
 
