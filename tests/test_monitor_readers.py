@@ -192,3 +192,21 @@ def test_reset_starts_every_window_anew():
     crit(*batch(3))
     assert math.isclose(rows[0]["loss/mse"], by_hand(*batch(3))["mse"], rel_tol=1e-6)
     assert crit.monitor.as_dict()["loss/mse"] == pytest.approx(by_hand(*batch(3))["mse"], rel=1e-6)
+
+
+def test_compiled_calls_keep_the_phases_apart():
+    torch._dynamo.reset()
+    crit = lossdsl.compile(SOURCE)
+    compiled = torch.compile(crit, fullgraph=True, backend="eager")
+    train, val = [], []
+    for i in range(6):
+        pred, target = batch(i)
+        if i % 2:
+            with torch.no_grad():
+                compiled(pred, target)
+            val.append(by_hand(pred, target))
+        else:
+            compiled(pred.requires_grad_(), target).backward()
+            train.append(by_hand(pred.detach(), target))
+    assert_means(crit.monitor.as_dict(), window_means(train))
+    assert_means(crit.monitor.as_dict(phase="eval"), window_means(val))
