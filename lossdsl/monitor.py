@@ -362,7 +362,9 @@ class Monitor(SinkHost, StatsReader, nn.Module):
 class _EagerCounters:
     """Python counters of eager calls, kept off the module: no nn.Module.__setattr__ per call."""
 
-    __slots__ = ("pending", "phase", "calls", "rows", "rows_of", "deferred", "filled_with", "lock", "unstarted")
+    __slots__ = (
+        "pending", "phase", "calls", "rows", "rows_of", "deferred", "filled_with", "lock", "unstarted",
+    )
 
     def __init__(self, pending: int = 0, calls: int = 0, phase: int = 0) -> None:
         self.pending = pending  # rows of the history not folded yet

@@ -205,7 +205,8 @@ def test_config_append(tmp_path, append):
 def test_tensorboard_writer_without_tensorboard_names_the_extra(tmp_path, monkeypatch):
     import sys
 
-    for name in [n for n in sys.modules if n == "tensorboard" or n.startswith(("tensorboard.", "torch.utils.tensorboard"))]:
+    loaded = ("tensorboard", "tensorboard.", "torch.utils.tensorboard")
+    for name in [n for n in sys.modules if n.startswith(loaded)]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
