@@ -143,6 +143,7 @@ class Loss(nn.Module):
             set_attributes(self, _last=[None, None, False])  # and whether [0] ends with the total
         else:
             self.monitor.program = resolved  # not pickled with the monitor: rebuilt here
+        self.monitor.follow_step_of(self)  # the sinks' rows carry the stored step
 
     def _term_runner(self, term: ir.Term):
         return term_runner(term, self.source, self.nonfinite)
