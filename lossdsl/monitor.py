@@ -8,6 +8,10 @@ weight..., 1]`` and folded into the statistics, vectorised (the statistics thems
 in ``monitor_stats.py``, the readers in ``monitor_read.py``). Inside ``torch.compile`` the
 same fold runs on the single row in the graph, where it is fused.
 
+Training calls and validation calls (``crit.eval()``, ``torch.no_grad()``,
+``torch.inference_mode()``) are folded into separate statistics. The eager bookkeeping of a
+call runs under a lock, so a loss called from several threads counts every call once.
+
 >>> import torch, lossdsl
 >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
 >>> for _ in range(3):
@@ -20,6 +24,8 @@ same fold runs on the single row in the graph, where it is fused.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -38,6 +44,7 @@ from .suggest import Suggestion
 __all__ = ["Monitor", "Suggestion", "JsonlWriter", "TensorBoardWriter", "fold_rows"]
 
 _HISTORY_ROWS = 256
+_PHASES = 2  # 0: training calls, 1: validation calls (eval mode or gradients disabled)
 
 
 class Monitor(SinkHost, StatsReader, nn.Module):
@@ -46,9 +53,11 @@ class Monitor(SinkHost, StatsReader, nn.Module):
     ``names``: the logged terms and named composites, in order. ``program``: the resolved
     program (which names are terms; the source for :meth:`suggest_weights`). ``ema``: decay
     of the exponential moving average (bias-corrected when read). ``enabled=False`` stops
-    recording. Statistics are buffers (in ``crit.state_dict()``), with an extra column for
-    the total. ``as_dict()`` gives the means since the previous ``as_dict()``; ``summary()``
-    and ``stats()`` the statistics since ``reset()``. Reading syncs with the device once.
+    recording. Statistics are buffers (in ``crit.state_dict()``), one set per phase
+    (training, validation), with an extra column for the total. Every reader (``as_dict()``
+    of each phase, each attached sink) has its own window: the means since its own previous
+    read. ``summary()`` and ``stats()`` cover everything since ``reset()``. Reading syncs
+    with the device once.
     """
 
     def __init__(self, names: Sequence[str], program: Any = None, *, ema: float = 0.99) -> None:
@@ -57,13 +66,11 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         acc = _acc_dtype(torch.device("cpu"))
         k = len(QUANTITIES)
         set_buffers(self, {
-            "seen": torch.zeros((), dtype=torch.long),  # calls ever: the sinks' step
-            "window": torch.zeros(len(ROWS), c, dtype=acc),  # since the last read
-            "totals": torch.zeros(len(ROWS), c, dtype=acc),  # earlier windows
-            "ema_acc": torch.zeros(k, c, dtype=acc),
-            "ema_norm": torch.zeros(c, dtype=acc),
-            "low": torch.full((k, c), math.inf, dtype=acc),
-            "high": torch.full((k, c), -math.inf, dtype=acc),
+            "sums": torch.zeros(_PHASES, len(ROWS), c, dtype=acc),  # since reset(), per phase
+            "ema_acc": torch.zeros(_PHASES, k, c, dtype=acc),
+            "ema_norm": torch.zeros(_PHASES, c, dtype=acc),
+            "low": torch.full((_PHASES, k, c), math.inf, dtype=acc),
+            "high": torch.full((_PHASES, k, c), -math.inf, dtype=acc),
         })
         set_buffers(self, {"_history": torch.zeros(_HISTORY_ROWS, 2 * c)}, persistent=False)
         set_attributes(
@@ -76,6 +83,9 @@ class Monitor(SinkHost, StatsReader, nn.Module):
             _probe_inputs=("pred",),
             _sinks=[],
             _moved_weights={},
+            _marks={},  # reader -> its phase's sums at its previous read (absent: zeros)
+            _resumed=False,  # state was loaded: an attached log continues, it is not replaced
+            _owner=None,  # weakref to the Loss whose stored step labels the sinks' rows
         )
         self._set_program(program, acc)
 
@@ -96,15 +106,28 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         dtype, device = (acc, None) if old is None else (old.dtype, old.device)
         set_buffers(self, {"_leaf": torch.tensor(self._leaf_list, dtype=dtype, device=device)}, persistent=False)
 
+    def follow_step_of(self, loss: nn.Module) -> None:
+        """Label the sinks' rows with ``loss.step`` (the stored optimizer step), read when a
+        row is written. ``Loss`` calls this; a monitor of its own labels them with the
+        number of training calls."""
+        set_attributes(self, _owner=weakref.ref(loss))
+
+    def _stored_step(self) -> Tensor | int:
+        loss = self._owner() if self._owner is not None else None
+        step = getattr(loss, "step", None)
+        return step if isinstance(step, Tensor) else self._eager.calls
+
     # --- the per-call path ----------------------------------------------------------------
 
     def record(self, raw: Tensor, weights: Tensor, total: Any, logged=None, env=None) -> None:
         """Record one call: raw term values (K,), effective weights (K,) and the total.
 
-        The statistics follow the inputs' device (under ``torch.compile``, move the loss
-        there first: ``crit.to(device)``). ``logged`` (the term tensors) and ``env`` (the
-        call's inputs) are for the probe."""
+        A call in ``crit.eval()`` mode or with gradients disabled is a validation call. The
+        statistics follow the inputs' device (under ``torch.compile``, move the loss there
+        first: ``crit.to(device)``). ``logged`` (the term tensors) and ``env`` (the call's
+        inputs) are for the probe."""
         device, history = raw.device, self._history
+        phase = 0 if self.training and torch.is_grad_enabled() else 1
         if history.device != device:
             # state made during an inference_mode call must stay writable in later calls
             with torch.inference_mode(False):
@@ -119,30 +142,24 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         if torch.compiler.is_compiling():
             # One row, folded inside the graph. The probe and the sinks need the host, so they
             # run in eager calls only.
-            self._fold(torch.cat(parts)[None])
+            self._fold(torch.cat(parts)[None], phase)
             return
         eager = self._eager
-        if eager.filled_with is not False:
-            eager.filled_with = None  # this row gets its weights here; refill before a fast call
-        if raw.dtype == torch.float64 and history.dtype != raw.dtype:
-            self._flush()
-            with torch.inference_mode(False):
-                history = self._history = history.double()
-        row = eager.pending
-        if row == _HISTORY_ROWS:
-            self._flush()
-            row = 0
-        if eager.rows_of is not history:  # row views made once, not indexed per call
-            eager.rows, eager.rows_of = history.unbind(0), history
-        torch.cat(parts, out=eager.rows[row])
-        eager.pending = row + 1
-        eager.calls += 1
-        if self._probe_every and (eager.calls - 1) % self._probe_every == 0 and logged:
-            self._probe(weights, logged, env)
-        if self._sinks:
-            due = [sink for sink, every in self._sinks if eager.calls % every == 0]
-            if due:
-                self._write(due)
+        with eager.lock:
+            if eager.filled_with is not False:
+                eager.filled_with = None  # this row gets its weights here; refill before a fast call
+            if raw.dtype == torch.float64 and history.dtype != raw.dtype:
+                self._flush()
+                with torch.inference_mode(False):
+                    history = self._history = history.double()
+            row = self._next_row(phase)
+            history = self._history
+            if eager.rows_of is not history:  # row views made once, not indexed per call
+                eager.rows, eager.rows_of = history.unbind(0), history
+            torch.cat(parts, out=eager.rows[row])
+            eager.pending = row + 1
+            if not phase:
+                self._after_training_call(weights, logged, env)
 
     def record_terms(self, logged: list, weights: Tensor, total: Any, env, row: Tensor) -> None:
         """Record one call from what ``Loss.forward`` has: the term tensors (for the probe),
@@ -153,7 +170,6 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         Constant weights are written into the rows once.
         """
         history = self._history
-        eager = self._eager
         if (
             torch.compiler.is_compiling()
             or row.device != history.device
@@ -162,30 +178,49 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         ):
             self.record(row[:-1], weights, total, logged, env)
             return
-        at = eager.pending
-        if at == _HISTORY_ROWS:
+        phase = 0 if self.training and torch.is_grad_enabled() else 1
+        eager = self._eager
+        with eager.lock:
+            at = eager.pending
+            if eager.phase != phase or at == _HISTORY_ROWS:
+                at = self._next_row(phase)
+            if weights is eager.filled_with:
+                eager.deferred.append((at, row, None))
+            elif eager.filled_with is None and not weights.requires_grad:
+                # the same weights tensor every call (constant weights): fill every row once
+                k = len(self.names)
+                history[:, k + 1 : 2 * k + 1] = weights
+                history[:, 2 * k + 1] = 1.0
+                eager.filled_with = weights
+                eager.deferred.append((at, row, None))
+            else:
+                eager.filled_with = False
+                eager.deferred.append((at, row, weights.detach()))
+            eager.pending = at + 1
+            if not phase:  # _after_training_call, written out: this is the per-call path
+                calls = eager.calls = eager.calls + 1
+                if self._probe_every and (calls - 1) % self._probe_every == 0:
+                    self._probe(weights, logged, env)
+                if self._sinks:
+                    self._sinks_after_call(calls)
+
+    def _next_row(self, phase: int) -> int:
+        """The history row of this call; the pending rows are folded first when the history
+        is full or holds calls of the other phase."""
+        eager = self._eager
+        if eager.phase != phase or eager.pending == _HISTORY_ROWS:
             self._flush()
-            at = 0
-        if weights is eager.filled_with:
-            eager.deferred.append((at, row, None))
-        elif eager.filled_with is None and not weights.requires_grad:
-            # the same weights tensor every call (constant weights): fill every row once
-            k = len(self.names)
-            history[:, k + 1 : 2 * k + 1] = weights
-            history[:, 2 * k + 1] = 1.0
-            eager.filled_with = weights
-            eager.deferred.append((at, row, None))
-        else:
-            eager.filled_with = False
-            eager.deferred.append((at, row, weights.detach()))
-        eager.pending = at + 1
+            eager.phase = phase
+        return eager.pending
+
+    def _after_training_call(self, weights: Tensor, logged, env) -> None:
+        """The probe and the sinks, on their cadence of training calls."""
+        eager = self._eager
         eager.calls += 1
-        if self._probe_every and (eager.calls - 1) % self._probe_every == 0:
+        if self._probe_every and logged and (eager.calls - 1) % self._probe_every == 0:
             self._probe(weights, logged, env)
         if self._sinks:
-            due = [sink for sink, every in self._sinks if eager.calls % every == 0]
-            if due:
-                self._write(due)
+            self._sinks_after_call(eager.calls)
 
     def _place_deferred(self) -> None:
         """Write the deferred calls' values (and changing weights) into their history rows."""
@@ -203,20 +238,21 @@ class Monitor(SinkHost, StatsReader, nn.Module):
             history[at, k + 1 : 2 * k + 1] = torch.stack([w for _, w in changing]).to(history.dtype)
             history[at, 2 * k + 1] = 1.0
 
-    def _fold(self, rows: Tensor) -> None:
+    def _fold(self, rows: Tensor, phase: int) -> None:
         inc = fold_rows(rows, self._leaf, self.ema)
-        self.seen.add_(rows.shape[0])
-        self.window[: inc.sums.shape[0]].add_(inc.sums)
-        self.ema_acc.mul_(inc.decay).add_(inc.ema_add)
-        self.ema_norm.mul_(inc.decay).add_(inc.norm_add)
-        torch.minimum(self.low, inc.low, out=self.low)
-        torch.maximum(self.high, inc.high, out=self.high)
+        self.sums[phase, : inc.sums.shape[0]].add_(inc.sums)
+        self.ema_acc[phase].mul_(inc.decay).add_(inc.ema_add)
+        self.ema_norm[phase].mul_(inc.decay).add_(inc.norm_add)
+        low, high = self.low[phase], self.high[phase]
+        torch.minimum(low, inc.low, out=low)
+        torch.maximum(high, inc.high, out=high)
 
     def _flush(self) -> None:
-        self._place_deferred()
-        if self._eager.pending:
-            self._fold(self._history[: self._eager.pending])
-            self._eager.pending = 0
+        with self._eager.lock:
+            self._place_deferred()
+            if self._eager.pending:
+                self._fold(self._history[: self._eager.pending], self._eager.phase)
+                self._eager.pending = 0
 
     def _move(self, device: torch.device) -> None:
         """Follow the inputs to another device (once, when it changes)."""
@@ -288,7 +324,7 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         gn = norms * weights.abs().to(acc)  # the norm of a weighted term: |w| times the term's
         fin = torch.isfinite(gn)
         probed = torch.stack([torch.where(fin, gn, 0), fin.to(acc)])
-        self.window[-2:, :-1].add_(probed)  # not the total: one backward pass fewer
+        self.sums[0, -2:, :-1].add_(probed)  # not the total: one backward pass fewer
 
     # --- state ----------------------------------------------------------------------------
 
@@ -296,15 +332,27 @@ class Monitor(SinkHost, StatsReader, nn.Module):
         self._flush()  # pending rows belong in the saved statistics
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
+    def get_extra_state(self) -> dict:
+        """What decides the monitor's future besides the statistics: the count of training
+        calls (the probe's and the sinks' cadence) and every reader's window."""
+        return {"calls": self._eager.calls, "marks": {k: v.clone() for k, v in self._marks.items()}}
+
+    def set_extra_state(self, state: Any) -> None:
+        self._eager.calls = int(state["calls"])
+        self._marks = dict(state["marks"])
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._eager.pending = 0
-        self._eager.deferred = []
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        with self._eager.lock:
+            self._eager.pending = 0
+            self._eager.deferred = []
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            self._resumed = True
 
     def __getstate__(self):
         self._flush()
         state = self.__dict__.copy()
-        state.update(_sinks=[], _moved_weights={}, _program=None)  # files and closures stay here
+        # files, closures and the owner stay here; a restored copy continues its logs
+        state.update(_sinks=[], _moved_weights={}, _program=None, _owner=None, _resumed=True)
         return state
 
     def extra_repr(self) -> str:
@@ -314,19 +362,26 @@ class Monitor(SinkHost, StatsReader, nn.Module):
 class _EagerCounters:
     """Python counters of eager calls, kept off the module: no nn.Module.__setattr__ per call."""
 
-    __slots__ = ("pending", "calls", "rows", "rows_of", "deferred", "filled_with")
+    __slots__ = (
+        "pending", "phase", "calls", "rows", "rows_of", "deferred", "filled_with", "lock", "unstarted",
+    )
 
-    def __init__(self, pending: int = 0, calls: int = 0) -> None:
+    def __init__(self, pending: int = 0, calls: int = 0, phase: int = 0) -> None:
         self.pending = pending  # rows of the history not folded yet
-        self.calls = calls  # for the every-N of the probe and the sinks
+        self.phase = phase  # of the pending rows: 0 training, 1 validation
+        self.calls = calls  # training calls: the cadence of the probe and the sinks
         self.rows, self.rows_of = (), None  # views of the history's rows
         self.deferred: list = []  # (history row, values and total, weights or None) not written yet
         # the constant weights tensor already written into every row (None: none yet;
         # False: weights change per call and are written per row)
         self.filled_with = None
+        # Calls from several threads (nn.DataParallel) share the history and the counters.
+        # Re-entrant: a call that fills the history folds it under the same lock.
+        self.lock = threading.RLock()
+        self.unstarted = False  # sinks attached but not yet told whether the run resumed
 
     def __getstate__(self):
-        return (self.pending, self.calls)
+        return (self.pending, self.calls, self.phase)
 
     def __setstate__(self, state) -> None:
         self.__init__(*state)

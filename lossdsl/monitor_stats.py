@@ -14,10 +14,10 @@ from torch import Tensor
 __all__ = ["QUANTITIES", "ROWS", "Increment", "fold_rows", "acc_dtype", "buffer_dtype", "ratio", "grad_norm", "all_reduce"]
 
 QUANTITIES = ("raw", "weight", "weighted", "share")
-# Rows of the `window` and `totals` accumulators: sums of the quantities over the calls where
+# Rows of the `sums` accumulator (one per phase): sums of the quantities over the calls where
 # a column was finite, then counts, then the probe's sums and counts.
 ROWS = QUANTITIES + ("count", "calls", "grad_norm", "probes")
-_REDUCE = {"low": "MIN", "high": "MAX", "seen": "MAX"}  # the rest adds up over ranks
+_REDUCE = {"low": "MIN", "high": "MAX", "step": "MAX"}  # the rest adds up over ranks
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:

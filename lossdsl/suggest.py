@@ -47,13 +47,16 @@ class Suggestion:
 def target_shares(
     magnitude: Mapping[str, float], target: Mapping[str, float] | None, known: list[str]
 ) -> dict[str, float]:
-    """The share each term should get. ``target=None``: equal shares. Terms that ``target``
-    leaves out keep their current share; the named ones split the rest in the given ratios.
+    """The share of the whole each term of ``magnitude`` should get. ``target=None``: equal
+    shares. The terms ``target`` names get their given share; the ones it leaves out share
+    the rest equally. A ``target`` that names every term gives ratios (scaled to add up to 1).
 
     >>> target_shares({"a": 1.0, "b": 3.0}, None, ["a", "b"])
     {'a': 0.5, 'b': 0.5}
-    >>> target_shares({"a": 1.0, "b": 1.0, "c": 2.0}, {"a": 3, "b": 1}, ["a", "b", "c"])
-    {'a': 0.375, 'b': 0.125, 'c': 0.5}
+    >>> target_shares({"a": 1.0, "b": 1.0, "c": 2.0}, {"a": 0.5}, ["a", "b", "c"])
+    {'a': 0.5, 'b': 0.25, 'c': 0.25}
+    >>> target_shares({"a": 1.0, "b": 1.0}, {"a": 3, "b": 1}, ["a", "b"])
+    {'a': 0.75, 'b': 0.25}
     """
     names = list(magnitude)
     if target is None:
@@ -66,17 +69,23 @@ def target_shares(
         )
     bad = [n for n, t in target.items() if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
     given = [n for n in names if n in target]
-    if bad or (given and sum(target[n] for n in given) <= 0):
+    others = [n for n in names if n not in target]
+    named = sum(target[n] for n in given)
+    if bad or (not others and named <= 0):
         raise LossDSLError(
             "target shares must be finite numbers >= 0, not all zero",
             hint="for example target={'mse': 0.8, 'mae': 0.2}",
         )
-    total = sum(magnitude.values())
-    kept = {n: magnitude[n] / total for n in names if n not in target}
-    rest = max(0.0, 1.0 - sum(kept.values()))
-    scale = sum(target[n] for n in given)
-    shares = {n: rest * target[n] / scale for n in given}
-    return {n: shares.get(n, kept.get(n, 0.0)) for n in names}
+    if not others:
+        return {n: target[n] / named for n in names}
+    if named > 1 + 1e-9:
+        raise LossDSLError(
+            f"target shares add up to {named:g}, more than the whole",
+            hint="shares of the whole add up to at most 1 (the terms left out share the rest); "
+            "name every term to give ratios instead",
+        )
+    rest = max(0.0, 1.0 - named) / len(others)
+    return {n: float(target[n]) if n in target else rest for n in names}
 
 
 def suggest(

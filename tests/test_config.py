@@ -103,7 +103,7 @@ def test_monitor_settings_reach_the_monitor(tmp_path):
     values = []
     for i in range(6):
         pred = torch.full((4,), float(i), requires_grad=True)
-        crit(pred, torch.zeros(4)).backward()
+        crit(pred, torch.zeros(4), step=i + 1).backward()
         values.append(float(i) ** 2)  # mse of a constant error i
     # bias-corrected EMA with decay 0.5, computed by hand
     weights = [0.5 ** (len(values) - 1 - k) * 0.5 for k in range(len(values))]
@@ -111,7 +111,7 @@ def test_monitor_settings_reach_the_monitor(tmp_path):
     assert crit.monitor.stats()["mse"]["ema"] == pytest.approx(expected)
     crit.monitor.close()
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in records] == [3, 6]  # every 3 calls
+    assert [r["step"] for r in records] == [3, 6]  # every 3 calls, at steps 3 and 6
     # the probe ran (every 2 calls), so the log carries gradient norms
     assert "loss/mse/grad_norm" in records[0]
     # calls 4, 5, 6: raw mse 9, 16, 25 -> the window mean since the last write

@@ -151,7 +151,7 @@ def test_reset_and_disable():
 def test_statistics_are_in_the_state_dict():
     crit, mses, maes = run_two_terms(9, nan_every=3)
     state = crit.state_dict()
-    assert {"monitor.window", "monitor.totals", "monitor.ema_acc", "monitor.low", "monitor.high"} <= set(state)
+    assert {"monitor.sums", "monitor.ema_acc", "monitor.low", "monitor.high", "monitor._extra_state"} <= set(state)
     fresh = lossdsl.compile("0.7*mse + 0.3*mae(pred=other)", nonfinite="zero_term")
     fresh.monitor.ema = BETA
     fresh.load_state_dict(state)
@@ -183,7 +183,29 @@ def test_meta_device_uses_no_hidden_cpu_tensor():
     for _ in range(300):
         crit.monitor.record(raw, torch.ones(2, device="meta"), total)
     state = crit.monitor.state_dict()  # folds the pending rows, on meta
-    assert state and all(t.device.type == "meta" for t in state.values())
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert all(b.device.type == "meta" for b in crit.monitor.buffers())
+
+
+def test_reading_on_the_meta_device_skips_the_host():
+    # a meta tensor has no data to copy out: the readers give NaN or nothing, and a sink
+    # gets no row, instead of failing
+    crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
+    rows = []
+    crit.monitor.attach(lambda scalars, step: rows.append(scalars), every=1)
+    crit.monitor.probe(every=1)
+    x = torch.empty(4, 8, 2, device="meta", requires_grad=True)
+    loss = crit(x, torch.empty(4, 8, 2, device="meta"), step=3)
+    assert loss.device.type == "meta" and loss.shape == ()
+    crit.monitor.write()
+    assert rows == [] and crit.monitor.as_dict() == {}
+    stats = crit.monitor.stats()
+    assert set(stats) == {"huber", "temporal_diff", "total"}
+    assert all(math.isnan(v) for s in stats.values() for v in s.values())
+    assert crit.monitor.summary().splitlines()[0].startswith("term")
+    suggestion = crit.monitor.suggest_weights()  # nothing measured: the program unchanged
+    assert suggestion.source == "0.7*huber(delta=1) + 0.3*temporal_diff"
     assert all(b.device.type == "meta" for b in crit.monitor.buffers())
 
 

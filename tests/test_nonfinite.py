@@ -77,6 +77,22 @@ def test_raise_names_the_term_its_place_and_the_step():
     assert int(crit.step) == BAD_STEP
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_raise_records_the_bad_call_before_raising(fuse):
+    # catalogue terms only, so fuse=True takes its one-pass path for the good calls too
+    crit = lossdsl.compile("0.5*mse + mae", nonfinite="raise", fuse=fuse)
+    target = torch.zeros(4)
+    crit(torch.ones(4), target)
+    with pytest.raises(lossdsl.NonFiniteLossError):
+        crit(torch.tensor([1.0, float("nan"), 1.0, 1.0]), target)
+    assert math.isnan(float(crit.terms["mse"])) and math.isnan(float(crit.terms["mae"]))
+    stats = crit.monitor.stats()
+    for name in ("mse", "mae"):
+        assert stats[name]["count"] == 1 and stats[name]["nonfinite"] == 1  # count: finite calls
+        assert stats[name]["mean"] == pytest.approx(1.0)  # of the finite value: (1 - 0)^2, |1 - 0|
+    assert stats["total"]["nonfinite"] == 1
+
+
 def test_raise_names_every_bad_term():
     source = "mse + spiky + 3*blowup"
     crit = _crit("raise", source)

@@ -178,12 +178,93 @@ def test_state_from_a_different_program_is_refused():
     assert "mse + mae" in info.value.hint and "mse + 2 * mae" in info.value.hint
 
 
+def test_a_refused_state_changes_nothing():
+    # two programs with tensors of the same names and shapes: a learnable balancer, a
+    # stateful one, the step and the monitor; only the ema's beta differs
+    program = 'balance(mse, mae, method="uncertainty") + balance(huber, temporal_diff, method="ema", beta={})'
+    saved, crit = lossdsl.compile(program.format(0.5)), lossdsl.compile(program.format(0.9))
+    for loss, steps in ((saved, 5), (crit, 2)):
+        opt = torch.optim.SGD(loss.parameters(), lr=0.5)
+        for step in range(steps):
+            x, y = _batch(step)
+            opt.zero_grad()
+            loss(x[..., :2] * (1 + steps), y, step=10 * steps + step).backward()
+            opt.step()
+    state = saved.state_dict()
+    tensors = dict(crit.named_parameters()) | dict(crit.named_buffers())
+    before = {k: v.detach().clone() for k, v in tensors.items()}
+    assert any(not torch.equal(before[k], state[k]) for k in state if k in before)
+    with pytest.raises(lossdsl.LossDSLError, match="different loss program"):
+        crit.load_state_dict(state)
+    after = dict(crit.named_parameters()) | dict(crit.named_buffers())
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before), [
+        k for k in before if not torch.equal(after[k], before[k])
+    ]
+
+
 def test_state_from_the_same_program_written_differently_loads():
     crit = lossdsl.compile("mse+mae")
     crit(torch.zeros(3), torch.ones(3), step=5)
     other = lossdsl.compile("mse + mae  # the same program")
     other.load_state_dict(crit.state_dict())
     assert int(other.step) == 5
+
+
+MONITORED = "0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)"
+CALLS, SAVE_AT = 25, 13
+
+
+def _monitored_calls(crit, calls, log, dicts) -> None:
+    """Calls ``calls`` (1-based) with data that depends on the call only; as_dict() every 3."""
+    for i in calls:
+        gen = torch.Generator().manual_seed(500 + i)
+        pred = torch.randn(3, 7, 2, generator=gen).mul(1 + i % 4).requires_grad_()
+        crit(pred, torch.randn(3, 7, 2, generator=gen), step=2 * i).backward()
+        if i % 3 == 0:
+            dicts[i] = crit.monitor.as_dict()
+
+
+def _monitored(path):
+    crit = lossdsl.compile(MONITORED)
+    crit.monitor.probe(every=4)
+    crit.monitor.attach(lossdsl.JsonlWriter(path), every=10)
+    return crit
+
+
+def test_resumed_monitor_reads_what_an_uninterrupted_one_does(tmp_path):
+    """Probe every 4, a sink every 10 and as_dict() every 3 calls; saved at call 13, the
+    middle of every reader's window, and continued in a fresh compile."""
+    import io
+    import shutil
+
+    whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
+    ref_dicts, dicts = {}, {}
+    crit = _monitored(whole)
+    _monitored_calls(crit, range(1, SAVE_AT + 1), whole, ref_dicts)
+    buffer = io.BytesIO()
+    torch.save(crit.state_dict(), buffer)
+    crit.monitor.flush()
+    shutil.copy(whole, part)  # the log as the interrupted run left it
+    _monitored_calls(crit, range(SAVE_AT + 1, CALLS + 1), whole, ref_dicts)
+    crit.monitor.close()
+
+    resumed = _monitored(part)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer))  # weights only
+    _monitored_calls(resumed, range(SAVE_AT + 1, CALLS + 1), part, dicts)
+    resumed.monitor.close()
+
+    rows = whole.read_text().splitlines()
+    assert len(rows) == 2 and "grad_norm" in rows[1]
+    assert part.read_text().splitlines() == rows  # every row, the steps included (20, 40)
+    later = {i: d for i, d in ref_dicts.items() if i > SAVE_AT}
+    assert dicts == later
+    # probed at calls 1, 5, 9, 13, 17, 21, 25: in the windows that end at 15, 18 and 21
+    assert [i for i, d in later.items() if "loss/huber/grad_norm" in d] == [15, 18, 21]
+    for name in ("train", "eval"):
+        a, b = crit.monitor.stats(phase=name), resumed.monitor.stats(phase=name)
+        assert repr(a) == repr(b)  # NaN included
 
 
 if __name__ == "__main__":

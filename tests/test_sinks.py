@@ -24,7 +24,7 @@ def run(crit, calls, seed=0, nan_at=()):
         pred, target = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
         if i in nan_at:
             pred[0] = math.nan
-        crit(pred, target)
+        crit(pred, target, step=i + 1)
         values.append((F.mse_loss(pred, target).item(), F.l1_loss(pred, target).item()))
     return values
 
@@ -76,10 +76,10 @@ def test_tensorboard_events_hold_every_scalar(tmp_path):
     crit.monitor.attach(writer, every=2)
     gen = torch.Generator().manual_seed(1)
     values = []
-    for _ in range(6):
+    for step in range(1, 7):
         pred = torch.randn(6, generator=gen, requires_grad=True)
         target = torch.randn(6, generator=gen)
-        crit(pred, target)
+        crit(pred, target, step=step)
         values.append((F.mse_loss(pred, target).item(), F.l1_loss(pred, target).item()))
     crit.monitor.close()
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -129,3 +129,90 @@ def test_callable_and_custom_sinks():
     assert (4, "fn") in got
     with pytest.raises(lossdsl.LossDSLError, match="cannot write"):
         crit.monitor.attach(42)
+
+
+# --- a log is never replaced silently -------------------------------------------------------
+
+OLD = '{"step": 1, "loss/total": 1.0}\n'
+
+
+def test_an_existing_log_is_refused_before_training(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.write_text(OLD)
+    crit = lossdsl.compile(SOURCE)
+    crit.monitor.attach(lossdsl.JsonlWriter(path), every=5)
+    with pytest.raises(lossdsl.LossDSLError, match="already holds") as info:
+        crit(torch.zeros(3), torch.ones(3), step=1)  # the first training call, not the first row
+    assert "append=True" in info.value.hint and "new path" in info.value.hint
+    assert path.read_text() == OLD
+    with pytest.raises(lossdsl.LossDSLError, match="already holds"):
+        lossdsl.JsonlWriter(path).write({"loss/total": 2.0}, step=3)  # a writer on its own too
+    assert path.read_text() == OLD
+
+
+def test_append_true_and_an_empty_file_are_written(tmp_path):
+    kept, empty = tmp_path / "kept.jsonl", tmp_path / "empty.jsonl"
+    kept.write_text(OLD)
+    empty.write_text("")
+    crit = lossdsl.compile(SOURCE)
+    crit.monitor.attach(lossdsl.JsonlWriter(kept, append=True), every=2)
+    crit.monitor.attach(lossdsl.JsonlWriter(empty), every=2)
+    values = run(crit, 2)
+    crit.monitor.close()
+    lines = kept.read_text().splitlines()
+    assert lines[0] == OLD.strip() and len(lines) == 2
+    for record in (json.loads(lines[1]), json.loads(empty.read_text())):
+        assert record["step"] == 2
+        assert record["loss/mse"] == pytest.approx(window_means(values)["loss/mse"], rel=1e-6)
+
+
+def test_a_resumed_loss_appends_to_its_log(tmp_path):
+    path = tmp_path / "run.jsonl"
+    crit = lossdsl.compile(SOURCE)
+    crit.monitor.attach(lossdsl.JsonlWriter(path), every=2)
+    first = run(crit, 2)
+    state = crit.state_dict()
+    crit.monitor.close()
+    resumed = lossdsl.compile(SOURCE)
+    resumed.monitor.attach(lossdsl.JsonlWriter(path), every=2)
+    resumed.load_state_dict(state)
+    second = run(resumed, 2, seed=1)
+    resumed.monitor.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 2
+    assert records[0]["loss/mae"] == pytest.approx(window_means(first)["loss/mae"], rel=1e-6)
+    assert records[1]["loss/mae"] == pytest.approx(window_means(second)["loss/mae"], rel=1e-6)
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_config_append(tmp_path, append):
+    path = tmp_path / "terms.jsonl"
+    path.write_text(OLD)
+    crit = lossdsl.from_config(
+        {"expr": SOURCE, "monitor": {"sink": str(path), "log_every": 1, "append": append}}
+    )
+    if not append:
+        with pytest.raises(lossdsl.LossDSLError, match="already holds"):
+            crit(torch.zeros(3), torch.ones(3))
+        assert path.read_text() == OLD
+        return
+    crit(torch.zeros(3), torch.ones(3), step=4)
+    crit.monitor.close()
+    first, second = path.read_text().splitlines()
+    assert first == OLD.strip() and json.loads(second)["step"] == 4
+
+
+def test_tensorboard_writer_without_tensorboard_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    loaded = ("tensorboard", "tensorboard.", "torch.utils.tensorboard")
+    for name in [n for n in sys.modules if n.startswith(loaded)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(lossdsl.LossDSLError, match="tensorboard") as info:
+        lossdsl.TensorBoardWriter(tmp_path / "tb")
+    assert "pip install 'lossdsl[tensorboard]'" in str(info.value)
+    with pytest.raises(lossdsl.LossDSLError, match="tensorboard"):  # a config's sink: at compile
+        lossdsl.from_config({"expr": SOURCE, "monitor": {"sink": str(tmp_path / "tb")}})
+    assert not (tmp_path / "tb").exists()

@@ -176,3 +176,42 @@ def test_brackets_negation_and_nonlinear_units():
     # effective weight times value: d/d mse of b*mse^2 is 2*b*mse
     contributions = [a * mae, 2 * b * mse * mse, c * 0.3 * huber]
     assert max(contributions) / min(contributions) == pytest.approx(1.0, rel=2e-3)
+
+
+def test_a_partial_target_is_a_share_of_the_whole_and_the_rest_is_split_equally():
+    source = "0.7*huber(delta=1) + 0.3*temporal_diff + 0.2*mae"
+    weights = {"huber": 0.7, "temporal_diff": 0.3, "mae": 0.2}
+    crit = lossdsl.compile(source)
+    gen = torch.Generator().manual_seed(7)
+    data = [(torch.randn(4, 6, 2, generator=gen) * 3, torch.randn(4, 6, 2, generator=gen)) for _ in range(5)]
+    raw = {n: [] for n in weights}
+    for pred, target in data:
+        crit(pred, target)
+        raw["huber"].append(F.huber_loss(pred, target, delta=1.0).item())
+        d = (pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])
+        raw["temporal_diff"].append(d.abs().mean().item())
+        raw["mae"].append(F.l1_loss(pred, target).item())
+    # the mean weighted magnitude of each term, its share of the whole after the change
+    magnitude = {n: weights[n] * sum(v) / len(v) for n, v in raw.items()}
+    whole = sum(magnitude.values())
+    shares = {"huber": 0.5, "temporal_diff": 0.25, "mae": 0.25}
+    suggestion = crit.monitor.suggest_weights(target={"huber": 0.5})
+    for name, share in shares.items():
+        expected = weights[name] * share * whole / magnitude[name]
+        assert suggestion.weights[name] == pytest.approx(expected, rel=1e-6), name
+        new = suggestion.weights[name] * magnitude[name] / weights[name]
+        assert new / whole == pytest.approx(share, rel=1e-6)
+    w = factors(suggestion.source)
+    assert w == pytest.approx(suggestion.weights, rel=1e-3)
+
+
+def test_target_shares_over_the_whole_are_refused():
+    crit = lossdsl.compile("mse + mae + huber")
+    crit(torch.zeros(3), torch.full((3,), 2.0))
+    with pytest.raises(lossdsl.LossDSLError, match="more than the whole") as info:
+        crit.monitor.suggest_weights(target={"mse": 0.8, "mae": 0.4})
+    assert "ratios" in info.value.hint
+    # every term named: ratios
+    ratio = crit.monitor.suggest_weights(target={"mse": 3, "mae": 1, "huber": 0}).weights
+    mse, mae = 4.0, 2.0  # errors of 2: mse 4, mae 2
+    assert ratio["mse"] * mse / (ratio["mae"] * mae) == pytest.approx(3.0, rel=1e-6)

@@ -144,6 +144,13 @@ CASES = {
         ),
         _extreme_logits,
     ),
+    "bce_logits(pos_weight=2)": (
+        _logits,
+        lambda pred, target: F.binary_cross_entropy_with_logits(
+            pred, target, pos_weight=torch.tensor(2.0, dtype=torch.float64)
+        ),
+        _extreme_logits,
+    ),
     "cross_entropy": (_class_logits, lambda pred, target: F.cross_entropy(pred, target), _extreme_classes),
     f"cross_entropy(class_weights={W5}, label_smoothing=0.1, ignore_index=-1)": (
         lambda seed=0: _class_logits(seed, ignore=-1),
@@ -179,6 +186,34 @@ def test_bce_clamps_but_keeps_a_gradient_at_zero_and_one():
     # d/dp of -log p at p = eps, halved by the mean: finite and pointing the right way
     assert pred.grad[0].item() == pytest.approx(-0.5 / 1e-7, rel=1e-6)
     assert pred.grad[1].item() == pytest.approx(0.5 / 1e-7, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("eps", [1e-9, 1e-7, 1e-12])
+def test_bce_clamp_holds_where_one_minus_eps_rounds_to_one(dtype, eps):
+    # 1 - 1e-9 is 1.0 in float32: the upper clamp must still give -log(eps) at p=1, t=0
+    pred = torch.tensor([1.0, 0.0], dtype=dtype, requires_grad=True)
+    target = torch.tensor([0.0, 1.0], dtype=dtype)
+    out = lossdsl.compile(f"bce(eps={eps})")(pred, target)
+    out.backward()
+    half = dtype != torch.float32
+    assert out.item() == pytest.approx(-math.log(eps), rel=4e-3 if half else 1e-4)
+    # the gradient at the bound, d/dp -log(1 - p) = 1/eps (halved by the mean); in half
+    # precision it is what the dtype can hold (float16: inf beyond 65504 is not a bound)
+    expected = 0.5 / eps
+    grad = pred.grad.double()
+    if dtype == torch.float16 and expected > torch.finfo(dtype).max:
+        return
+    assert grad[0].item() == pytest.approx(expected, rel=1e-2 if half else 1e-4)
+    assert grad[1].item() == pytest.approx(-expected, rel=1e-2 if half else 1e-4)
+
+
+def test_bce_on_probabilities_outside_zero_one_stays_finite_and_non_negative():
+    pred = torch.tensor([1.5, -0.5, 1.0, 0.0])
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    got = lossdsl.compile('bce(eps=1e-9, reduction="sum")')(pred, target)
+    # clamped to [eps, 1 - eps]: two confident mistakes, two right answers of ~0 loss each
+    assert got.item() == pytest.approx(-2 * math.log(1e-9), rel=1e-5)
 
 
 def test_cross_entropy_class_weights_mean_differs_from_focal_ce_plain_mean():
@@ -222,6 +257,19 @@ def test_pos_weight_length_is_checked_and_one_value_broadcasts():
     got = lossdsl.compile("bce_logits(pos_weight=[2.5])")(**inputs)
     ref = F.binary_cross_entropy_with_logits(*inputs.values(), pos_weight=torch.tensor([2.5], dtype=torch.float64))
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
+    # a plain number, as torch accepts (a 0-dim pos_weight), integer or float
+    for written in ("2.5", "2.50"):
+        got = lossdsl.compile(f"bce_logits(pos_weight={written})")(**inputs)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
+    got = lossdsl.compile("bce_logits(pos_weight=3)")(**inputs)
+    three = torch.tensor(3.0, dtype=torch.float64)
+    ref3 = F.binary_cross_entropy_with_logits(*inputs.values(), pos_weight=three)
+    torch.testing.assert_close(got, ref3, rtol=1e-10, atol=0)
+    assert lossdsl.registry["bce_logits"].hyper[0].describe() == (
+        "pos_weight: float >= 0 | list of float >= 0 | none = None"
+    )
+    with pytest.raises(lossdsl.LossArgumentError, match="greater than or equal to 0"):
+        lossdsl.compile("bce_logits(pos_weight=-1)")
     with pytest.raises(lossdsl.LossInputError, match="pos_weight has 3 values"):
         lossdsl.compile("bce_logits(pos_weight=[1, 2, 3])")(**inputs)
 

@@ -191,3 +191,16 @@ def test_gaussian_nll_var_shapes_and_clamp_follow_torch():
     torch.testing.assert_close(var.grad, ref_var.grad, rtol=1e-10, atol=0)
     with pytest.raises(lossdsl.LossInputError, match="var"):
         lossdsl.compile("gaussian_nll")(pred, target, var=torch.ones(3, dtype=torch.float64))
+
+
+def test_gaussian_nll_of_a_large_negative_variance_is_the_clamped_value():
+    # -1e10 clamped to eps: the value is exactly the one at eps (a straight-through clamp
+    # written as v + (eps - v).detach() rounds it to 0 and gives log 0)
+    var = torch.tensor([-1e10, 1.0], requires_grad=True)
+    pred, target = torch.tensor([0.5, 0.5]), torch.zeros(2)
+    out = lossdsl.compile("gaussian_nll")(pred, target, var=var)
+    out.backward()
+    clamped = torch.tensor([1e-6, 1.0], dtype=torch.float64)
+    expected = F.gaussian_nll_loss(pred.double(), target.double(), clamped)
+    assert out.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.isfinite(var.grad).all()

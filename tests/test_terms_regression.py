@@ -203,6 +203,68 @@ def test_log_cosh_is_stable_for_large_errors():
     torch.testing.assert_close(got, torch.log(torch.cosh(small)).sum(), rtol=1e-12, atol=1e-15)
 
 
+def _log_cosh_float64(x):
+    """log(cosh(x)) in float64 from three independent formulas: the Taylor series near 0
+    (where log(cosh) itself cancels), log(cosh) in the middle, the asymptotic form far out."""
+    a = x.abs()
+    series = a**2 / 2 - a**4 / 12 + a**6 / 45 - 17 * a**8 / 2520 + 31 * a**10 / 14175
+    direct = torch.log(torch.cosh(a.clamp_max(300.0)))
+    far = a - math.log(2.0) + torch.log1p(torch.exp(-2.0 * a))
+    return torch.where(a < 1e-2, series, torch.where(a < 300.0, direct, far))
+
+
+def test_log_cosh_float32_is_accurate_from_tiny_to_huge_errors():
+    magnitudes = torch.logspace(-6, 4, 4001, dtype=torch.float64)
+    e = torch.cat([magnitudes, -magnitudes]).float()  # float32 inputs, 1e-6 .. 1e4 both signs
+    crit = lossdsl.compile('log_cosh(reduction="sum")')
+    one_at_a_time = e[::20]
+    values = torch.stack([crit(x[None], torch.zeros(1)) for x in one_at_a_time]).double()
+    expected = _log_cosh_float64(one_at_a_time.double())
+    rel = ((values - expected).abs() / expected).max().item()
+    assert rel <= 1e-5, rel
+    # all of them at once: the sum, and the gradient element by element
+    pred = e.clone().requires_grad_()
+    out = crit(pred, torch.zeros_like(e))
+    (grad,) = torch.autograd.grad(out, pred)
+    torch.testing.assert_close(grad.double(), torch.tanh(e.double()), rtol=1e-6, atol=0)
+    total = _log_cosh_float64(e.double()).sum()
+    assert abs(out.item() - total.item()) <= 1e-6 * total.item()
+
+
+def test_log_cosh_is_exactly_zero_at_zero_with_zero_gradient():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        pred = torch.zeros(3, dtype=dtype, requires_grad=True)
+        out = lossdsl.compile("log_cosh")(pred, torch.zeros(3, dtype=dtype))
+        out.backward()
+        assert out.item() == 0.0 and (pred.grad == 0).all()
+
+
+def test_log_cosh_residual_form_agrees_with_the_term():
+    # two terms on e = pred - target share e and call the residual form; alone, the term
+    # is called with pred and target: the same numbers either way, masked or not
+    g = torch.Generator().manual_seed(8)
+    pred = (torch.randn(64, generator=g) * torch.logspace(-5, 3, 64)).requires_grad_()
+    target = torch.zeros(64)
+    mask = (torch.rand(64, generator=g) > 0.3).float()
+    for kwargs in ({}, {"mask": mask}):
+        shared = lossdsl.compile("log_cosh + 0*mae")
+        total = shared(pred, target, **kwargs)
+        alone = lossdsl.compile("log_cosh")(pred, target, **kwargs)
+        assert shared.terms["log_cosh"].item() == alone.item()
+        g1 = torch.autograd.grad(total, pred)[0]
+        g2 = torch.autograd.grad(alone, pred)[0]
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+
+
+def test_log_cosh_has_a_second_derivative():
+    e = torch.tensor([-3.0, -1e-3, 0.0, 0.4, 50.0], dtype=torch.float64, requires_grad=True)
+    crit = lossdsl.compile('log_cosh(reduction="sum")')
+    assert torch.autograd.gradgradcheck(lambda x: crit(x, torch.zeros(5, dtype=torch.float64)), (e,))
+    (grad,) = torch.autograd.grad(crit(e, torch.zeros(5, dtype=torch.float64)), e, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), e)
+    torch.testing.assert_close(second, 1 - torch.tanh(e.detach()) ** 2, rtol=1e-12, atol=1e-15)
+
+
 def test_quantile_minimiser_is_the_quantile():
     # the value is minimised by the q-th quantile of the target (a property, checked on a grid)
     target = torch.arange(1, 101, dtype=torch.float64)

@@ -144,3 +144,20 @@ def test_l2_reg_of_a_model_with_nothing_to_count_is_zero():
     assert lossdsl.compile("l2_reg")(model=net).item() == 0.0
     expected = 0.5 * sum((p.detach() ** 2).sum() for p in net.parameters())
     assert lossdsl.compile("l2_reg(biases=true)")(model=net).item() == pytest.approx(expected.item())
+
+
+def test_l2_reg_of_a_half_precision_layer_does_not_overflow_before_its_weight():
+    # 0.5 * 3000 * 3000 = 4.5e6 is far beyond float16's 65504; weighted by 1e-4 it is 450
+    layer = nn.Linear(3000, 3000, bias=False).half()
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    pred = torch.zeros(4, dtype=torch.float16)
+    crit = lossdsl.compile("mse + 1e-4*l2_reg")
+    total = crit(pred, torch.zeros(4, dtype=torch.float16), model=layer)
+    assert torch.isfinite(total) and total.item() == pytest.approx(450.0, rel=1e-6)
+    assert crit.terms["l2_reg"].dtype == torch.float32
+    assert crit.terms["l2_reg"].item() == 0.5 * 3000 * 3000
+    total.backward()
+    # d/dw of 1e-4 * 0.5 * w^2 = 1e-4 * w, back in the parameter's dtype
+    assert layer.weight.grad.dtype == torch.float16
+    torch.testing.assert_close(layer.weight.grad.float(), torch.full((3000, 3000), 1e-4), rtol=1e-3, atol=0)

@@ -84,6 +84,11 @@ class MonitorSettings(BaseModel):
         description="where to write: a path ending in .jsonl (one JSON object a line) or a "
         "TensorBoard log directory; relative paths are relative to the working directory",
     )
+    append: bool = Field(
+        default=False,
+        description="add to a .jsonl sink that already holds records instead of refusing it "
+        "(a loss resumed from a state_dict appends by itself)",
+    )
 
 
 class LossConfig(BaseModel):
@@ -231,7 +236,7 @@ def from_config(config: Any, *, key: str | None = None, terms: Mapping[str, Call
     return load_config(config, key=key).compile(terms=terms)
 
 
-def make_sink(target: str):
+def make_sink(target: str, append: bool = False):
     """A sink for a path: ``*.jsonl`` gives a JSONL writer, anything else a TensorBoard directory.
 
     >>> type(make_sink("runs/terms.jsonl")).__name__
@@ -240,7 +245,7 @@ def make_sink(target: str):
     from .sinks import JsonlWriter, TensorBoardWriter
 
     if str(target).endswith(".jsonl"):
-        return JsonlWriter(target)
+        return JsonlWriter(target, append=append)
     return TensorBoardWriter(target)
 
 
@@ -260,7 +265,7 @@ def apply_monitor_settings(crit, settings: MonitorSettings) -> None:
     if settings.probe_every is not None:
         monitor.probe(every=settings.probe_every)
     if settings.sink is not None:
-        monitor.attach(make_sink(settings.sink), every=settings.log_every)
+        monitor.attach(make_sink(settings.sink, append=settings.append), every=settings.log_every)
 
 
 # --- reading files ---------------------------------------------------------------------------

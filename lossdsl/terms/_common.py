@@ -22,6 +22,8 @@ __all__ = [
     "HALF_DTYPES",
     "check_same_shape",
     "check_tensor",
+    "check_floating",
+    "check_class_indices",
     "check_dim",
     "compute_dtype",
     "upcast",
@@ -29,7 +31,11 @@ __all__ = [
     "residual_form",
     "reduce_elementwise",
     "reduce",
+    "kept_positions",
+    "reduce_kept",
+    "elementwise",
     "safe_pow",
+    "clamp_straight_through",
     "as_tensor_param",
 ]
 
@@ -46,11 +52,30 @@ def check_tensor(value, name: str) -> Tensor:
     return value
 
 
+def check_floating(x: Tensor, name: str = "pred") -> Tensor:
+    """A ``LossInputError`` for integer, bool or complex values where a term needs real floats
+    (its gradient, its logarithms); a dtype attribute test, no device work."""
+    check_tensor(x, name)
+    if not x.is_floating_point():
+        kind = "complex" if x.is_complex() else "integer" if x.dtype != torch.bool else "boolean"
+        raise LossInputError(
+            f"{name} has dtype {x.dtype} ({kind}), but this term needs floating-point values",
+            hint=f"convert it: {name}.float()"
+            + (f" (or {name}.real / {name}.abs() for complex values)" if x.is_complex() else ""),
+        )
+    return x
+
+
 def check_same_shape(pred: Tensor, target: Tensor, what: str = "target") -> None:
-    """Elementwise terms never broadcast pred against target silently."""
+    """Elementwise terms never broadcast pred against target silently; pred is real floating
+    point (a complex target is refused too: the terms are defined on real numbers)."""
     if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
         check_tensor(pred, "pred")
         check_tensor(target, what)
+    if not pred.is_floating_point():
+        check_floating(pred, "pred")
+    if target.is_complex():
+        check_floating(target, what)
     if pred.shape != target.shape:
         raise LossInputError(
             f"pred has shape {tuple(pred.shape)} but {what} has shape {tuple(target.shape)}",
@@ -124,12 +149,102 @@ def reduce_elementwise(
             return masked
         count = torch.broadcast_to(m, loss.shape).sum()
         return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
-    return loss.sum() if reduction == "sum" else loss.mean()
+    return reduce(loss, reduction)
 
 
 def reduce(loss: Tensor, reduction: Reduction = "mean") -> Tensor:
-    """``mean`` or ``sum`` over all elements."""
-    return loss.sum() if reduction == "sum" else loss.mean()
+    """``mean`` or ``sum`` over all elements; the mean of nothing is 0 (an empty batch gives
+    0 with an empty gradient, like an all-zero mask, where ``Tensor.mean`` gives NaN)."""
+    if reduction == "sum" or loss.numel() == 0:  # numel is shape metadata: no device work
+        return loss.sum()
+    return loss.mean()
+
+
+def kept_positions(weight: Tensor | None, mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """The positions a weighted or masked term computes: ``weight != 0`` and ``mask != 0``
+    (checked to broadcast to ``shape``); ``None`` when there is neither."""
+    keep = None
+    if weight is not None:
+        _check_broadcast(weight, shape, "weight")
+        keep = weight != 0
+    if mask is not None:
+        _check_broadcast(mask, shape, "mask")
+        keep = mask != 0 if keep is None else keep & (mask != 0)
+    return keep
+
+
+def reduce_kept(
+    loss: Tensor, weight: Tensor | None, mask: Tensor | None, keep: Tensor | None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """:func:`reduce_elementwise` of a ``loss`` computed on inputs cleaned at the left-out
+    positions (``keep`` false, see :func:`elementwise`), so finite there: ``0 * loss`` is 0.
+    A weight that is NaN or infinite where the mask is 0 (``1 / count`` of an empty bin) is
+    kept out with ``torch.where`` (``0 * nan`` is NaN); that pass is made only when both are
+    given."""
+    if keep is None:
+        return reduce(loss, reduction)
+    if weight is not None:
+        loss = loss * weight.to(loss.dtype)
+        if mask is not None:
+            loss = torch.where(keep, loss, 0.0)
+    if mask is None:
+        return reduce(loss, reduction)
+    m = mask.to(loss.dtype)
+    masked = (loss * m).sum()
+    if reduction == "sum":
+        return masked
+    count = torch.broadcast_to(m, loss.shape).sum()
+    return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
+
+
+def elementwise(
+    fn, inputs: tuple[Tensor, ...], weight: Tensor | None, mask: Tensor | None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """``fn(*inputs)`` reduced with ``weight``/``mask`` as DESIGN.md §5 defines, leaving the
+    positions of weight 0 or mask 0 out: their inputs are replaced by 0 *before* ``fn``, so
+    NaN or garbage there (padding) reaches neither the value nor, through ``fn``'s backward,
+    the gradient. Without weight and mask this is ``reduce(fn(*inputs))``: no extra work.
+
+    >>> import torch
+    >>> x = torch.tensor([2.0, float("nan")])
+    >>> float(elementwise(torch.square, (x,), None, torch.tensor([1.0, 0.0])))
+    4.0
+    """
+    keep = kept_positions(weight, mask, inputs[0].shape)
+    if keep is not None:
+        inputs = tuple(torch.where(keep, x, 0.0) for x in inputs)
+    return reduce_kept(fn(*inputs), weight, mask, keep, reduction)
+
+
+def check_class_indices(target: Tensor, classes: int, ignore_index: int | None = None) -> None:
+    """A ``LossInputError`` for a class index outside ``[0, classes)`` (``ignore_index`` aside).
+
+    Reads two numbers back from the tensor, so it runs on the CPU only: on an accelerator
+    that read would wait for the device on every call, and torch's own check (a device-side
+    assert) stays in charge there; under ``torch.compile`` tracing it is skipped too.
+    """
+    if target.device.type != "cpu" or target.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = (int(v) for v in torch.aminmax(target))
+    if low >= 0 and high < classes:
+        return
+    if ignore_index is not None and not 0 <= ignore_index < classes:
+        counted = target[target != ignore_index]
+        if counted.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(counted))
+        if low >= 0 and high < classes:
+            return
+    bad = low if low < 0 else high
+    ignored = f" (ignore_index={ignore_index} is skipped)" if ignore_index is not None else ""
+    raise LossInputError(
+        f"target holds the class index {bad}, but pred has {classes} classes: indices must be "
+        f"in 0..{classes - 1}{ignored}",
+        hint="check the labels and the class axis (class_dim=); a label meaning 'no class' "
+        "needs ignore_index= (cross_entropy)",
+    )
 
 
 def check_dim(x: Tensor, dim: int, name: str = "pred", hint: str | None = None) -> int:
@@ -158,6 +273,15 @@ def safe_pow(x: Tensor, p: float) -> Tensor:
         return x.pow(p)
     positive = x > 0
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).pow(p), torch.zeros_like(x))
+
+
+def clamp_straight_through(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
+    """``x.clamp(min, max)`` in value, ``x`` for the gradient (1 everywhere, also where clamped).
+
+    The value is exactly the clamped one: ``x + (clamped - x).detach()`` would round it away
+    for ``x`` far outside (``-0.5 + (1e-9 + 0.5)`` is 0 in float32, and its log -inf).
+    """
+    return x.clamp(min, max).detach() + (x - x.detach())
 
 
 def as_tensor_param(values, like: Tensor, name: str, length: int | None = None) -> Tensor | None:

@@ -2,11 +2,14 @@
 
 bce (probabilities), bce_logits, cross_entropy, focal (binary), focal_ce (multi-class) and
 dice. Every term on logits works in log-space (log-sum-exp, log-sigmoid), so logits of
-±100 give finite values and gradients; ``bce`` clamps its probabilities.
+±100 give finite values and gradients; ``bce`` clamps its probabilities. As in the
+regression terms, a position whose weight or mask is 0 is left out before the loss is
+computed, and the mean of an empty batch is 0.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
@@ -18,11 +21,14 @@ from ..errors import LossInputError
 from ._common import (
     Reduction,
     as_tensor_param,
+    check_class_indices,
     check_dim,
+    check_floating,
     check_same_shape,
     check_tensor,
+    clamp_straight_through,
+    elementwise,
     reduce,
-    reduce_elementwise,
     safe_pow,
     upcast,
 )
@@ -31,6 +37,9 @@ __all__ = ["bce", "bce_logits", "cross_entropy", "focal", "focal_ce", "dice"]
 
 NonNegative = Annotated[float, Ge(0)]
 Weights = Annotated[list[NonNegative], MinLen(1)] | None  # one per class, or one for all
+# bce's floor under eps: below exp(-100) torch's binary_cross_entropy caps -log at 100, and
+# below the smallest normal number of the compute dtype eps itself would round to 0
+_LOG_FLOOR = math.exp(-100.0)
 
 
 def bce(
@@ -40,34 +49,50 @@ def bce(
     """Binary cross entropy on probabilities, clamped to [eps, 1 - eps].
 
     Value: mean(-(t log p + (1 - t) log(1 - p))) with p = clamp(pred, eps, 1 - eps), equal
-    to ``F.binary_cross_entropy`` on the clamped probabilities. At a clamped probability the
-    gradient is the one at the bound (finite, not zeroed), so a confidently wrong prediction
-    still learns. Prefer ``bce_logits`` where the model gives logits. Example: ``bce + 0.5*dice(from_logits=false)``.
+    to ``F.binary_cross_entropy`` on the clamped probabilities. 1 - p is clamped on its own
+    too, so the bound holds where 1 - eps rounds to 1 (float32, eps < 6e-8): p = 1, t = 0
+    gives -log(eps). At a clamped probability the gradient is the one at the bound (finite,
+    at most 1/eps, not zeroed), so a confidently wrong prediction still learns. An eps below
+    the compute dtype's smallest normal number (or exp(-100)) is raised to it. Prefer
+    ``bce_logits`` where the model gives logits. Example: ``bce + 0.5*dice(from_logits=false)``.
     """
     check_same_shape(pred, target)
     p, t = upcast(pred, target)
-    # straight-through clamp: the value is clamped, the gradient passes as at the bound
-    p = p + (p.clamp(eps, 1.0 - eps) - p).detach()
-    l = F.binary_cross_entropy(p, t.to(p.dtype), reduction="none")
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    floor = max(eps, _LOG_FLOOR, torch.finfo(p.dtype).tiny)
+    l = elementwise(lambda p, t: _clamped_bce(p, t, floor), (p, t.to(p.dtype)), weight, mask, reduction)
+    return l.to(pred.dtype)
+
+
+def _clamped_bce(p: Tensor, t: Tensor, eps: float) -> Tensor:
+    # p and 1 - p are clamped to [eps, 1 - eps] each: 1 - eps itself rounds to 1 in float32
+    # for eps < 6e-8, which would leave log(1 - p) unclamped, while 1 - p >= eps holds in any
+    # dtype. Straight-through: the value is taken at the bound and so is the gradient.
+    q = clamp_straight_through(1.0 - p, eps, 1.0 - eps)
+    p = clamp_straight_through(p, eps, 1.0 - eps)
+    return -(t * torch.log(p) + (1.0 - t) * torch.log(q))
 
 
 def bce_logits(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
-    *, pos_weight: Weights = None, reduction: Reduction = "mean",
+    *, pos_weight: NonNegative | Weights = None, reduction: Reduction = "mean",
 ) -> Tensor:
     """Binary cross entropy on logits (log-sigmoid form, stable for any logit).
 
-    Equals ``F.binary_cross_entropy_with_logits``; ``pos_weight`` (one value, or one per
-    class along the last axis) scales the positive part: -(w t log s(x) + (1 - t) log s(-x)).
-    Example: ``bce_logits(pos_weight=[3.0])``.
+    Equals ``F.binary_cross_entropy_with_logits``; ``pos_weight`` (one number, or a list of
+    one per class along the last axis) scales the positive part:
+    -(w t log s(x) + (1 - t) log s(-x)). Example: ``bce_logits(pos_weight=3)``.
     """
     check_same_shape(pred, target)
     x, t = upcast(pred, target)
     classes = x.shape[-1] if x.dim() else 1
+    if isinstance(pos_weight, (int, float)):
+        pos_weight = [pos_weight]
     pw = as_tensor_param(pos_weight, x, "pos_weight", classes)
-    l = F.binary_cross_entropy_with_logits(x, t.to(x.dtype), pos_weight=pw, reduction="none")
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    l = elementwise(
+        lambda x, t: F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none"),
+        (x, t.to(x.dtype)), weight, mask, reduction,
+    )
+    return l.to(pred.dtype)
 
 
 def _class_axis(pred: Tensor, target: Tensor, class_dim: int, term: str) -> tuple[Tensor, Tensor, bool]:
@@ -75,8 +100,10 @@ def _class_axis(pred: Tensor, target: Tensor, class_dim: int, term: str) -> tupl
 
     Returns (pred, target, index_targets). A 1-d pred is a single sample.
     """
-    check_tensor(pred, "pred")
+    check_floating(pred, "pred")
     check_tensor(target, "target")
+    if target.is_complex():
+        check_floating(target, "target")
     index_targets = not target.is_floating_point()
     if pred.dim() < 2:
         if pred.dim() == 0:
@@ -127,6 +154,8 @@ def cross_entropy(
     if not index_targets:
         t = t.to(x.dtype)
     classes = x.shape[1] if x.dim() > 1 else x.shape[0]
+    if index_targets:
+        check_class_indices(t, classes, ignore_index)
     w = as_tensor_param(class_weights, x, "class_weights", classes)
     if w is not None and w.numel() == 1:
         w = w.expand(classes)
@@ -136,7 +165,7 @@ def cross_entropy(
     if reduction == "sum":
         return l.sum().to(pred.dtype)
     if not index_targets:
-        return l.mean().to(pred.dtype)
+        return reduce(l).to(pred.dtype)
     # torch's mean divides by the summed weights of the counted targets; doing it here
     # keeps an all-ignored batch at 0 (torch gives 0/0 = NaN there, in value and gradient)
     valid = t != ignore_index
@@ -159,13 +188,17 @@ def focal(
     """
     check_same_shape(pred, target)
     x, t = upcast(pred, target)
-    t = t.to(x.dtype)
+    l = elementwise(lambda x, t: _focal(x, t, gamma, alpha), (x, t.to(x.dtype)), weight, mask, reduction)
+    return l.to(pred.dtype)
+
+
+def _focal(x: Tensor, t: Tensor, gamma: float, alpha: float) -> Tensor:
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     one_minus_pt = torch.sigmoid(x) * (1.0 - t) + torch.sigmoid(-x) * t
     l = ce * safe_pow(one_minus_pt, gamma)
     if alpha >= 0:
         l = (alpha * t + (1.0 - alpha) * (1.0 - t)) * l
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    return l
 
 
 def focal_ce(
@@ -187,6 +220,7 @@ def focal_ce(
         )
     (x,) = upcast(logits)
     axis = 1 if x.dim() > 1 else 0
+    check_class_indices(t, x.shape[axis])
     log_p = F.log_softmax(x, dim=axis)
     log_py = log_p.gather(axis, t.unsqueeze(axis)).squeeze(axis)
     l = -safe_pow(-torch.expm1(log_py), gamma) * log_py

@@ -14,7 +14,7 @@ from annotated_types import Gt
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_same_shape, check_tensor, reduce, upcast
+from ._common import Reduction, check_floating, check_same_shape, clamp_straight_through, reduce, upcast
 
 __all__ = ["kl_div", "vae_kl", "gaussian_nll", "poisson_nll"]
 
@@ -29,7 +29,9 @@ def kl_div(pred: Tensor, target: Tensor, *, log_target: bool = False) -> Tensor:
     """
     check_same_shape(pred, target)
     x, t = upcast(pred, target)
-    return F.kl_div(x, t.to(x.dtype), reduction="batchmean", log_target=log_target).to(pred.dtype)
+    # batchmean divides by the batch size: an empty batch is 0/0 there, here 0
+    how = "sum" if x.numel() == 0 else "batchmean"
+    return F.kl_div(x, t.to(x.dtype), reduction=how, log_target=log_target).to(pred.dtype)
 
 
 def vae_kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -39,8 +41,8 @@ def vae_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     the latent being every other axis (a 1-d mu is one sample). Inputs ``mu`` and ``logvar``:
     ``crit(pred, target, mu=mu, logvar=logvar)``. Example: ``mse + linear(0, 1, steps=5000)*vae_kl``.
     """
-    check_tensor(mu, "mu")
-    check_tensor(logvar, "logvar")
+    check_floating(mu, "mu")
+    check_floating(logvar, "logvar")
     if mu.shape != logvar.shape:
         raise LossInputError(
             f"mu has shape {tuple(mu.shape)} but logvar has shape {tuple(logvar.shape)}",
@@ -51,12 +53,12 @@ def vae_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     if m.dim() <= 1:
         return (-0.5 * per_element.sum()).to(mu.dtype)
     per_sample = per_element.flatten(1).sum(1)
-    return (-0.5 * per_sample.mean()).to(mu.dtype)
+    return (-0.5 * reduce(per_sample)).to(mu.dtype)
 
 
 def _var_like(var: Tensor, pred: Tensor) -> Tensor:
     """torch's rule: var has pred's shape, or pred's shape without (or with 1 as) the last axis."""
-    check_tensor(var, "var")
+    check_floating(var, "var")
     shape = tuple(pred.shape)
     if tuple(var.shape) == shape:
         return var
@@ -86,7 +88,7 @@ def gaussian_nll(
     v = _var_like(var, pred)
     p, t, v = upcast(pred, target, v)
     # clamped value, identity gradient: torch clamps under no_grad, this is the same thing
-    v = v + (v.clamp_min(eps) - v).detach()
+    v = clamp_straight_through(v, min=eps)
     e = p - t
     l = 0.5 * (torch.log(v) + e * e / v)
     return reduce(l, reduction).to(pred.dtype)

@@ -14,7 +14,7 @@ from annotated_types import Ge
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_dim, check_same_shape, check_tensor, reduce, upcast
+from ._common import Reduction, check_dim, check_floating, check_same_shape, reduce, upcast
 
 __all__ = ["margin_ranking", "pairwise_ranking", "triplet", "cosine_distance"]
 
@@ -24,7 +24,7 @@ Margin = Annotated[float, Ge(0)]
 def _same_shapes(**tensors: Tensor) -> None:
     names = list(tensors)
     for name in names:
-        check_tensor(tensors[name], name)
+        check_floating(tensors[name], name)
     first = tensors[names[0]]
     for name in names[1:]:
         if tensors[name].shape != first.shape:

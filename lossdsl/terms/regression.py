@@ -3,13 +3,14 @@
 mse, mae (alias l1), huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier.
 
 Each accepts optional ``weight`` (``mean(weight * l)``) and ``mask``
-(``sum(mask * l) / sum(mask)``) inputs and ``reduction="mean" | "sum"``. Half-precision
-inputs are computed in float32 and returned in the input dtype.
+(``sum(mask * l) / sum(mask)``) inputs and ``reduction="mean" | "sum"``; a position whose
+weight or mask is 0 is left out before the loss is computed, so NaN there (padding) reaches
+neither value nor gradient. Half-precision inputs are computed in float32 and returned in
+the input dtype; the mean of an empty batch is 0.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import torch
@@ -21,16 +22,17 @@ from ._common import (
     HALF_DTYPES,
     Reduction,
     check_same_shape,
+    elementwise,
     from_residual,
+    kept_positions,
     reduce_elementwise,
+    reduce_kept,
     residual_form,
     upcast,
 )
 
 __all__ = [
     "mse", "mae", "huber", "smooth_l1", "adaptive_huber", "log_cosh", "quantile", "charbonnier"]
-
-_LOG2 = math.log(2.0)
 
 
 def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyper) -> Tensor:
@@ -40,9 +42,12 @@ def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyp
     half = pred.dtype in HALF_DTYPES or target.dtype in HALF_DTYPES
     p, t = upcast(pred, target) if half else (pred, target)
     if weight is None and mask is None:
-        out = loss_fn(p, t, reduction=reduction, **hyper)
+        # torch's mean of an empty batch is NaN; the catalogue's is 0 (the sum of nothing)
+        out = loss_fn(p, t, reduction="sum" if p.numel() == 0 else reduction, **hyper)
     else:
-        out = reduce_elementwise(loss_fn(p, t, reduction="none", **hyper), weight, mask, reduction)
+        out = elementwise(
+            lambda p, t: loss_fn(p, t, reduction="none", **hyper), (p, t), weight, mask, reduction
+        )
     return out if out.dtype == pred.dtype else out.to(pred.dtype)
 
 
@@ -60,7 +65,7 @@ def mse(
 def _mae(
     e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, reduction: Reduction
 ) -> Tensor:
-    return reduce_elementwise(e.abs(), weight, mask, reduction)
+    return elementwise(torch.abs, (e,), weight, mask, reduction)
 
 
 @residual_form(_mae)
@@ -100,11 +105,18 @@ def smooth_l1(
 def _adaptive_huber(
     e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, scale: float, reduction: Reduction
 ) -> Tensor:
+    keep = kept_positions(weight, mask, e.shape)
+    if keep is not None:  # left-out positions (weight or mask 0) neither count nor move delta
+        e = torch.where(keep, e, 0.0)
     a = e.abs()
     with torch.no_grad():
-        delta = scale * (a.mean() if mask is None else reduce_elementwise(a, None, mask))
+        if keep is None:
+            delta = scale * (a.mean() if a.numel() else 0.0)
+        else:
+            counted = keep if mask is None else torch.where(keep, mask.to(a.dtype), 0.0)
+            delta = scale * reduce_elementwise(a, None, counted)
     l = torch.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta))
-    return reduce_elementwise(l, weight, mask, reduction)
+    return reduce_kept(l, weight, mask, keep, reduction)
 
 
 @residual_form(_adaptive_huber)
@@ -115,17 +127,46 @@ def adaptive_huber(
     """Huber loss whose delta follows the batch: delta = scale * mean(abs(e)), detached.
 
     The threshold between the quadratic and the linear part adapts to the current size of
-    the errors; it is treated as a constant for the gradient. With ``mask``, delta is the
-    mean over the unmasked elements. Example: ``adaptive_huber(scale=0.5) + 0.1*mse``.
+    the errors; it is treated as a constant for the gradient. With ``mask`` or ``weight``,
+    delta is the (mask-weighted) mean over the elements whose mask and weight are not 0.
+    Example: ``adaptive_huber(scale=0.5) + 0.1*mse``.
     """
     return from_residual(_adaptive_huber, pred, target, weight, mask, scale=scale, reduction=reduction)
+
+
+# Beyond it log1p(exp(-2 |e|)) < 1e-34, below every dtype's resolution of |e| - log 2.
+_LOG_COSH_LINEAR = 40.0
+
+
+class _LogCosh(torch.autograd.Function):
+    """log(cosh(e)) to a few ulp for every e, with the gradient tanh(e).
+
+    log cosh e = log1p(cosh e - 1) = log1p(2 sinh(e/2)^2) has no cancellation near 0 (where
+    the overflow-safe ``abs(e) + softplus(-2 abs(e)) - log 2`` loses every digit: its terms
+    are ~log 2 for a value ~e^2/2), and sinh stays finite up to abs(e) = 40, beyond which
+    log cosh e = abs(e) - log 2 exactly in floating point. Written as a Function so that
+    backward is one ``tanh`` (the composite's backward costs several passes and memory);
+    the backward is itself differentiable, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, e: Tensor) -> Tensor:
+        ctx.save_for_backward(e)
+        c = e.clamp(-_LOG_COSH_LINEAR, _LOG_COSH_LINEAR)
+        value = c.mul_(0.5).sinh_().square_().mul_(2.0).log1p_()
+        # the linear part past the switch: log cosh e = log cosh(40) + (abs(e) - 40)
+        return value.add_(e.abs().sub_(_LOG_COSH_LINEAR).clamp_min_(0.0))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (e,) = ctx.saved_tensors
+        return grad * torch.tanh(e)
 
 
 def _log_cosh(
     e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, reduction: Reduction
 ) -> Tensor:
-    a = e.abs()
-    return reduce_elementwise(a + F.softplus(-2.0 * a) - _LOG2, weight, mask, reduction)
+    return elementwise(_LogCosh.apply, (e,), weight, mask, reduction)
 
 
 @residual_form(_log_cosh)
@@ -135,8 +176,9 @@ def log_cosh(
 ) -> Tensor:
     """Log-cosh loss: mean(log(cosh(e))).
 
-    Computed as abs(e) + softplus(-2 abs(e)) - log 2, which equals log(cosh(e)) but never
-    overflows (cosh does from abs(e) ~ 89 in float32); the gradient is tanh(e).
+    Computed as log1p(2 sinh(e/2)^2), accurate to a few ulp from tiny errors (about e^2/2)
+    to large ones, and as abs(e) - log 2 beyond abs(e) = 40, so it never overflows (cosh
+    does from abs(e) ~ 89 in float32); exactly 0 at e = 0; the gradient is tanh(e).
     Example: ``log_cosh + 0.1*temporal_diff``.
     """
     return from_residual(_log_cosh, pred, target, weight, mask, reduction=reduction)
@@ -146,7 +188,7 @@ def _quantile(
     e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, q: float, reduction: Reduction
 ) -> Tensor:
     # u = target - pred = -e: max(q u, (q - 1) u) = max(-q e, (1 - q) e)
-    return reduce_elementwise(torch.maximum(-q * e, (1.0 - q) * e), weight, mask, reduction)
+    return elementwise(lambda e: torch.maximum(-q * e, (1.0 - q) * e), (e,), weight, mask, reduction)
 
 
 @residual_form(_quantile)
@@ -165,7 +207,7 @@ def quantile(
 def _charbonnier(
     e: Tensor, weight: Tensor | None = None, mask: Tensor | None = None, *, eps: float, reduction: Reduction
 ) -> Tensor:
-    return reduce_elementwise(torch.sqrt(e * e + eps * eps), weight, mask, reduction)
+    return elementwise(lambda e: torch.sqrt(e * e + eps * eps), (e,), weight, mask, reduction)
 
 
 @residual_form(_charbonnier)

@@ -15,7 +15,7 @@ from annotated_types import Ge
 from torch import Tensor, nn
 
 from ..errors import LossInputError
-from ._common import Reduction, check_tensor, compute_dtype, reduce, safe_pow, upcast
+from ._common import Reduction, check_floating, compute_dtype, reduce, safe_pow, upcast
 
 __all__ = ["out_of_bounds", "l2_reg"]
 
@@ -30,7 +30,7 @@ def out_of_bounds(
     Reads pred only. ``none`` leaves that side open. Zero inside the interval.
     Example: ``mse + 10*out_of_bounds(lower=0, upper=1, power=2)``.
     """
-    check_tensor(pred, "pred")
+    check_floating(pred, "pred")
     (x,) = upcast(pred)
     l = torch.zeros_like(x)
     if lower is not None:
@@ -67,14 +67,14 @@ def l2_reg(model, *, biases: bool = False) -> Tensor:
 
     Input ``model``: an ``nn.Module`` or an iterable of tensors (e.g. ``net.parameters()``).
     One-dimensional (and scalar) parameters, biases and norm scales, count only with
-    ``biases=true``. Half-precision parameters are summed in float32; the result has the
-    first counted parameter's dtype. Example: ``mse + 1e-4*l2_reg``, called as
-    ``crit(pred, target, model=net)``.
+    ``biases=true``. Half-precision parameters are summed and returned in float32: the
+    penalty of a large layer exceeds float16's range (65504) long before its weight scales
+    it down, so unlike the other terms it does not return to the input dtype.
+    Example: ``mse + 1e-4*l2_reg``, called as ``crit(pred, target, model=net)``.
     """
     counted = [p for p in _parameters(model) if p.requires_grad and (biases or p.dim() >= 2)]
     if not counted:
         return torch.zeros(())
-    first = counted[0]
     dtype = functools.reduce(torch.promote_types, [compute_dtype(p) for p in counted])
     total = sum(p.to(dtype).square().sum() for p in counted)
-    return (0.5 * total).to(first.dtype)
+    return 0.5 * total

@@ -13,7 +13,7 @@ from annotated_types import Ge, Gt
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_tensor, from_residual, reduce, residual_form, safe_pow, upcast
+from ._common import Reduction, check_floating, from_residual, reduce, residual_form, safe_pow, upcast
 
 __all__ = ["temporal_diff", "tv"]
 
@@ -62,7 +62,7 @@ def tv(
     A smoothness penalty on the prediction alone (the target is not read). With p < 1 the
     gradient where two neighbours are equal is 0, not NaN. Example: ``mse + 0.01*tv(dim=1)``.
     """
-    check_tensor(pred, "pred")
+    check_floating(pred, "pred")
     (x,) = upcast(pred)
     d = safe_pow(_difference(x, 1, dim).abs(), p)
     return reduce(d, reduction).to(pred.dtype)
