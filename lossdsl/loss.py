@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .errors import LossDSLError, LossInputError, did_you_mean, location
 from .monitor import Monitor
-from .program import Program
+from .program import Program, build_program
 from .resolve import ir
 from .runtime.balancer import Balancer
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
@@ -202,6 +202,17 @@ class Loss(nn.Module):
                 hint=f"saved: {saved!r}; this loss: {self.canonical!r}. Compile the saved "
                 "program, or delete the state's '_extra_state' entry and load with strict=False",
             )
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # the program is generated code: rebuilt from the IR when loaded
+        state["program"] = None
+        state["_constant"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.program = build_program(self.ir, self.nonfinite)
 
     def extra_repr(self) -> str:
         return f"{self.source!r}, nonfinite={self.nonfinite!r}, strict={self.strict}"

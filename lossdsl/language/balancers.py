@@ -54,6 +54,9 @@ class Method:
     extra: Callable[[dict, Any, Any], Any] | None = None
     reads_losses: bool = True  # False: the weights do not depend on the losses (no all-reduce)
 
+    def __reduce__(self):
+        return (_method_named, (self.name,))
+
     def initial_state(self, k: int, p: Any, t: Any) -> dict:
         return {**self.state(k, p, t), **self.learnable(k, p, t)}
 
@@ -245,3 +248,7 @@ METHODS: dict[str, Method] = dict(
         ),
     ]
 )
+
+
+def _method_named(name: str) -> Method:
+    return METHODS[name]

@@ -65,6 +65,9 @@ class Function:
     summary: str = ""
     inline: bool = False
 
+    def __reduce__(self):
+        return (_row_named, (self.name, self.group))
+
     @property
     def broadcasts(self) -> bool:
         """Whether operands of different shapes are broadcast against each other."""
@@ -278,3 +281,8 @@ OPERATORS: dict[str, Function] = dict(
         _row("not", "logical", T.logical_not),
     ]
 )
+
+
+def _row_named(name: str, group: str) -> Function:
+    """The row of a function by name (how a row is pickled: by reference to this table)."""
+    return OPERATORS[name] if group in ("operator", "comparison", "logical") else FUNCTIONS[name]

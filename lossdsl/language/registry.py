@@ -77,6 +77,10 @@ class TermSpec:
     model: type[pydantic.BaseModel] = field(repr=False)
     summary: str = ""
 
+    def __reduce__(self):
+        # pickled by its function (by reference): the pydantic model is rebuilt from it
+        return (spec_from_function, (self.func, self.name))
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.inputs)

@@ -117,6 +117,9 @@ class Schedule:
     formula: Callable[[Any, Any, Any], Any]
     summary: str
 
+    def __reduce__(self):
+        return (_schedule_named, (self.name,))
+
     def value(self, step: Any, params: dict, m: Any = HOST) -> Any:
         """The value at ``step`` (a Python int with :data:`HOST`)."""
         return self.formula(step, _Params(params), m)
@@ -163,3 +166,7 @@ SCHEDULES: dict[str, Schedule] = {
         Schedule("after", AfterParams, _after, "after(steps): 0 before, 1 from steps on"),
     )
 }
+
+
+def _schedule_named(name: str) -> Schedule:
+    return SCHEDULES[name]
