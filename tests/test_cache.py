@@ -1,4 +1,4 @@
-"""Caching of parse/resolve results and of the compiled plan (behaviour, not timing)."""
+"""Caching of the forms of a loss: AST and IR by text, the Program by canonical text (DESIGN.md §2)."""
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def test_compiling_twice_shares_the_program_but_not_the_state():
     text = "0.7*huber(delta=1) + 0.3*temporal_diff  # cache test 3"
     a, b = lossdsl.compile(text), lossdsl.compile(text)
     assert a is not b
-    assert a._resolved is b._resolved and a._plan is b._plan
+    assert a.program is b.program
     a.set_step(7)
     assert int(b.step) == 0
     pred, target = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
@@ -34,7 +34,14 @@ def test_compiling_twice_shares_the_program_but_not_the_state():
     assert a.monitor is not b.monitor
 
 
-def test_plans_are_not_shared_across_nonfinite_policies():
+def test_the_same_program_written_differently_shares_one_program():
+    a = lossdsl.compile("0.5*mse+0.5*mae  # cache test 3b")
+    b = lossdsl.compile("0.5 * mse +\n  0.5 * mae")
+    assert a.program is b.program
+    assert a.source != b.source and a.canonical == b.canonical
+
+
+def test_programs_are_not_shared_across_nonfinite_policies():
     text = "mse + spiky_cache_term  # cache test 4"
 
     def spiky_cache_term(pred, target):
@@ -46,17 +53,17 @@ def test_plans_are_not_shared_across_nonfinite_policies():
         pred, target = torch.zeros(3, requires_grad=True), torch.ones(3)
         raising = lossdsl.compile(text)
         zeroing = lossdsl.compile(text, nonfinite="zero_term")
-        assert raising._plan is not zeroing._plan
+        assert raising.program is not zeroing.program
         # zero_term: the NaN term adds 0, so the total is the mse alone
         assert zeroing(pred, target).item() == 1.0
     finally:
         registry.unregister("spiky_cache_term")
 
 
-def test_balancer_plans_are_per_module():
+def test_balancer_state_is_per_module_while_the_program_is_shared():
     text = 'balance(mse, mae, method="ema")  # cache test 5'
     a, b = lossdsl.compile(text), lossdsl.compile(text)
-    assert a._plan is not b._plan
+    assert a.program is b.program
     assert a.balancers[0] is not b.balancers[0]
     pred, target = torch.zeros(4), torch.ones(4)
     for _ in range(3):
@@ -105,7 +112,7 @@ def test_local_terms_are_not_mixed_up_between_compiles():
     assert float(two(pred, target)) == 12.0
 
 
-def test_a_shared_plan_survives_pickling_of_one_module():
+def test_a_shared_program_survives_pickling_of_one_module():
     import pickle
 
     text = "0.5*mse + 0.5*mae  # cache test 8"

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 from ..errors import LossDSLError
 from ..resolve import ir
 from ..runtime.inputs import is_absent, missing_input, read_path
+from ..terms._common import check_same_shape, upcast
 
-__all__ = ["BoundTerm", "InputReader", "identifier"]
+__all__ = ["BoundTerm", "ResidualTerm", "Residual", "InputReader", "identifier", "reads_residual"]
 
 
 def identifier(text: str) -> str:
@@ -52,12 +53,15 @@ class BoundTerm:
         self.required = [i for i, r in enumerate(term.routes) if r.required]
         _named(self, name, __name__)
 
+    def _call(self, args: tuple) -> Any:
+        return self.func(*args, **self.hyper)
+
     def __call__(self, *args: Any) -> Any:
         for i in self.required:
             if is_absent(args[i]):
                 raise missing_input(args[i], self.routes[i].param, self.term_name, self.routes[i].path)
         try:
-            return self.func(*[None if is_absent(a) else a for a in args], **self.hyper)
+            return self._call(tuple(None if is_absent(a) else a for a in args))
         except LossDSLError as err:
             if err.term is None:
                 err.message = f"term '{self.term_name}': {err.message}"
@@ -66,6 +70,56 @@ class BoundTerm:
         except Exception as err:
             err.add_note(f"lossdsl: raised while computing term '{self.term_name}'")
             raise
+
+
+def reads_residual(term: ir.Term) -> bool:
+    """Whether ``term`` can be computed from the call's shared ``e = pred - target``: it has
+    a residual form (``terms._common.residual_form``) and reads the call's own pred and target."""
+    routes = term.routes
+    return (
+        getattr(term.spec.func, "on_residual", None) is not None
+        and len(routes) >= 2
+        and (routes[0].path, routes[1].path) == (("pred",), ("target",))
+    )
+
+
+class Residual:
+    """``e = pred - target`` of one call (half precision in float32), computed once for every
+    term that reads it: one subtraction and one saved tensor instead of one per term. Errors
+    name the first term that reads it."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        _named(self, "residual", __name__)
+
+    def __call__(self, pred: Any, target: Any) -> Any:
+        for param, value in (("pred", pred), ("target", target)):
+            if value is None:
+                raise missing_input(None, param, self.first, (param,))
+        try:
+            check_same_shape(pred, target)
+        except LossDSLError as err:
+            err.message = f"term '{self.first}': {err.message}"
+            err.term = self.first
+            raise
+        p, t = upcast(pred, target)
+        return p - t
+
+
+class ResidualTerm(BoundTerm):
+    """A term computed from the shared residual: ``run(e, pred, *other_inputs)``."""
+
+    def __init__(self, term: ir.Term, name: str) -> None:
+        super().__init__(term, name)
+        self.func = term.spec.func.on_residual
+        self.required = [i for i in self.required if i >= 2]
+
+    def __call__(self, e: Any, pred: Any, *rest: Any) -> Any:
+        out = super().__call__(e, None, *rest)
+        return out if out.dtype == pred.dtype else out.to(pred.dtype)
+
+    def _call(self, args: tuple) -> Any:
+        return self.func(args[0], *args[2:], **self.hyper)
 
 
 class InputReader:

@@ -24,7 +24,7 @@ from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
 from ..runtime.precision import narrow, weight_vector, widen
 from ..runtime.schedules import ScheduleValue
-from .bound import BoundTerm, InputReader, identifier
+from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
 from .weights import sweep
 
 __all__ = ["Emitted", "emit", "run_balancer"]
@@ -80,6 +80,7 @@ class _Emitter:
         self.readers: dict[tuple, Any] = {}
         self.gated: list[Any] = []
         self.gates: dict[int, Any] = {}  # id of a term -> its gated call
+        self.residual: Any = None
         self.balance_weights: dict[int, Any] = {}
         self.out = Emitted(self.graph)
         self.names = {id(item.node): item.name for item in program.logged}
@@ -150,8 +151,15 @@ class _Emitter:
 
     def _term(self, node: ir.Term) -> None:
         name = self.names.get(id(node), node.label)
-        bound = BoundTerm(node, name)
         args = tuple(self.input(route.path) for route in node.routes)
+        if reads_residual(node) and self.policy not in GATED_POLICIES:
+            # the terms on e = pred - target share one e (a gated term needs its own inputs)
+            if self.residual is None:
+                self.residual = self.call(Residual(name), args[:2], name="residual")
+            bound = ResidualTerm(node, name)
+            args = (self.residual, args[0], *args[2:])
+        else:
+            bound = BoundTerm(node, name)
         if self.policy in GATED_POLICIES:
             gated = self.call(Gate(bound), args, name=f"gated_{identifier(name)}")
             self.gated.append(gated)

@@ -1,5 +1,5 @@
-"""A program that is a weighted sum of its terms adds them up as one dot product
-(lossdsl/linear.py): values and gradients against the formula written out here."""
+"""Weighted sums of terms, with constant and scheduled weights: values and gradients against
+the formula written out here."""
 
 import math
 
@@ -40,7 +40,6 @@ CASES = [
 @pytest.mark.parametrize("source,formula", CASES, ids=[c[0] for c in CASES])
 def test_weighted_sums_match_the_formula(source, formula):
     crit = lossdsl.compile(source)
-    assert crit._plan.linear is not None
     for seed, step in [(0, 0), (1, 37), (2, 5000)]:
         pred, target = _data(seed)
         got, want = crit(pred, target, step=step), formula(pred, target, step)
@@ -49,17 +48,6 @@ def test_weighted_sums_match_the_formula(source, formula):
         torch.testing.assert_close(got, want, **tol)
         g_got, g_want = (torch.autograd.grad(v, pred)[0] for v in (got, want))
         torch.testing.assert_close(g_got, g_want, **tol)
-
-
-@pytest.mark.parametrize(
-    "source", ["log(mse) + mae", "mse*mae", "mse/mae", "mse + detach(mae)", "mse + linear(0, 1, steps=9)",
-               'balance(mse, mae, method="ema")', "r = mse + mae\nr + huber"],
-)
-def test_other_programs_keep_the_operations_as_written(source):
-    crit = lossdsl.compile(source)
-    assert crit._plan.linear is None
-    pred, target = _data()
-    crit(pred, target, step=3).backward()  # and they still run
 
 
 def test_a_nan_in_a_watched_term_stays_out_of_the_total():
@@ -81,26 +69,20 @@ def test_half_precision_sums_in_float32_and_returns_the_input_dtype():
     assert float(got) == pytest.approx(float(want), rel=1e-2)
 
 
-def test_a_step_off_the_cpu_runs_the_operations_as_written():
-    # off the CPU the schedule's value is a tensor on the device: the plan's own operations run
+def test_a_step_on_the_meta_device_runs():
     crit = lossdsl.compile("linear(0, 1, steps=10)*mse + mae")
-    pred, target = _data()
-    used, original = [], crit._linear_call
-    crit._linear_call = lambda *args: used.append(1) or original(*args)
-    crit(pred, target, step=3)
-    assert used == [1]
     crit.step = torch.zeros((), dtype=torch.long, device="meta")
+    pred, target = _data()
     out = crit(pred.to("meta"), target.to("meta"))
-    assert out.device.type == "meta" and used == [1]
+    assert out.device.type == "meta"
 
 
-def test_a_weighted_sum_with_more_weight_monomials_than_compiled_still_adds_up():
-    # t is logged as a composite and its weight is a sum of 70 schedules (beyond the weight
-    # program): the operations as written run, and still add up
+def test_a_term_weighted_by_many_schedules_adds_up():
+    # t is logged as a composite and its weight is a sum of 70 schedules
     schedules = " + ".join(f"linear(0, {i}, steps=10)*t" for i in range(1, 71))
     crit = lossdsl.compile(f"t = mse\n{schedules}")
-    assert crit._plan.linear is None and crit._plan.weight_program is None
     pred, target = _data()
     got = crit(pred, target, step=5)
     want = sum(0.5 * i for i in range(1, 71)) * F.mse_loss(pred, target)
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    assert float(crit.weights["t"]) == pytest.approx(sum(0.5 * i for i in range(1, 71)), rel=1e-7)
