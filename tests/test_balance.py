@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl.balance import counter_uniform, make_balancer
+from lossdsl.language.balancers import METHODS as BALANCER_METHODS
+from lossdsl.language.counter_rng import counter_uniform
+from lossdsl.runtime.balancer import Balancer
 
 METHODS = ["uncertainty", "ema", "dwa", "cov", "softadapt", "relobralo"]
 
@@ -310,7 +312,7 @@ def _train_steps(crit, rows, optimizer=None):
             total.backward()
             optimizer.step()
         totals.append(total.detach().clone())
-        weights.append(crit._last_weights.clone())
+        weights.append(_weights(crit).clone())
     return totals, weights
 
 
@@ -405,10 +407,10 @@ def test_torch_compile_fullgraph_one_graph_for_all_steps(method):
         got.backward()
         assert torch.allclose(got, want, rtol=1e-6)
         assert torch.allclose(pc.grad, pe.grad, rtol=1e-6)
-        assert torch.allclose(crit._last_weights, eager._last_weights, rtol=1e-6)
+        assert torch.allclose(_weights(crit), _weights(eager), rtol=1e-6)
     assert counter.frame_count == 1  # state lives in buffers: no recompilation per step
     if method == "ema":  # and the compiled weights are the formula's
-        assert close(crit._last_weights.tolist(), ref_ema(rows)[-1], rel=1e-5)
+        assert close(_weights(crit).tolist(), ref_ema(rows)[-1], rel=1e-5)
     if method == "uncertainty":
         assert crit.balancers[0].log_var.grad.tolist() == pytest.approx(
             [6 * 0.5 - sum(0.5 * r[i] for r in rows) for i in range(3)], rel=1e-5
@@ -426,7 +428,7 @@ def test_torch_compile_default_backend_ema_and_relobralo():
         compiled = torch.compile(crit, fullgraph=True)
         for row, want in zip(rows, ref_ema(rows, beta=0.9)):
             total = compiled(torch.tensor(row))
-            assert close(crit._last_weights.tolist(), want, rel=1e-5)
+            assert close(_weights(crit).tolist(), want, rel=1e-5)
             assert float(total) == pytest.approx(sum(w * v for w, v in zip(want, row)), rel=1e-5)
 
         # the integer hash behind relobralo's random lookback, in generated code
@@ -436,16 +438,16 @@ def test_torch_compile_default_backend_ema_and_relobralo():
         for row in rows:
             want, got = eager(torch.tensor(row)), compiled(torch.tensor(row))
             assert torch.allclose(got, want, rtol=1e-5)
-            assert torch.allclose(crit._last_weights, eager._last_weights, rtol=1e-5)
+            assert torch.allclose(_weights(crit), _weights(eager), rtol=1e-5)
         assert torch.equal(crit.balancers[0].rng_counter, eager.balancers[0].rng_counter)
 
 
-def test_make_balancer_directly():
-    b = make_balancer("cov", 2, {"eps": 1e-8})
+def test_the_balancer_module_alone():
+    b = Balancer(BALANCER_METHODS["cov"], 2, {"eps": 1e-8})
     for row in ([1.0, 2.0], [3.0, 1.0]):
-        b([torch.tensor(row[0]), torch.tensor(row[1])])
+        _, weights = b([torch.tensor(row[0]), torch.tensor(row[1])])
     # still in the first two steps: alpha = 1/2, weight = alpha / running mean
-    assert b.last_weights.tolist() == pytest.approx([0.5 / 2.0, 0.5 / 1.5], rel=1e-6)
+    assert weights.tolist() == pytest.approx([0.5 / 2.0, 0.5 / 1.5], rel=1e-6)
 
 
 # --- two tasks of very different scale -----------------------------------------------------
@@ -523,3 +525,8 @@ def test_balance_of_real_terms_matches_hand_written_loss():
     total = crit(pred, target)
     mse, mae = F.mse_loss(pred, target), F.l1_loss(pred, target)
     assert float(total) == pytest.approx(float(mse / (mse + 1e-8) + mae / (mae + 1e-8)), rel=1e-6)
+
+
+def _weights(crit):
+    """The effective weights of the loss's last call, as one tensor."""
+    return torch.stack(list(crit.weights.values()))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import lossdsl
-from lossdsl.catalogue import fill_readme, markdown_table, readme_block
+from lossdsl.tools.catalogue import fill_readme, markdown_table, readme_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -5,7 +5,7 @@ import torch
 
 import lossdsl
 from lossdsl import LossArgumentError, LossNameError, LossTypeError
-from lossdsl.ir import Route, Term
+from lossdsl.resolve.ir import Route, Term
 
 
 def names(source, **kw):
@@ -87,7 +87,7 @@ def test_binding_errors():
 
 
 def hyper(source, index=0):
-    return dict(lossdsl.check(source).logged[index].hyper)
+    return dict(lossdsl.check(source).logged[index].node.hyper)
 
 
 def test_hyperparameters_are_validated_and_defaulted():
@@ -122,7 +122,8 @@ def test_a_keyword_naming_a_tensor_parameter_needs_an_input_name():
 
 def test_input_routes():
     resolved = lossdsl.check("mse(pred=out.depth, target=image)")
-    (term,) = resolved.logged
+    (item,) = resolved.logged
+    term = item.node
     assert isinstance(term, Term)
     assert term.routes == (
         Route("pred", ("out", "depth"), required=True),
@@ -134,8 +135,8 @@ def test_input_routes():
 
 
 def test_an_explicit_route_is_required_even_with_a_default():
-    (term,) = lossdsl.check("mse(weight=w)").logged
-    assert Route("weight", ("w",), required=True) in term.routes
+    (item,) = lossdsl.check("mse(weight=w)").logged
+    assert Route("weight", ("w",), required=True) in item.node.routes
 
 
 def test_private_segments_are_refused_anywhere_in_a_path():

@@ -3,8 +3,8 @@
 import pytest
 
 import lossdsl
-from lossdsl import ast
-from lossdsl.ast import (
+from lossdsl.syntax import ast
+from lossdsl.syntax.ast import (
     Binding,
     Bool,
     Call,

@@ -14,7 +14,7 @@ from test_terms_common import CASES, CATALOGUE, _name
 from torch import Tensor
 
 import lossdsl
-from lossdsl.catalogue import builtin_specs
+from lossdsl.tools.catalogue import builtin_specs
 
 FIRST_CASE = {}
 for _src in CASES:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from lossdsl.ast import (
+from lossdsl.syntax.ast import (
     Binding,
     Bool,
     Call,

@@ -145,7 +145,7 @@ class Resolver:
 
     def apply(self, fn, args: tuple, params: dict, span) -> ir.Node:
         """A call of a function row: folded when every operand is a number."""
-        if fn.name not in ("add",) and fn.group != "special":
+        if fn.name != "add":
             calls.refuse_watch_inside(self, args)
         kinds = tuple(a.kind for a in args)
         try:
