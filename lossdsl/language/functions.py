@@ -66,7 +66,7 @@ class Function:
     inline: bool = False
 
     def __reduce__(self):
-        return (_row_named, (self.name, self.group))
+        return (_row_named, (self.name,))
 
     @property
     def broadcasts(self) -> bool:
@@ -197,6 +197,10 @@ def _size(x, dim):
     return x.shape[dim]
 
 
+def _index(x, items):
+    return x[items]
+
+
 def _detach(x):
     return x if A.is_number(x) else x.detach()
 
@@ -276,6 +280,7 @@ OPERATORS: dict[str, Function] = dict(
         _row("pow", "operator", operator.pow, operands=(2, 2), grad=_pow_grad, inline=True),
         _row("neg", "operator", operator.neg, grad=lambda args, out: (-1.0,), inline=True),
         *[_row(symbol, "comparison", op, operands=(2, 2), inline=True) for symbol, op in A.COMPARE.items()],
+        _row("index", "shape", _index, summary="x[i, a:b, ..., none]: integers, slices, ... and new axes", inline=True),
         _row("and", "logical", T.logical_and, operands=(2, 2)),
         _row("or", "logical", T.logical_or, operands=(2, 2)),
         _row("not", "logical", T.logical_not),
@@ -283,6 +288,6 @@ OPERATORS: dict[str, Function] = dict(
 )
 
 
-def _row_named(name: str, group: str) -> Function:
+def _row_named(name: str) -> Function:
     """The row of a function by name (how a row is pickled: by reference to this table)."""
-    return OPERATORS[name] if group in ("operator", "comparison", "logical") else FUNCTIONS[name]
+    return OPERATORS[name] if name in OPERATORS else FUNCTIONS[name]

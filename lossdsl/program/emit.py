@@ -22,7 +22,7 @@ from ..language.lazy import resolve as resolve_lazy
 from ..language.schedules import Schedule
 from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
-from ..runtime.precision import narrow, weight_vector, widen
+from ..runtime.precision import list_tensor, narrow, weight_vector, widen
 from ..runtime.schedules import ScheduleValue
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
 from .weights import sweep
@@ -146,6 +146,8 @@ class _Emitter:
             self._function(node)
         elif isinstance(node, ir.Input):
             self.value[key] = self.input(node.path)
+        elif isinstance(node, ir.ListConst):
+            pass  # made where it is used: in the dtype and on the device of what it meets
         else:  # pragma: no cover - every IR node type is handled above
             raise TypeError(f"cannot compile {type(node).__name__}")
 
@@ -170,9 +172,18 @@ class _Emitter:
             value = self.raw[id(node)] = self.call(bound, args, name=identifier(name))
         self.value[id(node)] = self.call(widen, (value,), name=f"{identifier(name)}_wide")
 
+    def _operand(self, node: ir.Node, siblings: tuple) -> Any:
+        if not isinstance(node, ir.ListConst):
+            return self.value[id(node)]
+        like = next(
+            (self.value[id(s)] for s in siblings if s.kind == "tensor" and not isinstance(s, ir.ListConst)),
+            self.slots["pred"],
+        )
+        return self.call(list_tensor, (node.values, like), name="list")
+
     def _function(self, node: ir.Call) -> None:
         fn = node.fn
-        args = tuple(self.value[id(a)] for a in node.args)
+        args = tuple(self._operand(a, node.args) for a in node.args)
         params = dict(node.params)
         if fn.inline:
             out = fn.run(*args, **params)

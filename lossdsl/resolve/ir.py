@@ -20,7 +20,7 @@ time, without gradient), ``loss`` (a 0-dim differentiable tensor) and ``tensor``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 __all__ = [
     "KINDS",
@@ -39,18 +39,7 @@ __all__ = [
     "walk",
 ]
 
-Span = "tuple[int, int] | None"
-
-KINDS = ("const", "schedule", "loss", "tensor")
-
-
-def join_kinds(kinds: Iterable[str]) -> str:
-    """The kind of an operation on operands of these kinds: the widest of them
-    (``const < schedule < loss < tensor``; a loss combined with a tensor is a tensor)."""
-    best = 0
-    for kind in kinds:
-        best = max(best, KINDS.index(kind))
-    return KINDS[best]
+from ..language.kinds import KINDS, join_kinds
 
 
 @dataclass(frozen=True, eq=False)

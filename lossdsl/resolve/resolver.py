@@ -21,9 +21,10 @@ from ..language.names import BUILTIN_NAMES
 from ..language.registry import Registry, TermSpec
 from ..syntax import ast
 from ..syntax.unparse import unparse
-from . import calls, ir
+from . import calls, ir, tensors
 from .arguments import fold
 from .naming import logged_items
+from .top import check_root, scalar_top
 
 __all__ = ["Resolver", "MAX_TERMS", "MAX_OPERATION_DEPTH"]
 
@@ -46,6 +47,7 @@ class Resolver:
         self.used: set[str] = set()
         self.order: list[tuple[str, ir.Node, bool]] = []  # (label, node, named by a binding)
         self.term_count = 0
+        self.declared: dict[str, Any] = {}  # input name -> where it is declared
         self._watch_only: dict[int, bool] = {}
 
     # --- program --------------------------------------------------------------------------
@@ -53,6 +55,7 @@ class Resolver:
     def run(self, program: ast.Program, source: str | None) -> ir.IR:
         # every binding name, so that a use above the definition says so instead of "unknown"
         self.all_bindings = {b.name for b in program.bindings}
+        tensors.declare(self, program)
         for binding in program.bindings:
             if binding.name in self.bindings:
                 raise LossNameError(
@@ -76,8 +79,9 @@ class Resolver:
                     span=binding.name_span,
                     hint=f"use it in the expression, or write watch({binding.name}) to only log it",
                 )
-        self._check_root(root, program.expr)
-        logged = logged_items(self.order, self.all_bindings)
+        check_root(self, root, program.expr)
+        top = scalar_top(root)
+        logged = logged_items([entry for entry in self.order if id(entry[1]) in top], self.all_bindings)
         read = set()
         for node in ir.walk(root, *(item.node for item in logged)):
             if isinstance(node, ir.Term):
@@ -91,24 +95,8 @@ class Resolver:
             root=root,
             logged=logged,
             inputs_read=frozenset(read),
+            declared=tuple(self.declared),
         )
-
-    def _check_root(self, root: ir.Node, expr: ast.Node) -> None:
-        if root.kind in ("const", "schedule"):
-            raise LossTypeError(
-                "the expression has no loss term",
-                span=expr.offsets,
-                hint="a program needs at least one term, e.g. mse or 0.5*huber(delta=1)",
-            )
-        contributes = any(
-            isinstance(node, (ir.Term, ir.Balance)) for node in ir.walk(root) if not self.watch_only(node)
-        ) and not self.watch_only(root)
-        if not contributes:
-            raise LossTypeError(
-                "every term is inside watch(...), so the loss is always 0",
-                span=expr.offsets,
-                hint="add a term outside watch, e.g. mse + watch(mae)",
-            )
 
     def _binding_value(self, binding: ast.Binding) -> ir.Node:
         value = binding.value
@@ -155,7 +143,12 @@ class Resolver:
             raise LossTypeError(err.message, span=where or span, hint=err.hint) from None
         if kind == "const" and all(isinstance(a, ir.Const) for a in args):
             return ir.Const(fold(fn, [a.value for a in args], params, span), span=span)
-        return self.node(ir.Call, fn, args, tuple(params.items()), span=span, kind=kind)
+        if fn.name == "where" and isinstance(args[0], ir.Const):
+            return args[1] if args[0].value else args[2]  # a condition known when compiling
+        made = self.node(ir.Call, fn, args, tuple(params.items()), span=span, kind=kind)
+        if kind == "loss" and any(a.kind == "tensor" for a in args):
+            self.order.append((fn.name, made, False))  # an inline term, if it is in the top
+        return made
 
     def watch_only(self, node: ir.Node) -> bool:
         """Whether ``node`` is a watch, or a sum of watches only (memoised: shared nodes)."""
@@ -189,6 +182,20 @@ class Resolver:
             return self.apply(OPERATORS["pow"], (base, exponent), {}, node.offsets)
         if isinstance(node, ast.Call):
             return self.call(node)
+        if isinstance(node, ast.Compare):
+            return tensors.compare(self, node)
+        if isinstance(node, ast.BoolOp):
+            return tensors.boolop(self, node)
+        if isinstance(node, ast.Not):
+            return tensors.negation(self, node)
+        if isinstance(node, ast.Index):
+            return tensors.index(self, node)
+        if isinstance(node, ast.ListValue):
+            return tensors.list_const(self, node)
+        if isinstance(node, ast.InputRef):
+            return tensors.input_node(self, node.path, node.offsets)
+        if isinstance(node, ast.Bool):
+            return ir.Const(node.value, span=node.offsets)
         raise LossTypeError(f"unexpected {type(node).__name__} here", span=node.offsets)
 
     def call(self, node: ast.Call, label: str | None = None) -> ir.Node:
@@ -202,13 +209,20 @@ class Resolver:
             return calls.builtin(self, node)
         if name in self.all_bindings:  # used before its definition
             return self.binding_ref(node)
+        if name in self.declared or name in tensors.IMPLICIT_INPUTS:
+            if node.args or node.kwargs:
+                raise calls.argument_error(
+                    f"'{name}' is an input of the call and takes no arguments",
+                    span=node.offsets,
+                    hint=f"write '{name}' alone",
+                )
+            return tensors.input_node(self, (name,), node.offsets)
         candidates = list(self.bindings) + list(self.registry) + list(self.local) + list(BUILTIN_NAMES)
-        raise LossNameError(
-            f"unknown loss term '{name}'",
-            span=node.name_span,
-            hint=did_you_mean(name, candidates)
-            or "see `lossdsl terms` for the catalogue, or register one with @lossdsl.term",
-        )
+        close = did_you_mean(name, candidates + list(self.declared) + list(tensors.IMPLICIT_INPUTS))
+        hint = close or "see `lossdsl terms` for the catalogue, or register one with @lossdsl.term"
+        if self.declared or not close or not did_you_mean(name, candidates):
+            hint += f"; if '{name}' is an input of the call, declare it: input {name}"
+        raise LossNameError(f"unknown loss term '{name}'", span=node.name_span, hint=hint)
 
     def binding_ref(self, node: ast.Call) -> ir.Node:
         name = node.name

@@ -12,12 +12,13 @@ torch.bfloat16
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "widen", "narrow", "weight_vector"]
+__all__ = ["HALF", "widen", "narrow", "weight_vector", "list_tensor"]
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -48,3 +49,24 @@ def weight_vector(like: Tensor, *weights: Any) -> Tensor:
         for w in weights
     ]
     return torch.stack(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # made once per device and dtype (a fresh tensor per call would copy host to device every
+    # step), never written to, and made outside inference mode so that autograd may save it
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
+def list_tensor(values: tuple, like: Any) -> Tensor:
+    """A list literal of the program as a constant 1-d tensor in the dtype and on the device
+    of the tensor it meets (``like``); float32 on the CPU when it meets none."""
+    if isinstance(like, Tensor):
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        device = like.device
+    else:
+        dtype, device = torch.float32, torch.device("cpu")
+    if torch.compiler.is_compiling():  # a constant of the traced graph: no cache to guard on
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _constant(tuple(values), dtype, device)

@@ -11,7 +11,7 @@ Call(name='huber', args=(), kwargs=(Keyword(name='delta', value=Number(value=1))
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -30,6 +30,14 @@ __all__ = [
     "Product",
     "Power",
     "Neg",
+    "Compare",
+    "BoolOp",
+    "Not",
+    "Slice",
+    "EllipsisItem",
+    "NewAxis",
+    "Index",
+    "Declaration",
     "Binding",
     "Program",
     "Expr",
@@ -198,7 +206,60 @@ class Neg(Node):
     operand: "Expr" = Field(discriminator="kind")
 
 
-Expr = Union[Number, Call, Sum, Product, Power, Neg]
+class Compare(Node):
+    """``left op right``: one comparison (not chained: ``a < b < c`` is a syntax error)."""
+
+    kind: Literal["compare"] = Field(default="compare", repr=False)
+    op: Literal["<", "<=", ">", ">=", "==", "!="]
+    left: "Expr" = Field(discriminator="kind")
+    right: "Expr" = Field(discriminator="kind")
+
+
+class BoolOp(Node):
+    """A flat chain ``a and b and c`` (or ``or``) of conditions."""
+
+    kind: Literal["boolop"] = Field(default="boolop", repr=False)
+    op: Literal["and", "or"]
+    operands: tuple["Expr", ...] = Field(min_length=2)
+
+
+class Not(Node):
+    kind: Literal["not"] = Field(default="not", repr=False)
+    operand: "Expr" = Field(discriminator="kind")
+
+
+class Slice(Node):
+    """``start:stop:step`` inside an index; any part may be left out."""
+
+    kind: Literal["slice"] = Field(default="slice", repr=False)
+    start: Optional["Expr"] = Field(default=None, discriminator="kind")
+    stop: Optional["Expr"] = Field(default=None, discriminator="kind")
+    step: Optional["Expr"] = Field(default=None, discriminator="kind")
+
+
+class EllipsisItem(Node):
+    """``...`` inside an index: every axis not named."""
+
+    kind: Literal["ellipsis"] = Field(default="ellipsis", repr=False)
+
+
+class NewAxis(Node):
+    """``none`` inside an index: a new axis of length 1."""
+
+    kind: Literal["newaxis"] = Field(default="newaxis", repr=False)
+
+
+class Index(Node):
+    """``base[item, ...]``: integers, slices, ``...`` and ``none``, as in PyTorch."""
+
+    kind: Literal["index"] = Field(default="index", repr=False)
+    base: "Expr" = Field(discriminator="kind")
+    items: tuple[Annotated[Union["Expr", Slice, EllipsisItem, NewAxis], Field(discriminator="kind")], ...] = Field(
+        min_length=1
+    )
+
+
+Expr = Union[Number, Call, Sum, Product, Power, Neg, Compare, BoolOp, Not, Index, ListValue, InputRef, Bool]
 
 
 class Binding(Node):
@@ -215,13 +276,29 @@ class Binding(Node):
         return (self.span.start, self.span.start + len(self.name))
 
 
+class Declaration(Node):
+    """``input a, b``: names of call inputs that expressions read (DESIGN.md §3.1).
+
+    ``name_spans``: where each name stands (not part of the node's meaning)."""
+
+    kind: Literal["declaration"] = Field(default="declaration", repr=False)
+    names: tuple[str, ...] = Field(min_length=1)
+    _name_spans: tuple = PrivateAttr(default=())
+
+    def name_span(self, i: int) -> tuple[int, int] | None:
+        spans = self._name_spans
+        return spans[i] if i < len(spans) else self.offsets
+
+
 class Program(Node):
-    """A whole program: bindings in source order, then the expression whose value is the loss."""
+    """A whole program: ``input`` declarations and bindings in source order, then the
+    expression whose value is the loss."""
 
     kind: Literal["program"] = Field(default="program", repr=False)
+    declarations: tuple[Declaration, ...] = ()
     bindings: tuple[Binding, ...] = ()
     expr: Expr = Field(discriminator="kind")
 
 
-for _model in (ListValue, Keyword, Call, Sum, Product, Power, Neg, Binding, Program):
+for _model in (ListValue, Keyword, Call, Sum, Product, Power, Neg, Compare, BoolOp, Not, Slice, Index, Binding, Program):
     _model.model_rebuild()
