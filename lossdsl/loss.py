@@ -28,6 +28,7 @@ from .program import Program, build_program
 from .resolve import ir
 from .runtime.balancer import Balancer
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
+from .runtime.inputs import read_path
 from .runtime.steps import checked_step
 
 __all__ = ["Loss"]
@@ -61,6 +62,7 @@ class Loss(nn.Module):
         self.monitor = Monitor(program.names, _MonitorView(resolved))
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._constant = {}  # (dtype, device) -> the constant weights as a tensor
+        self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
 
     @property
     def term_names(self) -> list[str]:
@@ -81,10 +83,23 @@ class Loss(nn.Module):
             unread = inputs.keys() - self.program.inputs_read
             if unread:
                 raise self._unread_error(sorted(unread))
+        args = (pred, target, inputs, self.step, self.balancers)
         try:
-            total, values, weights = self.program.forward(pred, target, inputs, self.step, self.balancers)
+            if self.program.tensor_paths and self._new_shapes(pred, target, inputs):
+                total, values, weights = self.program.checked_run(self.strict).run(*args)
+            else:
+                total, values, weights = self.program.forward(*args)
         except LossDSLError as err:
             raise self._located(err) from None
+        except Exception:
+            if not self.program.tensor_paths:
+                raise
+            # run again node by node: the error names the operation, its place and shapes
+            try:
+                self.program.checked_run(False).run(*args)
+            except LossDSLError as err:
+                raise self._located(err) from None
+            raise
         row = torch.stack([*values, total]).detach() if values else total.detach().reshape(1)
         if weights is None:
             weights = self._constant_weights(row)
@@ -94,6 +109,17 @@ class Loss(nn.Module):
         if self.nonfinite in CHECKED_POLICIES:
             self._check(row)  # after recording: a call that raises still shows in the logs
         return total
+
+    def _new_shapes(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> bool:
+        """Whether the tensors that tensor expressions read have shapes not seen before (the
+        first call with them runs checked)."""
+        given = {"pred": pred, "target": target, **inputs}
+        signature = tuple(getattr(read_path(given, path), "shape", None) for path in self.program.tensor_paths)
+        if signature in self._shapes_seen:
+            return False
+        if len(self._shapes_seen) < 64:
+            self._shapes_seen.add(signature)
+        return True
 
     def _constant_weights(self, like: Tensor) -> Tensor:
         dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
@@ -140,10 +166,13 @@ class Loss(nn.Module):
         raise error
 
     def _located(self, err: LossDSLError) -> LossDSLError:
-        """``err`` with this loss's source and, for a term, the term's place in it."""
+        """``err`` with this loss's source and, for a term or an operation, its place in it."""
         span = err.span
         if span is None and err.term is not None:
             span = self._spans().get(err.term)
+        index = getattr(err, "node_index", None)
+        if span is None and index is not None:
+            span = self.ir.nodes()[index].span
         return err.located(self.source, span, err.term)
 
     def _spans(self) -> dict[str, Any]:

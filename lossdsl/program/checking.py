@@ -11,6 +11,7 @@ and on which shapes. Errors carry the IR index of the operation (``err.node_inde
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -20,6 +21,12 @@ from torch import Tensor
 from ..errors import LossDSLError, LossInputError
 
 __all__ = ["CheckedRun", "both_enlarged"]
+
+_SYMBOLS = {
+    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.pow: "^",
+    operator.neg: "unary -", operator.lt: "<", operator.le: "<=", operator.gt: ">", operator.ge: ">=",
+    operator.eq: "==", operator.ne: "!=", operator.getitem: "[...]",
+}
 
 
 def both_enlarged(a: Any, b: Any) -> tuple | None:
@@ -53,7 +60,8 @@ class CheckedRun(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         index = n.meta.get("ir_index")
-        what = n.meta.get("what", str(n.target))
+        symbol = _SYMBOLS.get(n.target) if n.op == "call_function" else None
+        what = f"operator '{symbol}'" if symbol else n.meta.get("what", str(n.target))
         if self.strict and n.meta.get("broadcasts"):
             args = fx.node.map_arg(n.args, lambda a: self.env[a])
             tensors = [a for a in args if isinstance(a, Tensor)]

@@ -64,6 +64,7 @@ class Emitted:
     balancers: list[tuple[Any, int, dict]] = field(default_factory=list)  # (method, k, params)
     constant_weights: tuple[float, ...] | None = None
     reads_step: bool = False
+    tensor_paths: tuple[tuple[str, ...], ...] = ()  # inputs read by tensor expressions
 
 
 class _Emitter:
@@ -146,6 +147,8 @@ class _Emitter:
             self._function(node)
         elif isinstance(node, ir.Input):
             self.value[key] = self.input(node.path)
+            if node.path not in self.out.tensor_paths:
+                self.out.tensor_paths += (node.path,)
         elif isinstance(node, ir.ListConst):
             pass  # made where it is used: in the dtype and on the device of what it meets
         else:  # pragma: no cover - every IR node type is handled above
@@ -200,8 +203,7 @@ def _describe(node: ir.Node) -> str:
     if isinstance(node, ir.Term):
         return f"term '{node.label}'"
     if isinstance(node, ir.Call):
-        symbol = {"add": "'+'/'-'", "multiply": "'*'/'/'", "pow": "'^'", "neg": "unary '-'"}.get(node.name)
-        return f"operator {symbol}" if symbol else f"{node.name}(...)"
+        return f"{node.name}(...)"
     return type(node).__name__.lower()
 
 

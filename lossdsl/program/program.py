@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..resolve import ir
+from .checking import CheckedRun
 from .emit import emit
 
 __all__ = ["Program", "build_program"]
@@ -41,9 +42,15 @@ class Program:
         self.balancers = emitted.balancers
         self.constant_weights = emitted.constant_weights
         self.reads_step = emitted.reads_step
+        # tensor expressions: their shapes are checked on the first call with new shapes
+        self.tensor_paths = emitted.tensor_paths
         self.inputs_read = resolved.inputs_read
         self.canonical = resolved.canonical
         self.policy = policy
+
+    def checked_run(self, strict: bool) -> CheckedRun:
+        """A node-by-node run of the graph that checks tensor shapes and locates failures."""
+        return CheckedRun(self.module, strict)
 
     @property
     def graph(self) -> fx.Graph:
