@@ -57,11 +57,13 @@ class BoundTerm:
         return self.func(*args, **self.hyper)
 
     def __call__(self, *args: Any) -> Any:
+        # an optional input that is not there arrives as None (InputReader), a required one
+        # as an Absent that says what was there instead
         for i in self.required:
             if is_absent(args[i]):
                 raise missing_input(args[i], self.routes[i].param, self.term_name, self.routes[i].path)
         try:
-            return self._call(tuple(None if is_absent(a) else a for a in args))
+            return self._call(args)
         except LossDSLError as err:
             if err.term is None:
                 err.message = f"term '{self.term_name}': {err.message}"
@@ -123,11 +125,13 @@ class ResidualTerm(BoundTerm):
 
 
 class InputReader:
-    """``read(inputs)``: the call input at one path (``out.depth``), or an ``Absent``."""
+    """``read(inputs)``: the call input at one path (``out.depth``); where it is not there,
+    None for an optional input and an ``Absent`` (what was there instead) for a required one."""
 
-    def __init__(self, path: tuple[str, ...]) -> None:
-        self.path = path
+    def __init__(self, path: tuple[str, ...], required: bool) -> None:
+        self.path, self.required = path, required
         _named(self, "input_" + "_".join(path), __name__)
 
     def __call__(self, inputs: Mapping[str, Any]) -> Any:
-        return read_path(inputs, self.path)
+        value = read_path(inputs, self.path)
+        return None if not self.required and is_absent(value) else value

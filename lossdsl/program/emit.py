@@ -89,12 +89,14 @@ class _Emitter:
     def call(self, target: Any, args: tuple, kwargs: dict | None = None, name: str | None = None) -> Proxy:
         return self.tracer.create_proxy("call_function", target, args, kwargs or {}, name=name)
 
-    def input(self, path: tuple[str, ...]) -> Any:
+    def input(self, path: tuple[str, ...], required: bool = True) -> Any:
         if path in (("pred",), ("target",)):
             return self.slots[path[0]]
-        reader = self.readers.get(path)
+        reader = self.readers.get((path, required))
         if reader is None:
-            reader = self.readers[path] = self.call(InputReader(path), (self.slots["inputs"],), name=identifier("_".join(path)))
+            name = identifier("_".join(path)) + ("" if required else "_or_none")
+            reader = self.call(InputReader(path, required), (self.slots["inputs"],), name=name)
+            self.readers[(path, required)] = reader
         return reader
 
     def run(self) -> Emitted:
@@ -156,7 +158,7 @@ class _Emitter:
 
     def _term(self, node: ir.Term) -> None:
         name = self.names.get(id(node), node.label)
-        args = tuple(self.input(route.path) for route in node.routes)
+        args = tuple(self.input(route.path, route.required) for route in node.routes)
         if reads_residual(node) and self.policy not in GATED_POLICIES:
             # the terms on e = pred - target share one e (a gated term needs its own inputs)
             if self.residual is None:
