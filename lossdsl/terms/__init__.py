@@ -20,3 +20,4 @@ from . import (  # noqa: F401  (registration on import)
     sequence,
 )
 from . import keras  # noqa: F401
+from . import overlap  # noqa: F401
