@@ -19,5 +19,6 @@ from . import (  # noqa: F401  (registration on import)
     regularisation,
     sequence,
 )
+from . import boxes  # noqa: F401
 from . import keras  # noqa: F401
 from . import overlap  # noqa: F401
