@@ -21,6 +21,8 @@ from . import (  # noqa: F401  (registration on import)
 )
 from . import boxes  # noqa: F401
 from . import contrastive  # noqa: F401
+from . import ctc  # noqa: F401
+from . import distill  # noqa: F401
 from . import image  # noqa: F401
 from . import keras  # noqa: F401
 from . import overlap  # noqa: F401
