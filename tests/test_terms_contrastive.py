@@ -134,3 +134,14 @@ def test_views_must_be_matrices_of_one_shape():
             lossdsl.compile("info_nce")(anchor=a, positive=positive)
         assert info.value.term == "info_nce"
     assert math.isfinite(lossdsl.compile("nt_xent")(anchor=a, positive=a).item())
+
+
+@pytest.mark.parametrize("src", ["info_nce(symmetric=true)", "nt_xent"])
+def test_autocast_does_not_lower_the_similarities(src):
+    # autocast would run the cosine matrix product in bfloat16 (2^-9 relative rounding)
+    inputs = {k: v.float() for k, v in _views(7, n=16, d=32).items()}
+    expected = lossdsl.compile(src)(**inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lossdsl.compile(src)(**inputs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

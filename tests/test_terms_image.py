@@ -238,3 +238,14 @@ def test_feature_distance_trains_a_tiny_restoration():
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
     assert F.l1_loss(pred, target).item() < 0.25
+
+
+def test_ssim_under_autocast_stays_in_float32():
+    # autocast would run the window convolutions in bfloat16, whose rounding of E[x^2]
+    # dwarfs C2 = 9e-4
+    inputs = {k: v.float() for k, v in _images(9).items()}
+    expected = lossdsl.compile("ssim")(**inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lossdsl.compile("ssim")(**inputs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

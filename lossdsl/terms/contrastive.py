@@ -3,7 +3,8 @@
 Inputs ``anchor`` and ``positive``, both ``(N, D)``: row ``i`` of each is a view of the same
 item, every other row of the batch is a negative. Similarities are cosines (the rows are
 normalised) divided by ``temperature``; each anchor's loss is a log-sum-exp minus its
-positive's logit, so any temperature in the allowed range gives finite values. The terms
+positive's logit, so any temperature in the allowed range gives finite values; the cosines
+are float32 matrix products for half-precision inputs, under autocast too. The terms
 reduce the per-anchor losses with ``reduction`` (``"mean"``, the papers' choice, or ``"sum"``).
 
 ``temperature`` is bounded to [1e-4, 1e4]: the loss grows like 1/temperature (a margin of 1
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, check_tensor, reduce, upcast
+from ._common import Reduction, autocast_off, check_tensor, reduce, upcast
 
 __all__ = ["info_nce", "nt_xent"]
 
@@ -65,7 +66,9 @@ def info_nce(
     Example: ``info_nce(temperature=0.07, symmetric=true)``.
     """
     a, p = _pairs(anchor, positive, "info_nce")
-    return reduce(_info_nce_per_anchor(a, p, temperature, symmetric), reduction).to(anchor.dtype)
+    with autocast_off(a):
+        loss = _info_nce_per_anchor(a, p, temperature, symmetric)
+    return reduce(loss, reduction).to(anchor.dtype)
 
 
 def _nt_xent_per_view(a: Tensor, p: Tensor, temperature: float) -> Tensor:
@@ -92,7 +95,9 @@ def nt_xent(
     ``crit(anchor=z1, positive=z2)``. Example: ``nt_xent(temperature=0.5)``.
     """
     a, p = _pairs(anchor, positive, "nt_xent")
-    return reduce(_nt_xent_per_view(a, p, temperature), reduction).to(anchor.dtype)
+    with autocast_off(a):
+        loss = _nt_xent_per_view(a, p, temperature)
+    return reduce(loss, reduction).to(anchor.dtype)
 
 
 for _fn in (info_nce, nt_xent):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import as_tensor_param, check_same_shape, safe_pow, upcast
+from ._common import as_tensor_param, autocast_off, check_same_shape, safe_pow, upcast
 
 __all__ = ["ssim", "feature_distance"]
 
@@ -99,7 +99,8 @@ def ssim(
     x, y = upcast(pred, target)
     y = y.to(x.dtype)
     g = as_tensor_param(_gaussian(window, sigma), x, "window")
-    value = _ssim_map(x, y, g, (k1 * data_range) ** 2, (k2 * data_range) ** 2)
+    with autocast_off(x):  # the window sums of squares need float32, not autocast's bfloat16
+        value = _ssim_map(x, y, g, (k1 * data_range) ** 2, (k2 * data_range) ** 2)
     return (1.0 - value.mean()).to(pred.dtype)
 
 
