@@ -178,6 +178,7 @@ def test_ctc_input_errors_name_the_term():
         ({"target_lengths": [4.0, 3.0, 2.0]}, "one integer length per sample"),
         ({"target": inputs["target"].double()}, "integer label sequences"),
         ({"input_lengths": torch.tensor([13, 10, 7])}, "input_lengths"),
+        ({"target": inputs["target"][:2]}, "2 label sequences"),
     ]
     for change, words in bad:
         with pytest.raises(lossdsl.LossInputError, match=words) as info:

@@ -59,6 +59,12 @@ def _check(pred: Tensor, target: Tensor, blank: int) -> None:
             f"{target.dtype} of shape {tuple(target.shape)}",
             hint="pass target as a long tensor of class indices",
         )
+    if target.dim() == 2 and target.shape[0] != pred.shape[1]:
+        raise LossInputError(
+            f"target has {target.shape[0]} label sequences but pred has a batch of {pred.shape[1]} "
+            f"(shape {tuple(pred.shape)} is (T, N, C))",
+            hint="one padded label sequence per sample: target of shape (N, S)",
+        )
 
 
 def ctc(
