@@ -2,9 +2,10 @@
 
 hinge and squared_hinge (binary margins), categorical_hinge (per sample, over a class axis),
 mape and msle. hinge, squared_hinge, mape and msle are elementwise: they take optional
-``weight`` and ``mask`` inputs and ``reduction="mean" | "sum"`` like the regression terms;
-categorical_hinge reduces its per-sample values with ``reduction``. Each value is computed
-by a separate function of the elementwise (or per-sample) losses, so the terms only reduce.
+``weight`` and ``mask`` inputs and ``reduction="mean" | "sum"`` like the regression terms,
+and a position whose weight or mask is 0 is left out before its loss is computed (NaN
+there reaches neither value nor gradient); categorical_hinge reduces its per-sample values
+with ``reduction``. The mean of an empty batch is 0.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, check_dim, check_same_shape, reduce, reduce_elementwise, upcast
+from ._common import Reduction, check_dim, check_same_shape, elementwise, reduce, upcast
 
 __all__ = ["hinge", "squared_hinge", "categorical_hinge", "mape", "msle"]
 
@@ -35,8 +36,8 @@ def _signed_margin(pred: Tensor, target: Tensor, margin: float, targets: Labels)
 def _elementwise(values, pred, target, weight, mask, reduction, **hyper) -> Tensor:
     check_same_shape(pred, target)
     p, t = upcast(pred, target)
-    l = values(p, t.to(p.dtype), **hyper)
-    return reduce_elementwise(l, weight, mask, reduction).to(pred.dtype)
+    l = elementwise(lambda p, t: values(p, t, **hyper), (p, t.to(p.dtype)), weight, mask, reduction)
+    return l.to(pred.dtype)
 
 
 def hinge(
