@@ -5,7 +5,8 @@ item, every other row of the batch is a negative. Similarities are cosines (the 
 normalised) divided by ``temperature``; each anchor's loss is a log-sum-exp minus its
 positive's logit, so any temperature in the allowed range gives finite values; the cosines
 are float32 matrix products for half-precision inputs, under autocast too. The terms
-reduce the per-anchor losses with ``reduction`` (``"mean"``, the papers' choice, or ``"sum"``).
+reduce the per-anchor losses with ``reduction`` (``"mean"``, the papers' choice, or ``"sum"``);
+an empty batch (N = 0) gives 0.
 
 ``temperature`` is bounded to [1e-4, 1e4]: the loss grows like 1/temperature (a margin of 1
 costs 1e4 at the lower bound), so a smaller one would overflow float32 logits and gradients.
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, autocast_off, check_tensor, reduce, upcast
+from ._common import Reduction, autocast_off, check_floating, reduce, upcast
 
 __all__ = ["info_nce", "nt_xent"]
 
@@ -30,12 +31,13 @@ Temperature = Annotated[float, Ge(1e-4), Le(1e4)]
 
 
 def _pairs(anchor: Tensor, positive: Tensor, term: str) -> tuple[Tensor, Tensor]:
-    """The two views, checked to be ``(N, D)`` each, normalised, in float32 for half inputs."""
-    check_tensor(anchor, "anchor")
-    check_tensor(positive, "positive")
-    if anchor.dim() != 2 or anchor.shape != positive.shape or anchor.shape[0] == 0:
+    """The two views, checked to be real floating ``(N, D)`` each, normalised, in float32 for
+    half inputs. N = 0 passes: its losses are an empty vector, whose reduction is 0."""
+    check_floating(anchor, "anchor")
+    check_floating(positive, "positive")
+    if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise LossInputError(
-            f"{term} needs anchor and positive of one shape (N, D) with N >= 1, got anchor "
+            f"{term} needs anchor and positive of one shape (N, D), got anchor "
             f"{tuple(anchor.shape)} and positive {tuple(positive.shape)}",
             hint="row i of anchor and row i of positive are two views of item i; flatten "
             "other axes into D",

@@ -2,7 +2,8 @@
 
 ``F.ctc_loss`` with the catalogue's input names: ``pred`` the log-probabilities ``(T, N, C)``,
 ``target`` the label sequences, ``input_lengths`` and ``target_lengths`` per sample
-(tensors or lists of ints), all passed as inputs of the call.
+(tensors or lists of ints), all passed as inputs of the call. pred must be real floating
+point; target and the lengths are integers. An empty batch (N = 0) gives 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import Reduction, check_tensor, upcast
+from ._common import Reduction, check_floating, check_tensor, upcast
 
 __all__ = ["ctc"]
 
@@ -24,7 +25,7 @@ __all__ = ["ctc"]
 def _lengths(value, name: str, batch: int):
     """A tensor or a sequence of ints with one length per sample."""
     if isinstance(value, Tensor):
-        ok = value.dim() == 1 and value.numel() == batch and not value.is_floating_point()
+        ok = value.dim() == 1 and value.numel() == batch and _is_integer(value)
     else:
         ok = (
             isinstance(value, Sequence)
@@ -40,8 +41,12 @@ def _lengths(value, name: str, batch: int):
     return value
 
 
+def _is_integer(x: Tensor) -> bool:
+    return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+
+
 def _check(pred: Tensor, target: Tensor, blank: int) -> None:
-    check_tensor(pred, "pred")
+    check_floating(pred, "pred")
     check_tensor(target, "target")
     if pred.dim() != 3:
         raise LossInputError(
@@ -53,7 +58,7 @@ def _check(pred: Tensor, target: Tensor, blank: int) -> None:
             f"blank={blank} is not a class of pred, which has {pred.shape[2]} classes",
             hint="blank= is the index of the blank label among the C classes",
         )
-    if target.is_floating_point() or target.dim() not in (1, 2):
+    if not _is_integer(target) or target.dim() not in (1, 2):
         raise LossInputError(
             f"ctc needs integer label sequences, (N, S) padded or 1-d concatenated, got "
             f"{target.dtype} of shape {tuple(target.shape)}",
@@ -92,6 +97,8 @@ def ctc(
         # no CTC kernel runs on lengths without values: on the meta device the result's
         # shape, dtype and graph are all there is to compute
         return log_probs.sum().mul(0.0).to(pred.dtype)
+    if batch == 0:  # torch refuses an empty batch; the sum of no log-probabilities is 0
+        return log_probs.sum().to(pred.dtype)
     try:
         out = F.ctc_loss(
             log_probs, target, input_lengths, target_lengths,
