@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import LossInputError
 from ..registry import registry
-from ._common import as_tensor_param, autocast_off, check_same_shape, safe_pow, upcast
+from ._common import as_tensor_param, autocast_off, check_same_shape, reduce, safe_pow, upcast
 
 __all__ = ["ssim", "feature_distance"]
 
@@ -83,7 +83,8 @@ def ssim(
     window (``window`` pixels, odd, ``sigma``) without padding, and averaged over the map, the
     channels and the batch (Wang et al. 2004; pytorch-msssim's ``ssim``). ``data_range`` is
     the span of the pixel values (1 for [0, 1], 255 for 8-bit). H and W must be at least
-    ``window``. Example: ``0.84*ssim + 0.16*l1`` (Zhao et al. 2017).
+    ``window``. An empty batch (N = 0) gives 0, the mean of 1 - SSIM over no pixels, as
+    every term's empty batch does. Example: ``0.84*ssim + 0.16*l1`` (Zhao et al. 2017).
     """
     check_same_shape(pred, target)
     if pred.dim() != 4:
@@ -101,6 +102,8 @@ def ssim(
     g = as_tensor_param(_gaussian(window, sigma), x, "window")
     with autocast_off(x):  # the window sums of squares need float32, not autocast's bfloat16
         value = _ssim_map(x, y, g, (k1 * data_range) ** 2, (k2 * data_range) ** 2)
+    if value.numel() == 0:  # shape metadata, no device work; 1 - (mean of nothing) would be 1 or NaN
+        return value.sum().to(pred.dtype)
     return (1.0 - value.mean()).to(pred.dtype)
 
 
@@ -124,7 +127,8 @@ def feature_distance(pred: Tensor, target: Tensor, net, *, p: Positive = 1.0) ->
     (or dict) of tensors: the layers of a perceptual loss. net(target) runs without
     gradient; net(pred) is differentiated, so freeze the network's parameters
     (``net.requires_grad_(False)``) unless it should learn from this term. The network runs
-    in the inputs' dtype; the differences are taken in float32 for half inputs.
+    in the inputs' dtype; the differences are taken in float32 for half inputs. An empty
+    batch gives 0.
     Example: ``l1 + 0.1*feature_distance(p=1)``, called as ``crit(pred, target, net=vgg)``.
     """
     check_same_shape(pred, target)
@@ -145,7 +149,7 @@ def feature_distance(pred: Tensor, target: Tensor, net, *, p: Positive = 1.0) ->
     total = 0.0
     for a, b in zip(from_pred, from_target):
         fa, fb = upcast(a, b)
-        total = total + safe_pow((fa - fb.to(fa.dtype)).abs(), p).mean()
+        total = total + reduce(safe_pow((fa - fb.to(fa.dtype)).abs(), p))
     return (total / len(from_pred)).to(pred.dtype)
 
 
