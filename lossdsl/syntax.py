@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import re
 from importlib import resources
@@ -92,16 +93,15 @@ def parse(text: str) -> ast.Program:
 @functools.lru_cache(maxsize=1024)
 def _parse_text(text: str) -> ast.Program:
     # checked for being text first: the cache cannot hash a list
-    try:
-        size = len(text.encode("utf-8", "surrogatepass"))
-    except UnicodeError:
-        size = len(text) * 4
+    size = _utf8_size(text)
     if size > MAX_SOURCE_BYTES:
+        at = _limit_crossed_at(text)
         raise LossDSLError(
             f"the program is {size} bytes long; the limit is {MAX_SOURCE_BYTES} bytes (64 KiB)",
             source=text,
-            span=(MAX_SOURCE_BYTES, MAX_SOURCE_BYTES + 1) if len(text) > MAX_SOURCE_BYTES else None,
-            hint="split the loss into named bindings or shorten it",
+            span=(at, at + 1),
+            hint=f"the text from here on is past the limit of {MAX_SOURCE_BYTES} bytes of UTF-8; "
+            "shorten the program",
         )
     if not text.strip() or _only_comments(text):
         raise LossSyntaxError(
@@ -125,6 +125,24 @@ def _parse_text(text: str) -> ast.Program:
             hint="flatten the expression or name parts of it with bindings",
         )
     return program
+
+
+def _utf8_size(text: str) -> int:
+    if text.isascii():  # known to the string object: no pass over the text
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _limit_crossed_at(text: str) -> int:
+    """The index of the first character whose UTF-8 bytes end past the size limit.
+
+    Only the first ``MAX_SOURCE_BYTES + 1`` characters can hold it (a character is at least a
+    byte); the decoder keeps back a character cut in two by the limit, so the number of
+    characters it gives is that index.
+    """
+    head = text[: MAX_SOURCE_BYTES + 1].encode("utf-8", "surrogatepass")[:MAX_SOURCE_BYTES]
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    return len(decoder.decode(head, final=False))
 
 
 def _only_comments(text: str) -> bool:

@@ -89,6 +89,29 @@ def _number(token: Token) -> ast.Number:
     return node
 
 
+def _as_json_string(quoted: str) -> str:
+    """A single-quoted string literal rewritten as the double-quoted JSON literal it means.
+
+    Both quote styles take JSON's escapes; inside single quotes ``\\'`` is a quote and ``"``
+    needs no escape. One pass over the text.
+    """
+    if quoted[0] == '"':
+        return quoted
+    out = ['"']
+    body, i, n = quoted[1:-1], 0, len(quoted) - 2
+    while i < n:
+        ch = body[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = body[i + 1]
+            out.append("'" if nxt == "'" else "\\" + nxt)
+            i += 2
+            continue
+        out.append('\\"' if ch == '"' else ch)
+        i += 1
+    out.append('"')
+    return "".join(out)
+
+
 class _Arguments:
     """The arguments of a call while the call is being built."""
 
@@ -208,7 +231,7 @@ class _ToAST(Transformer):
         token = children[0]
         try:
             # strict=False: a raw tab or other control character inside quotes is kept as is.
-            value = json.loads(token.value, strict=False)
+            value = json.loads(_as_json_string(token.value), strict=False)
         except ValueError:
             raise LossSyntaxError(
                 "bad escape in string",
