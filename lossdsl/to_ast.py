@@ -206,15 +206,15 @@ class _ToAST(Transformer):
                     span=item.offsets,
                     hint="put positional arguments first, e.g. clamp(x, min=0)",
                 )
-        names = [k.name for k in kwargs]
+        seen: set[str] = set()
         for k in kwargs:
-            if names.count(k.name) > 1:
-                dup = [kw for kw in kwargs if kw.name == k.name][1]
+            if k.name in seen:  # the second time it is given
                 raise LossSyntaxError(
                     f"keyword argument '{k.name}' is given twice",
-                    span=dup.offsets,
+                    span=k.offsets,
                     hint="give each keyword once",
                 )
+            seen.add(k.name)
         place = _span(children)
         depth = max([_depth(c) for c in items] + [0])
         return _Arguments(args, kwargs, place.start, place.end, depth)

@@ -33,9 +33,11 @@ __all__ = ["WeightProgram", "prepare_weights", "sweep", "MAX_MONOMIALS", "MAX_DE
 # which nobody writes), or monomials of more factors than MAX_DEGREE (products of many
 # different losses, or of a loss with itself through many levels of bindings), keeps the
 # plain numeric sweep per call. The bounds keep each step of the symbolic sweep a bounded
-# amount of work, so the sweep, and its bail-out, are linear in the size of the program.
+# amount of work, so the sweep, and its bail-out, are linear in the size of the program;
+# and they bound a call's cost of the monomials (at most 64 x 16 multiplications), where
+# the numeric sweep costs a few operations per operand.
 MAX_MONOMIALS = 64
-MAX_DEGREE = 64
+MAX_DEGREE = 16
 
 Poly = dict  # {tuple of factor indices (sorted): coefficient}
 

@@ -97,7 +97,7 @@ def damaged(rng: random.Random, text: str) -> str:
 
 
 SHAPE_CASES = 150
-SLOWEST_ALLOWED = 20.0  # seconds; the paths fixed here took tens of seconds to minutes
+SLOWEST_ALLOWED = 10.0  # CPU seconds; the paths fixed here took tens of seconds to minutes
 
 
 def test_seeded_hostile_shapes_give_a_loss_or_an_error_quickly():
@@ -106,12 +106,12 @@ def test_seeded_hostile_shapes_give_a_loss_or_an_error_quickly():
     slowest = (0.0, "")
     for _ in range(SHAPE_CASES):
         text = damaged(rng, rng.choice(SHAPES)(rng))
-        start = time.perf_counter()
+        start = time.process_time()
         result = _outcome(text)
         if not isinstance(result, Exception):
             built += 1
             _call_once(result)
-        took = time.perf_counter() - start
+        took = time.process_time() - start
         slowest = max(slowest, (took, text[:60]))
         count += 1
     ran(f"hostile shapes ({built} compiled, slowest {slowest[0]:.2f} s)", count, SHAPE_CASES)

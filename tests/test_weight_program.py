@@ -93,7 +93,7 @@ def test_a_program_with_too_many_monomials_keeps_the_numeric_sweep():
 
 
 def test_a_product_of_more_factors_than_a_monomial_holds_keeps_the_numeric_sweep():
-    # 70 different factors: every weight is the product of the other 69
+    # 70 different factors (beyond MAX_DEGREE): every weight is the product of the other 69
     source = "*".join(f"leaf(x=x{i})" for i in range(70))
     crit = _check_against_autograd(source, 70)
     assert crit._plan.weight_program is None and crit._constant_weights is None
