@@ -136,14 +136,21 @@ def _product_partials(args: Sequence[Value], ops: Sequence[str]) -> list[Value]:
     n = len(args)
     prefix: list[Value] = [1.0] * (n + 1)
     for i, (a, op) in enumerate(zip(args, ops)):
-        prefix[i + 1] = prefix[i] * a if op == "*" else prefix[i] / a
+        prefix[i + 1] = prefix[i] * a if op == "*" else _divide(prefix[i], a)
     result: list[Value] = [0.0] * n
     suffix: Value = 1.0
     for i in range(n - 1, -1, -1):
         a, others = args[i], prefix[i] * suffix
-        result[i] = others if ops[i] == "*" else -others / (a * a)
-        suffix = suffix * a if ops[i] == "*" else suffix / a
+        result[i] = others if ops[i] == "*" else _divide(-others, a * a)
+        suffix = suffix * a if ops[i] == "*" else _divide(suffix, a)
     return result
+
+
+def _divide(a: Value, b: Value) -> Value:
+    """``a / b``, where Python floats divided by 0 give infinity or NaN as tensors do."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor) or b != 0:
+        return a / b
+    return math.copysign(math.inf, a) * math.copysign(1.0, b) if a else math.nan
 
 
 def _positive(x: Value) -> bool:

@@ -17,7 +17,7 @@ from .errors import LossDSLError, LossInputError
 from .terms._common import check_same_shape, upcast
 from .linear import LinearTotal, linear_total
 from .resolve_facts import MAX_OPERATION_DEPTH
-from .weights import WeightProgram, prepare_weights
+from .weights import WeightProgram, power, prepare_weights
 
 __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
 
@@ -228,9 +228,6 @@ def _powers_runner(args: list[int], ops_: tuple[str, ...]):
         side[slot] = side.get(slot, 0) + 1
     head, *rest = [(s, m) for s, m in up.items()]
     below = list(down.items())
-
-    def power(v, m):
-        return v if m == 1 else v**m
 
     def run(vals, env):
         out = power(vals[head[0]], head[1])

@@ -19,6 +19,7 @@ left (``0.7*a + 0.3*b``) the weights are the offsets, folded at compile time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["WeightProgram", "prepare_weights", "sweep", "MAX_MONOMIALS", "MAX_DEGREE"]
+__all__ = ["WeightProgram", "prepare_weights", "sweep", "power", "MAX_MONOMIALS", "MAX_DEGREE"]
 
 # A program whose weights need more monomials than this (products of many sums of losses,
 # which nobody writes), or monomials of more factors than MAX_DEGREE (products of many
@@ -94,7 +95,7 @@ class WeightProgram:
             if kind == "slot":
                 v = vals[a]
                 v = v.detach() if isinstance(v, Tensor) else v
-                values.append(v if b == 1 else v**b)
+                values.append(power(v, b))
             elif kind == "balancer":
                 values.append(balancer_weights[a][b])
             else:
@@ -113,6 +114,21 @@ class WeightProgram:
         if not any(isinstance(v, Tensor) for v in out):
             return tuple(out)
         return _as_vector(out)
+
+
+def power(v: Any, n: int) -> Any:
+    """``v ** n`` for a tensor or a Python float (a schedule's value read on the host), where
+    a float's overflow or ``0.0 ** -n`` is infinity as tensor arithmetic gives, not an error.
+
+    >>> power(2.0, 3), power(10.0, 400), power(-0.0, -1)
+    (8.0, inf, -inf)
+    """
+    if n == 1 or isinstance(v, Tensor):
+        return v if n == 1 else v**n
+    try:
+        return v**n
+    except (OverflowError, ZeroDivisionError):
+        return math.copysign(math.inf, v) if n % 2 else math.inf
 
 
 def _detached(v: Any) -> Any:

@@ -200,6 +200,18 @@ def test_a_product_beyond_the_symbolic_weights_runs_quickly_with_its_weight():
     assert crit.weights["a"].item() == n
 
 
+def test_a_schedule_repeated_in_a_product_is_its_power():
+    # a schedule's value is a Python number on the host: 3^1000 overflows to inf, as the
+    # multiplications written out would, and the call reports it as a non-finite total
+    pred, target = torch.randn(5), torch.randn(5)
+    crit = lossdsl.compile("s = linear(3, 3, steps=1)\n" + "*".join(["s"] * 12) + "*mse")
+    torch.testing.assert_close(crit(pred, target), 3.0**12 * F.mse_loss(pred, target))
+    assert crit.weights["mse"].item() == 3.0**12
+    crit = lossdsl.compile("s = linear(3, 3, steps=1)\n" + "*".join(["s"] * 1000) + "*mse")
+    with pytest.raises(lossdsl.NonFiniteLossError):
+        crit(pred, target)
+
+
 def test_a_sum_of_thousands_of_numbers_runs_quickly():
     text = "exp(mse)" + "+1" * 32760
     crit = lossdsl.compile(text)
