@@ -16,7 +16,7 @@ from . import ir, ops
 from .errors import LossDSLError, LossInputError
 from .terms._common import check_same_shape, upcast
 from .linear import LinearTotal, linear_total
-from .resolve_facts import MAX_OPERATION_DEPTH
+from .resolve_facts import operands
 from .weights import WeightProgram, power, prepare_weights
 
 __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
@@ -141,9 +141,26 @@ class _Builder:
         self.slot_of[id(node)] = slot
         return slot
 
-    def emit(self, node) -> int:
-        if id(node) in self.slot_of:
-            return self.slot_of[id(node)]
+    def emit(self, root) -> int:
+        """Lay out ``root`` and everything it is computed from, operands first (in source
+        order), each node once; iterative, so no depth of program can exhaust the stack."""
+        done = self.slot_of
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in done:
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(operands(node)))
+                continue
+            self._one(node)
+        return done[id(root)]
+
+    def _slot(self, node) -> int:
+        return self.slot_of[id(node)]  # operands are laid out before the nodes that use them
+
+    def _one(self, node) -> int:
         if isinstance(node, ir.Const):
             value = node.value
             slot = self._add(node, lambda vals, env, v=value: v)
@@ -155,10 +172,10 @@ class _Builder:
             self.schedules.append(node)
             return self._add(node, self.make_schedule_runner(node))
         if isinstance(node, ir.Named):
-            inner = self.emit(node.value)
+            inner = self._slot(node.value)
             return self._add(node, lambda vals, env, i=inner: vals[i], (inner,), "named", {})
         if isinstance(node, ir.Balance):
-            args = list(map(self.emit, node.args))  # map: no extra frame per level
+            args = list(map(self._slot, node.args))
             index = len(self.balancers)
             self.balancers.append(node)
             return self._add(node, None, args, None, None, balancer=index)
@@ -170,7 +187,7 @@ class _Builder:
         params = dict(node.params)
         if node.fn == "sum":
             # watch(...) adds exactly 0: keep its term computed but leave it out of the sum.
-            slots = list(map(self.emit, node.args))  # in source order; no extra frame per level
+            slots = list(map(self._slot, node.args))
             kept = [(s, slot) for s, a, slot in zip(params["signs"], node.args, slots) if not _is_watch(a)]
             if len(kept) == 1 and kept[0][0] > 0:
                 inner = kept[0][1]
@@ -180,14 +197,9 @@ class _Builder:
             params = {"signs": tuple(s for s, _ in kept)}
             args = [slot for _, slot in kept]
         else:
-            args = list(map(self.emit, node.args))  # map: no extra frame per level
+            args = list(map(self._slot, node.args))
         run = _op_runner(node.fn, args, params)
         return self._add(node, run, args, node.fn, params)
-
-
-# Resolve refuses a program nested deeper than this (bindings inside bindings counted), so
-# the recursion of `_Builder.emit` (two frames per level) stays far from Python's limit.
-MAX_PLAN_DEPTH = MAX_OPERATION_DEPTH
 
 
 def _is_watch(node) -> bool:

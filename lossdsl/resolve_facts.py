@@ -26,8 +26,8 @@ __all__ = ["Facts", "NodeFacts", "operands", "MAX_OPERATION_DEPTH"]
 
 # How deep operations may nest, counting the bindings used inside bindings: `a2 = exp(a1)`
 # puts a1 inside a2 without a bracket in the text, so a chain of short bindings nests far
-# deeper than the parser's limit of 64 brackets. Later phases (the plan) recurse over the
-# program; this bound keeps them far from Python's recursion limit.
+# deeper than the parser's limit of 64 brackets. The tools that walk a program recursively
+# (explain, the fused path) rely on this bound to stay far from Python's recursion limit.
 MAX_OPERATION_DEPTH = 256
 
 
