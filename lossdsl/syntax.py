@@ -22,6 +22,7 @@ from .syntax_errors import CONTINUES as _CONTINUES
 from .syntax_errors import syntax_error as _syntax_error
 from .to_ast import ToAST as _ToAST
 from .to_ast import node_depth as _depth
+from .to_ast import recording_depths as _recording_depths
 
 __all__ = ["parse", "MAX_SOURCE_BYTES", "MAX_DEPTH", "grammar_text"]
 
@@ -111,12 +112,13 @@ def _parse_text(text: str) -> ast.Program:
             hint="write an expression such as mse or 0.7*huber(delta=1) + 0.3*temporal_diff",
         )
     try:
-        program = _parser().parse(text)
+        with _recording_depths():
+            program = _parser().parse(text)
+            depth = _depth(program)
     except LossDSLError as err:
         raise err.located(text, err.span) from None
     except UnexpectedInput as err:
         raise _syntax_error(text, err) from None
-    depth = _depth(program)
     if depth > MAX_DEPTH:
         raise LossDSLError(
             f"the program nests {depth} levels deep; the limit is {MAX_DEPTH}",
