@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "Span",
@@ -50,10 +50,6 @@ class Node(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span | None = Field(default=None, repr=False)
-    # Nesting depth as written (brackets, calls, unary operators), set by the parser for the
-    # limit of DESIGN.md §8; not part of the node's meaning.
-    _depth: int = PrivateAttr(default=0)
-    _bracketed: bool = PrivateAttr(default=False)
 
     def _key(self) -> tuple:
         return (type(self),) + tuple(

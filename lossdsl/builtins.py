@@ -16,13 +16,22 @@ from typing import Annotated, Literal, Optional
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Builtin", "BUILTINS", "BALANCE_METHODS", "BALANCE_PARAMS"]
+__all__ = ["Builtin", "BUILTINS", "BALANCE_METHODS", "BALANCE_PARAMS", "MAX_LIST_ITEMS", "MAX_WINDOW",
+           "MAX_BALANCED"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 Positive = Annotated[float, Gt(0)]
 NonNegative = Annotated[float, Ge(0)]
 Unit = Annotated[float, Gt(0), Lt(1)]
+
+# Upper bounds of the parameters that size memory or per-call work, so that no text can ask
+# for gigabytes when it compiles: list lengths (a piecewise schedule does one comparison per
+# boundary per call), the steps a "dwa" balancer keeps (2*window values per term, copied
+# every call) and the terms one balancer combines (its buffers have one entry per term).
+MAX_LIST_ITEMS = 1024
+MAX_WINDOW = 10_000
+MAX_BALANCED = 256
 
 
 class NoParams(BaseModel):
@@ -57,8 +66,8 @@ class PiecewiseParams(BaseModel):
     """Field validators (not a model validator) so an error points at the bad ``key=value``."""
 
     model_config = _STRICT
-    boundaries: list[float] = Field(min_length=1)
-    values: list[float] = Field(min_length=2)
+    boundaries: list[float] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    values: list[float] = Field(min_length=2, max_length=MAX_LIST_ITEMS + 1)
 
     @field_validator("boundaries")
     @classmethod
@@ -110,7 +119,7 @@ class DwaParams(BaseModel):
     model_config = _STRICT
     method: Literal["dwa"] = "dwa"
     temperature: Positive = 2.0
-    window: Annotated[int, Gt(0)] = 10
+    window: Annotated[int, Gt(0), Le(MAX_WINDOW)] = 10
     eps: Positive = 1e-8
 
 
@@ -184,6 +193,6 @@ BUILTINS: dict[str, Builtin] = dict(
         _b("piecewise", "schedule", (0, 0), PiecewiseParams, "piecewise(boundaries=[...], values=[...])"),
         _b("cyclic", "schedule", (0, 0), CyclicParams, "cyclic(period, ratio=0.5, low=0, high=1)"),
         _b("after", "schedule", (0, 0), AfterParams, "after(steps): 0 before, 1 from steps on"),
-        _b("balance", "balance", (2, None), NoParams, "balance(a, b, ..., method=...)"),
+        _b("balance", "balance", (2, MAX_BALANCED), NoParams, "balance(a, b, ..., method=...)"),
     ]
 )

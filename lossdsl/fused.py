@@ -138,8 +138,15 @@ class _Linearizer:
         self.kinds = kinds
         self.parts: list[Part] = []
         self.optional: set[str] = set()
+        self._done: dict[int, tuple] = {}  # a binding used twice is one node: linearized once
 
     def linear(self, node) -> tuple[float, dict[int, float]]:
+        done = self._done.get(id(node))
+        if done is None:
+            done = self._done[id(node)] = (node, self._linear(node))
+        return done[1]
+
+    def _linear(self, node) -> tuple[float, dict[int, float]]:
         if isinstance(node, ir.Const):
             return node.value, {}
         if isinstance(node, ir.Term):

@@ -60,11 +60,12 @@ def linear_total(plan) -> LinearTotal | None:
         return None
     feeding = _feeding(plan)
     terms = tuple(s for s in plan.logged_slots if s in feeding)
+    position = {s: i for i, s in reversed(list(enumerate(plan.logged_slots)))}  # first place
     runs = tuple(i.slot for i in plan.instrs if i.kind == "term" or state[i.slot] == "scalar")
     return LinearTotal(
         runs=runs,
         terms=terms,
-        weight_index=tuple(plan.logged_slots.index(s) for s in terms),
+        weight_index=tuple(position[s] for s in terms),
         offset=offset,
         step_dependent=any(state[s] == "scalar" for s in runs),
     )

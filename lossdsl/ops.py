@@ -108,17 +108,7 @@ def partials(fn: str, args: Sequence[Value], out: Value, params: dict) -> list[V
     if fn == "named":
         return [1.0]
     if fn == "product":
-        result = []
-        for i in range(len(args)):
-            d: Value = 1.0
-            for j, (a, op) in enumerate(zip(args, ("*",) + tuple(params["ops"]))):
-                if j == i:
-                    # d(x)/dx = 1 for '*'; d(1/x)/dx = -1/x^2 for '/'
-                    d = d if op == "*" else d * (-1.0 / (a * a))
-                else:
-                    d = d * a if op == "*" else d / a
-            result.append(d)
-        return result
+        return _product_partials(args, ("*",) + tuple(params["ops"]))
     if fn == "pow":
         base, exponent = args
         d_base = exponent * base ** (exponent - 1)
@@ -137,6 +127,30 @@ def partials(fn: str, args: Sequence[Value], out: Value, params: dict) -> list[V
         # The derivative flows to the argument that was selected (ties: all of them).
         return [_selected(a, out) for a in args]
     raise ValueError(f"unknown operation {fn!r}")
+
+
+def _product_partials(args: Sequence[Value], ops: Sequence[str]) -> list[Value]:
+    """``d/d args[i]`` of ``args[0] op args[1] op ...``: the product of the other operands,
+    from prefix and suffix products (linear in the operands, and no division by the operand
+    itself, which may be 0); a divided operand also gets ``d(1/x)/dx = -1/x^2``."""
+    n = len(args)
+    prefix: list[Value] = [1.0] * (n + 1)
+    for i, (a, op) in enumerate(zip(args, ops)):
+        prefix[i + 1] = prefix[i] * a if op == "*" else _divide(prefix[i], a)
+    result: list[Value] = [0.0] * n
+    suffix: Value = 1.0
+    for i in range(n - 1, -1, -1):
+        a, others = args[i], prefix[i] * suffix
+        result[i] = others if ops[i] == "*" else _divide(-others, a * a)
+        suffix = suffix * a if ops[i] == "*" else _divide(suffix, a)
+    return result
+
+
+def _divide(a: Value, b: Value) -> Value:
+    """``a / b``, where Python floats divided by 0 give infinity or NaN as tensors do."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor) or b != 0:
+        return a / b
+    return math.copysign(math.inf, a) * math.copysign(1.0, b) if a else math.nan
 
 
 def _positive(x: Value) -> bool:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import ir, ops
-from .errors import LossArgumentError, LossDSLError, LossInputError
+from .errors import LossDSLError, LossInputError
 from .terms._common import check_same_shape, upcast
 from .linear import LinearTotal, linear_total
-from .weights import WeightProgram, prepare_weights
+from .resolve_facts import operands
+from .weights import WeightProgram, power, prepare_weights
 
 __all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
 
@@ -80,7 +81,6 @@ def build_plan(resolved: ir.Resolved, *, make_term_runner, make_schedule_runner)
     """
     builder = _Builder(make_term_runner, make_schedule_runner)
     try:
-        _check_depth(resolved.root)
         root = builder.emit(resolved.root)
     except LossDSLError as err:
         raise err.located(resolved.source, err.span) from None
@@ -141,9 +141,26 @@ class _Builder:
         self.slot_of[id(node)] = slot
         return slot
 
-    def emit(self, node) -> int:
-        if id(node) in self.slot_of:
-            return self.slot_of[id(node)]
+    def emit(self, root) -> int:
+        """Lay out ``root`` and everything it is computed from, operands first (in source
+        order), each node once; iterative, so no depth of program can exhaust the stack."""
+        done = self.slot_of
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in done:
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(operands(node)))
+                continue
+            self._one(node)
+        return done[id(root)]
+
+    def _slot(self, node) -> int:
+        return self.slot_of[id(node)]  # operands are laid out before the nodes that use them
+
+    def _one(self, node) -> int:
         if isinstance(node, ir.Const):
             value = node.value
             slot = self._add(node, lambda vals, env, v=value: v)
@@ -155,10 +172,10 @@ class _Builder:
             self.schedules.append(node)
             return self._add(node, self.make_schedule_runner(node))
         if isinstance(node, ir.Named):
-            inner = self.emit(node.value)
+            inner = self._slot(node.value)
             return self._add(node, lambda vals, env, i=inner: vals[i], (inner,), "named", {})
         if isinstance(node, ir.Balance):
-            args = list(map(self.emit, node.args))  # map: no extra frame per level
+            args = list(map(self._slot, node.args))
             index = len(self.balancers)
             self.balancers.append(node)
             return self._add(node, None, args, None, None, balancer=index)
@@ -168,11 +185,9 @@ class _Builder:
 
     def _apply(self, node: ir.Apply) -> int:
         params = dict(node.params)
-        if node.fn == "product":
-            _refuse_division_by_zero(node, params["ops"])
         if node.fn == "sum":
             # watch(...) adds exactly 0: keep its term computed but leave it out of the sum.
-            slots = list(map(self.emit, node.args))  # in source order; no extra frame per level
+            slots = list(map(self._slot, node.args))
             kept = [(s, slot) for s, a, slot in zip(params["signs"], node.args, slots) if not _is_watch(a)]
             if len(kept) == 1 and kept[0][0] > 0:
                 inner = kept[0][1]
@@ -182,60 +197,9 @@ class _Builder:
             params = {"signs": tuple(s for s, _ in kept)}
             args = [slot for _, slot in kept]
         else:
-            args = list(map(self.emit, node.args))  # map: no extra frame per level
+            args = list(map(self._slot, node.args))
         run = _op_runner(node.fn, args, params)
         return self._add(node, run, args, node.fn, params)
-
-
-# Bindings compose: `a2 = exp(a1)` puts a1 inside a2 without a bracket in the text, so a
-# chain of bindings can nest far deeper than the parser's limit. The plan is built by
-# recursion (two frames per level); past this depth the program is refused instead. One
-# expression within the parser's limit of 64 reaches about 130 (a sum and a product per
-# bracket), so only bindings nested in bindings get here.
-MAX_PLAN_DEPTH = 256
-
-
-def _check_depth(root) -> None:
-    """Refuse a program that nests more than MAX_PLAN_DEPTH operations (iteratively)."""
-    depth: dict[int, int] = {}
-    stack = [(root, False)]
-    while stack:
-        node, ready = stack.pop()
-        if id(node) in depth:
-            continue
-        inner = _operands(node)
-        if not ready:
-            stack.append((node, True))
-            stack.extend((child, False) for child in inner if id(child) not in depth)
-            continue
-        level = 1 + max((depth[id(child)] for child in inner), default=0)
-        if level > MAX_PLAN_DEPTH:
-            raise LossDSLError(
-                f"the program nests more than {MAX_PLAN_DEPTH} operations deep "
-                "(counting the bindings used inside bindings)",
-                span=getattr(node, "span", None),
-                hint="use fewer levels of bindings inside bindings, or flatten the expression",
-            )
-        depth[id(node)] = level
-
-
-def _operands(node) -> tuple:
-    if isinstance(node, (ir.Apply, ir.Balance)):
-        return node.args
-    if isinstance(node, ir.Named):
-        return (node.value,)
-    return ()
-
-
-def _refuse_division_by_zero(node: ir.Apply, ops_: tuple[str, ...]) -> None:
-    # `mse/0` would only show up as inf at the first call; say so when compiling instead.
-    for op, arg in zip(ops_, node.args[1:]):
-        if op == "/" and isinstance(arg, ir.Const) and arg.value == 0:
-            raise LossArgumentError(
-                "division by zero",
-                span=arg.span or node.span,
-                hint="divide by a non-zero number, or multiply by a weight instead",
-            )
 
 
 def _is_watch(node) -> bool:
@@ -255,7 +219,37 @@ def _op_runner(fn: str, args: list[int], params: dict):
         if params["ops"][0] == "*":
             return lambda vals, env: vals[i] * vals[j]
         return lambda vals, env: vals[i] / vals[j]
+    if fn == "product" and len(args) > len(set(args)) + _REPEATS_WORTH_POWERS:
+        return _powers_runner(args, params["ops"])
     return lambda vals, env: ops.apply(fn, [vals[a] for a in args], params)
+
+
+# A product that repeats operands this many times more than it has distinct ones
+# (`a*a*...*a`, a binding used thousands of times) runs as powers: one operation per distinct
+# operand instead of one per operand. Shorter products run as written.
+_REPEATS_WORTH_POWERS = 8
+
+
+def _powers_runner(args: list[int], ops_: tuple[str, ...]):
+    """``prod x_s^m_s / prod x_s^d_s`` (``m_s``, ``d_s``: how often ``x_s`` multiplies and
+    divides); numerator and denominator apart, so that ``0/0`` stays NaN as written."""
+    up: dict[int, int] = {}
+    down: dict[int, int] = {}
+    for slot, op in zip(args, ("*",) + tuple(ops_)):
+        side = up if op == "*" else down
+        side[slot] = side.get(slot, 0) + 1
+    head, *rest = [(s, m) for s, m in up.items()]
+    below = list(down.items())
+
+    def run(vals, env):
+        out = power(vals[head[0]], head[1])
+        for s, m in rest:
+            out = out * power(vals[s], m)
+        for s, d in below:
+            out = out / power(vals[s], d)
+        return out
+
+    return run
 
 
 def missing_input(term: ir.Term, param: str, path: tuple[str, ...]) -> LossInputError:

@@ -24,8 +24,9 @@ from .errors import (
     did_you_mean,
 )
 from .registry import Registry, TermSpec, registry as default_registry
-from .resolve_builtins import BuiltinCalls, only_watches, refuse_watch_inside
-from .resolve_values import fold, is_int_literal, validate
+from .resolve_builtins import BuiltinCalls
+from .resolve_facts import Facts
+from .resolve_values import fold, fold_addends, fold_factors, is_int_literal, validate
 from .unparse import unparse
 
 __all__ = ["resolve", "MAX_TERMS"]
@@ -59,6 +60,7 @@ class _Resolver(BuiltinCalls):
         self.terms: list[ir.Term] = []
         self.named: list[ir.Named] = []
         self.order: list[Any] = []  # terms and named composites as they appear
+        self.facts = Facts()  # depth and watch facts per node, each computed once
 
     # --- program --------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class _Resolver(BuiltinCalls):
             self.bindings[binding.name] = binding
             self.resolved[binding.name] = self._binding_value(binding)
         root = self.expr(program.expr)
+        facts = self.facts.of(root)  # the nesting limit, before anything recurses over it
         for binding in program.bindings:
             if binding.name not in self.used:
                 raise LossNameError(
@@ -94,7 +97,7 @@ class _Resolver(BuiltinCalls):
                 span=program.expr.offsets,
                 hint="a program needs at least one term, e.g. mse or 0.5*huber(delta=1)",
             )
-        if not _contributes(root):
+        if not facts.contributes:
             raise LossTypeError(
                 "every term is inside watch(...), so the loss is always 0",
                 span=program.expr.offsets,
@@ -118,10 +121,14 @@ class _Resolver(BuiltinCalls):
             # A binding that is exactly one term call: the term is logged under the binding's name.
             return self.call(value, log_name=binding.name)
         node = self.expr(value)
+        # Checked binding by binding: a chain of bindings is refused at the first one that
+        # nests too deep, before any later phase recurses over it.
+        facts = self.facts.of(node)
         # `w = watch(mae)` is an alias: the watched term is logged already, and the watch
         # itself has no value to log.
-        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not only_watches(node):
+        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not facts.watch_only:
             node = ir.Named(binding.name, node, binding.offsets)
+            self.facts.of(node)
             self.named.append(node)
             self.order.append(node)
         return node
@@ -168,10 +175,18 @@ class _Resolver(BuiltinCalls):
 
     def _apply(self, fn: str, args: tuple, params: tuple, span) -> Any:
         if fn != "sum":
-            refuse_watch_inside(args)
+            self._refuse_watch_inside(args)
         kind = ir.max_kind(*(a.kind for a in args))
         if kind == "const":
             return ir.Const(fold(fn, [a.value for a in args], dict(params), span), span)
+        # `mse*2*0.5*...`, `mse + 1 + 2 + ...`: the numbers become one coefficient or one
+        # constant, computed once here instead of once per operand on every call
+        if fn == "product":
+            args, ops = fold_factors(args, dict(params)["ops"], span)
+            params = (("ops", ops),)
+        elif fn == "sum":
+            args, signs = fold_addends(args, dict(params)["signs"], span)
+            params = (("signs", signs),)
         return ir.Apply(fn, args, params, span, kind)
 
     def call(self, node: ast.Call, log_name: str | None = None) -> Any:
@@ -331,17 +346,3 @@ class _Resolver(BuiltinCalls):
                 hint=f"write a literal such as {param}=1, or bind a number first: k = 1; ...({param}=k)",
             )
         raise LossArgumentError(f"bad value for '{param}'", span=span)
-
-
-def _contributes(node: Any) -> bool:
-    """Whether a term outside ``watch(...)`` reaches ``node`` (so the loss trains something)."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (ir.Term, ir.Balance)):
-            return True
-        if isinstance(item, ir.Named):
-            stack.append(item.value)
-        elif isinstance(item, ir.Apply) and item.fn != "watch":
-            stack.extend(item.args)
-    return False

@@ -11,33 +11,27 @@ from typing import Any
 from . import ast, ir
 from .builtins import BALANCE_METHODS, BALANCE_PARAMS, Builtin
 from .errors import LossArgumentError, LossTypeError, did_you_mean
+from .resolve_facts import Facts
 from .resolve_values import show, validate
 
-__all__ = ["BuiltinCalls", "only_watches", "refuse_watch_inside"]
-
-
-def only_watches(node: Any) -> bool:
-    while isinstance(node, ir.Named):
-        node = node.value
-    if isinstance(node, ir.Apply) and node.fn == "sum":
-        return all(only_watches(a) for a in node.args)
-    return isinstance(node, ir.Apply) and node.fn == "watch"
-
-
-def refuse_watch_inside(args) -> None:
-    """watch(...) adds exactly 0 and only logs; inside a calculation it would be a hidden 0
-    (``log(watch(a))``, ``mse / watch(a)``), so it may only be added to the loss."""
-    for arg in args:
-        if only_watches(arg):
-            raise LossTypeError(
-                "watch(...) only logs a term; it cannot be part of a calculation",
-                span=arg.span,
-                hint="add it to the loss on its own, e.g. mse + watch(mae)",
-            )
+__all__ = ["BuiltinCalls"]
 
 
 class BuiltinCalls:
-    """The built-in half of the resolver."""
+    """The built-in half of the resolver (``self.facts`` is the resolver's :class:`Facts`)."""
+
+    facts: Facts
+
+    def _refuse_watch_inside(self, args) -> None:
+        """watch(...) adds exactly 0 and only logs; inside a calculation it would be a hidden 0
+        (``log(watch(a))``, ``mse / watch(a)``), so it may only be added to the loss."""
+        for arg in args:
+            if self.facts.of(arg).watch_only:
+                raise LossTypeError(
+                    "watch(...) only logs a term; it cannot be part of a calculation",
+                    span=arg.span,
+                    hint="add it to the loss on its own, e.g. mse + watch(mae)",
+                )
 
     def _builtin(self, node: ast.Call, builtin: Builtin) -> Any:
         low, high = builtin.operands
@@ -49,12 +43,15 @@ class BuiltinCalls:
                 span=node.offsets,
                 hint=builtin.summary,
             )
-        operands = tuple(self.expr(a) for a in node.args[:n_operands])
-        if builtin.category == "balance":
-            return self._balance(node, operands)
         model = builtin.params
         fields = list(model.model_fields)
         extra_args = node.args[n_operands:]
+        if builtin.category == "balance" and extra_args:
+            raise LossArgumentError(
+                f"balance combines at most {high} terms, got {len(node.args)}",
+                span=extra_args[0].offsets,
+                hint="balance groups of terms separately, e.g. balance(balance(a, b, ...), c, ...)",
+            )
         if len(extra_args) > len(fields):
             raise LossArgumentError(
                 f"{builtin.name} takes {high if high is not None else 'any number of'} operand(s)"
@@ -62,6 +59,9 @@ class BuiltinCalls:
                 span=extra_args[len(fields)].offsets,
                 hint=builtin.summary,
             )
+        operands = tuple(self.expr(a) for a in node.args[:n_operands])
+        if builtin.category == "balance":
+            return self._balance(node, operands)
         values: dict[str, Any] = {}
         places: dict[str, tuple[int, int] | None] = {}
         for field_name, arg in zip(fields, extra_args):
@@ -89,12 +89,12 @@ class BuiltinCalls:
                 )
             if operand.kind == "const":
                 return operand
-            refuse_watch_inside(operands)
+            self._refuse_watch_inside(operands)
             return ir.Apply(builtin.name, operands, (), node.offsets, operand.kind)
         return self._apply(builtin.name, operands, params, node.offsets)
 
     def _balance(self, node: ast.Call, operands: tuple) -> ir.Balance:
-        refuse_watch_inside(operands)
+        self._refuse_watch_inside(operands)
         for arg, operand in zip(node.args, operands):
             if operand.kind != "loss":
                 raise LossTypeError(

@@ -13,12 +13,12 @@ from typing import Any
 
 import pydantic
 
-from . import ast
+from . import ast, ir
 from .errors import LossArgumentError
 from .registry import _type_words
 from .unparse import unparse
 
-__all__ = ["validate", "fold", "is_int_literal", "show"]
+__all__ = ["validate", "fold", "fold_factors", "fold_addends", "is_int_literal", "show"]
 
 _UNARY_MATH = {
     "log": math.log,
@@ -66,7 +66,10 @@ def _validate(owner, model, values, places, call_span, hyper=None) -> dict[str, 
             ) from None
         reason = msg.removeprefix("Value error, ")
         reason = reason.replace("Input should be", f"{key} must be", 1)
+        reason = reason.replace("List should have", f"{key} must have", 1).replace(" after validation", "")
         shown = _as_written(values[key])
+        if len(shown) > 40:  # the caret shows the value; the message names it
+            shown = shown[:30] + "..."
         raise LossArgumentError(
             f"{owner}: {key}={shown} is not allowed",
             span=places.get(key) or call_span,
@@ -131,6 +134,68 @@ def _fold(fn: str, values: list[float], params: dict, span) -> float:
             hint="check for division by zero, log of a negative number or overflow",
         ) from None
     return float(result)
+
+
+def fold_factors(args: tuple, ops: tuple[str, ...], span) -> tuple[tuple, tuple[str, ...]]:
+    """The operands of a product with two or more numbers among them folded into one
+    coefficient in front: ``mse*2*mae/4`` is ``0.5 * mse * mae``.
+
+    A product with one number is left as written (its number is already one multiply, and
+    tools that edit the text find it in its place).
+
+    >>> from lossdsl import ir
+    >>> x = ir.Schedule("after", (("steps", 1),), None)
+    >>> args, ops = fold_factors((x, ir.Const(2.0), ir.Const(4.0)), ("*", "/"), None)
+    >>> args[0].value, args[1] is x, ops
+    (0.5, True, ('*',))
+    """
+    signs = ("*",) + tuple(ops)
+    numbers = 0
+    for arg, op in zip(args, signs):
+        if arg.kind == "const":
+            numbers += 1
+            if op == "/" and arg.value == 0:
+                # `mse/0` would only show up as inf at the first call: say so now
+                raise LossArgumentError(
+                    "division by zero",
+                    span=arg.span or span,
+                    hint="divide by a non-zero number, or multiply by a weight instead",
+                )
+    if numbers < 2:
+        return args, tuple(ops)
+    coefficient = 1.0
+    kept, kept_ops = [], []
+    for arg, op in zip(args, signs):
+        if arg.kind != "const":
+            kept.append(arg)
+            kept_ops.append(op)
+        else:
+            coefficient = coefficient * arg.value if op == "*" else coefficient / arg.value
+    if not math.isfinite(coefficient):
+        raise LossArgumentError(
+            "the numbers in this product overflow",
+            span=span,
+            hint="use numbers whose product is a finite double-precision value",
+        )
+    return (ir.Const(coefficient, span), *kept), tuple(kept_ops)
+
+
+def fold_addends(args: tuple, signs: tuple[int, ...], span) -> tuple[tuple, tuple[int, ...]]:
+    """The operands of a sum with two or more numbers among them, the numbers added up into
+    one constant at the end: ``1 + mse - 0.5 + mae`` is ``mse + mae + 0.5``.
+
+    >>> from lossdsl import ir
+    >>> x = ir.Schedule("after", (("steps", 1),), None)
+    >>> args, signs = fold_addends((ir.Const(1.0), x, ir.Const(0.25)), (1, -1, -1), None)
+    >>> args[0] is x, args[1].value, signs
+    (True, 0.75, (-1, 1))
+    """
+    if sum(1 for a in args if a.kind == "const") < 2:
+        return args, signs
+    kept = [(a, s) for a, s in zip(args, signs) if a.kind != "const"]
+    constant = fold("sum", [a.value for a in args if a.kind == "const"],
+                    {"signs": [s for a, s in zip(args, signs) if a.kind == "const"]}, span)
+    return (*(a for a, _ in kept), ir.Const(constant, span)), (*(s for _, s in kept), 1)
 
 
 validate = _validate

@@ -19,6 +19,7 @@ left (``0.7*a + 0.3*b``) the weights are the offsets, folded at compile time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,17 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["WeightProgram", "prepare_weights", "sweep", "MAX_MONOMIALS"]
+__all__ = ["WeightProgram", "prepare_weights", "sweep", "power", "MAX_MONOMIALS", "MAX_DEGREE"]
 
 # A program whose weights need more monomials than this (products of many sums of losses,
-# which nobody writes) keeps the plain numeric sweep per call.
+# which nobody writes), or monomials of more factors than MAX_DEGREE (products of many
+# different losses, or of a loss with itself through many levels of bindings), keeps the
+# plain numeric sweep per call. The bounds keep each step of the symbolic sweep a bounded
+# amount of work, so the sweep, and its bail-out, are linear in the size of the program;
+# and they bound a call's cost of the monomials (at most 64 x 16 multiplications), where
+# the numeric sweep costs a few operations per operand.
 MAX_MONOMIALS = 64
+MAX_DEGREE = 16
 
 Poly = dict  # {tuple of factor indices (sorted): coefficient}
 
@@ -88,7 +95,7 @@ class WeightProgram:
             if kind == "slot":
                 v = vals[a]
                 v = v.detach() if isinstance(v, Tensor) else v
-                values.append(v if b == 1 else v**b)
+                values.append(power(v, b))
             elif kind == "balancer":
                 values.append(balancer_weights[a][b])
             else:
@@ -107,6 +114,21 @@ class WeightProgram:
         if not any(isinstance(v, Tensor) for v in out):
             return tuple(out)
         return _as_vector(out)
+
+
+def power(v: Any, n: int) -> Any:
+    """``v ** n`` for a tensor or a Python float (a schedule's value read on the host), where
+    a float's overflow or ``0.0 ** -n`` is infinity as tensor arithmetic gives, not an error.
+
+    >>> power(2.0, 3), power(10.0, 400), power(-0.0, -1)
+    (8.0, inf, -inf)
+    """
+    if n == 1 or isinstance(v, Tensor):
+        return v if n == 1 else v**n
+    try:
+        return v**n
+    except (OverflowError, ZeroDivisionError):
+        return math.copysign(math.inf, v) if n % 2 else math.inf
 
 
 def _detached(v: Any) -> Any:
@@ -148,8 +170,8 @@ class _TooLarge(Exception):
 def _symbolic_sweep(plan) -> WeightProgram | None:
     factors: dict[tuple, int] = {}
 
-    def factor(key: tuple) -> Poly:
-        return {(factors.setdefault(key, len(factors)),): 1.0}
+    def factor(key: tuple) -> int:
+        return factors.setdefault(key, len(factors))
 
     adjoint: dict[int, Poly] = {plan.root: {(): 1.0}}
     try:
@@ -185,35 +207,49 @@ def _symbolic_sweep(plan) -> WeightProgram | None:
 def _local_partials(instr, const_slots: dict, factor) -> list[Poly]:
     """``d out / d arg`` of one instruction, as polynomials over the call's factors."""
     if instr.balancer is not None:
-        return [factor(("balancer", instr.balancer, k)) for k in range(len(instr.args))]
+        return [{(factor(("balancer", instr.balancer, k)),): 1.0} for k in range(len(instr.args))]
     if instr.fn in ops.CONSTANT_PARTIALS:
         return [{(): float(d)} for d in ops.partials(instr.fn, [0.0] * len(instr.args), 0.0, instr.params)]
     if instr.fn == "product":
         return _product_partials(instr, const_slots, factor)
     # log, exp, sqrt, pow, abs, min, max, clamp: evaluated from the values at run time
-    return [factor(("partial", instr.slot, k)) for k in range(len(instr.args))]
+    return [{(factor(("partial", instr.slot, k)),): 1.0} for k in range(len(instr.args))]
 
 
 def _product_partials(instr, const_slots: dict, factor) -> list[Poly]:
+    """``d product / d operand`` for each operand, in time linear in the operands.
+
+    Equal operands are one value to a power: ``c * prod_s x_s^p_s`` (``p_s`` counts ``*x_s``
+    minus ``/x_s``). An operand at slot ``s`` then has the partial ``c * x_s^(p_s - 1) *
+    prod_(t != s) x_t^p_t``, negated where it divides (``d(1/x)/dx = -1/x^2``): one monomial
+    per distinct slot, shared by its operands.
+    """
     ops_ = ("*",) + tuple(instr.params["ops"])
-    out = []
-    for i, (si, op_i) in enumerate(zip(instr.args, ops_)):
-        coeff, keys = 1.0, []
-        for j, (sj, op_j) in enumerate(zip(instr.args, ops_)):
-            divide = op_j == "/"
-            if j == i:
-                if divide:  # d(1/x)/dx = -1/x^2
-                    coeff, keys = -coeff, keys + [("slot", sj, -2)]
-            elif sj in const_slots:
-                c = const_slots[sj]
-                coeff = coeff / c if divide else coeff * c
-            else:
-                keys.append(("slot", sj, -1 if divide else 1))
-        poly: Poly = {(): coeff}
-        for key in keys:
-            poly = _multiply(poly, factor(key))
-        out.append(poly)
-    return out
+    coeff = 1.0
+    power: dict[int, int] = {}  # slot -> p_s
+    for s, op in zip(instr.args, ops_):
+        if s in const_slots:
+            coeff = coeff / const_slots[s] if op == "/" else coeff * const_slots[s]
+        else:
+            power[s] = power.get(s, 0) + (-1 if op == "/" else 1)
+    if len(power) > MAX_DEGREE or not coeff:
+        # beyond the size of a monomial: the numeric sweep takes it (linear too)
+        if coeff:
+            raise _TooLarge
+        return [{} for _ in instr.args]
+    # a slot's whole power appears in the other slots' partials only (none when it is alone)
+    whole = {s: factor(("slot", s, p)) for s, p in power.items() if p} if len(power) > 1 else {}
+    by_slot: dict[int, Poly] = {}
+    for s, p in power.items():
+        mono = [i for t, i in whole.items() if t != s]
+        if p != 1:
+            mono.append(factor(("slot", s, p - 1)))
+        by_slot[s] = {tuple(sorted(mono)): coeff}
+    negated = {s: {m: -c for m, c in poly.items()} for s, poly in by_slot.items()}
+    return [
+        {} if s in const_slots else by_slot[s] if op == "*" else negated[s]
+        for s, op in zip(instr.args, ops_)
+    ]
 
 
 def _multiply(p: Poly, q: Poly) -> Poly:
@@ -234,7 +270,7 @@ def _add(p: Poly, q: Poly) -> Poly:
 
 def _checked(p: Poly) -> Poly:
     p = {m: c for m, c in p.items() if c != 0.0}
-    if len(p) > MAX_MONOMIALS:
+    if len(p) > MAX_MONOMIALS or any(len(m) > MAX_DEGREE for m in p):
         raise _TooLarge
     return p
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lossdsl
+from lossdsl.ops import partials
 from lossdsl.schedules import SCHEDULES, schedule_runner
 
 F64 = torch.float64
@@ -54,6 +55,9 @@ PROGRAMS = [
     ('linear(0, 2, steps=10) * balance(leaf(x=x0), leaf(x=x1), method="uncertainty")', 2),
     ('balance(leaf(x=x0), leaf(x=x1)*leaf(x=x2), method="ema")', 3),
     ("a = leaf(x=x0) + leaf(x=x1)\nb = a * leaf(x=x2)\nb / a + b", 3),
+    # a binding repeated in a product, multiplying and dividing, with numbers folded
+    ("a = leaf(x=x0)\na*a*2*a/a*leaf(x=x1)/4*a/leaf(x=x2)", 3),
+    ("a = leaf(x=x0)\nb = a*a\nc = b*b*a\nc*c/b + a", 1),
 ]
 
 
@@ -86,6 +90,55 @@ def test_a_program_with_too_many_monomials_keeps_the_numeric_sweep():
     others = " + ".join(f"t*leaf(x=x{i})" for i in range(1, 71))
     crit = _check_against_autograd(f"t = leaf(x=x0)\n{others}", 71)
     assert crit._plan.weight_program is None and crit._constant_weights is None
+
+
+def test_a_product_of_more_factors_than_a_monomial_holds_keeps_the_numeric_sweep():
+    # 70 different factors (beyond MAX_DEGREE): every weight is the product of the other 69
+    source = "*".join(f"leaf(x=x{i})" for i in range(70))
+    crit = _check_against_autograd(source, 70)
+    assert crit._plan.weight_program is None and crit._constant_weights is None
+
+
+class Counted(float):
+    """A number that counts the multiplications and divisions made with it."""
+
+    ops = 0
+
+    def _count(self, result):
+        Counted.ops += 1
+        return Counted(result)
+
+    def __mul__(self, other):
+        return self._count(float(self) * float(other))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return self._count(float(self) / float(other))
+
+    def __rtruediv__(self, other):
+        return self._count(float(other) / float(self))
+
+    def __neg__(self):
+        return Counted(-float(self))
+
+
+def test_product_partials_take_linear_work_and_match_the_formula():
+    n = 3000
+    values = [Counted(1.0 + (i % 7) / 8) for i in range(n)]
+    values[5] = Counted(0.0)  # a zero operand: no division by it
+    ops_ = tuple("/" if i % 3 == 0 else "*" for i in range(1, n))
+    Counted.ops = 0
+    got = partials("product", values, None, {"ops": ops_})
+    assert Counted.ops <= 6 * n  # the all-pairs way took n^2 = 9,000,000
+    # d/dx_5 is the product of the others; every other partial has the factor x_5 = 0
+    sign = ("*",) + ops_
+    rest = 1.0
+    for i, (v, op) in enumerate(zip(values, sign)):
+        if i != 5:
+            rest = rest * float(v) if op == "*" else rest / float(v)
+    assert float(got[5]) == pytest.approx(rest, rel=1e-9)
+    assert all(float(g) == 0.0 for i, g in enumerate(got) if i != 5)
 
 
 def _float32(x: float) -> float:
