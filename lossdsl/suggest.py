@@ -141,10 +141,11 @@ def _rewrite(program: ir.Resolved, usable: dict, shares: dict, total: float) -> 
         if abs(r - 1.0) < 5e-5:
             return
         if isinstance(node, ir.Apply) and node.fn == "product" and isinstance(where, ast.Product):
-            ops = ("*",) + tuple(node.param("ops"))
-            for arg, operand, op in zip(node.args, where.operands, ops):
-                if isinstance(arg, ir.Const) and _is_literal(operand):
-                    value = arg.value * r if op == "*" else arg.value / r
+            # the text's own numbers: resolve folds two or more of them into one coefficient
+            for operand, op in zip(where.operands, ("*",) + tuple(where.ops)):
+                if _is_literal(operand):
+                    written = -operand.operand.value if isinstance(operand, ast.Neg) else operand.value
+                    value = written * r if op == "*" else written / r
                     start, end = operand.offsets
                     edits.append((start, end, _fmt(value)))
                     return
@@ -165,14 +166,17 @@ def _rewrite(program: ir.Resolved, usable: dict, shares: dict, total: float) -> 
         if isinstance(node, ir.Named):
             walk(node.value, where)
         elif isinstance(node, ir.Apply) and node.fn == "sum" and isinstance(where, ast.Sum):
-            for arg, operand in zip(node.args, where.operands):
+            operands = _operands_of(node, where)
+            if not operands:
+                unit(node, where)
+            for arg, operand in zip(node.args, operands):
                 walk(arg, operand)
         elif isinstance(node, ir.Apply) and node.fn == "neg" and isinstance(where, ast.Neg):
             walk(node.args[0], where.operand)
         elif isinstance(node, ir.Apply) and node.fn == "watch":
             return
         elif isinstance(node, ir.Apply) and node.fn == "product" and isinstance(where, ast.Product):
-            losses = [(a, o) for a, o in zip(node.args, where.operands) if a.kind == "loss"]
+            losses = [(a, o) for a, o in zip(node.args, _operands_of(node, where)) if a.kind == "loss"]
             inner = losses[0][0] if len(losses) == 1 else None
             if isinstance(inner, ir.Named) or (isinstance(inner, ir.Apply) and inner.fn == "sum"):
                 walk(*losses[0])  # `0.5*(a + b)` or `0.5*recon`: balance inside, per term
@@ -218,9 +222,12 @@ def _true_start(span: tuple[int, int], brackets: dict[int, int]) -> int:
 def _terms_in(node: Any) -> list[str]:
     """Names of the terms whose value reaches ``node`` (not through ``watch``)."""
     found: list[str] = []
-    stack = [node]
+    stack, seen = [node], set()
     while stack:
         item = stack.pop()
+        if id(item) in seen:  # a binding used twice is one node: visited once
+            continue
+        seen.add(id(item))
         if isinstance(item, ir.Term):
             found.append(item.name)
         elif isinstance(item, ir.Named):
@@ -228,6 +235,18 @@ def _terms_in(node: Any) -> list[str]:
         elif isinstance(item, (ir.Apply, ir.Balance)) and getattr(item, "fn", None) != "watch":
             stack.extend(item.args)
     return list(dict.fromkeys(found))
+
+
+def _operands_of(node: ir.Apply, where: ast.Sum | ast.Product) -> tuple:
+    """The operands of ``where`` that ``node.args`` stand for, in order. Resolve folds two or
+    more numbers of a product into one coefficient in front, of a sum into one constant at
+    the end; the rest keep their order."""
+    if len(node.args) == len(where.operands):
+        return where.operands
+    rest = [o for o in where.operands if not _is_literal(o)]
+    if len(rest) != len(node.args) - 1:
+        return ()  # numbers that are not literals were folded too: treat it as one unit
+    return (None, *rest) if node.fn == "product" else (*rest, None)
 
 
 def _is_literal(node: ast.Node) -> bool:

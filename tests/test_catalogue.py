@@ -16,6 +16,10 @@ SECTION_5 = [
     "out_of_bounds", "temporal_diff", "tv", "bce", "bce_logits", "cross_entropy", "focal",
     "focal_ce", "dice", "kl_div", "vae_kl", "gaussian_nll", "poisson_nll", "margin_ranking",
     "pairwise_ranking", "triplet", "cosine_distance", "l2_reg",
+    # the second table
+    "hinge", "squared_hinge", "categorical_hinge", "mape", "msle", "tversky", "focal_tversky",
+    "jaccard", "giou", "diou", "ciou", "info_nce", "nt_xent", "ssim", "distill_kl", "ctc",
+    "feature_distance",
 ]
 
 

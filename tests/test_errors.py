@@ -110,12 +110,12 @@ TABLE = [
         "hint: a program is made of names, numbers, + - * / ^, brackets, ',' '=' and ';'",
     ),
     (
-        "balance(mse, mae, method='ema')",
+        "balance(mse, mae, method='ema)",
         LossSyntaxError, 1, 26,
-        "unexpected character \"'\" (line 1, column 26)\n"
-        "  balance(mse, mae, method='ema')\n"
+        "unterminated string (line 1, column 26)\n"
+        "  balance(mse, mae, method='ema)\n"
         "                           ^\n"
-        'hint: strings use double quotes, e.g. method="ema"',
+        "hint: close the string with ' on the same line",
     ),
     (
         'mse(pred="abc',
@@ -333,7 +333,7 @@ def test_source_over_64_kib():
         "the program is 66003 bytes long; the limit is 65536 bytes (64 KiB) (line 1, column 65537)\n"
         f"  {shown}\n"
         "  " + " " * 63 + "^\n"
-        "hint: split the loss into named bindings or shorten it"
+        "hint: the text from here on is past the limit of 65536 bytes of UTF-8; shorten the program"
     )
 
 

@@ -77,6 +77,21 @@ def test_ranking_example():
     assert_trains(load_example("ranking").main(steps=60))
 
 
+def test_detection_boxes_example(capsys):
+    history = load_example("detection_boxes").main(steps=60)
+    assert_trains(history)
+    assert "giou" in capsys.readouterr().out
+    assert_trains(load_example("detection_boxes").main(steps=40, loss="ciou + 0.5*l1"))
+
+
+def test_contrastive_pairs_example():
+    assert_trains(load_example("contrastive_pairs").main(steps=60))
+
+
+def test_image_restoration_example():
+    assert_trains(load_example("image_restoration").main(steps=60))
+
+
 def test_custom_term_example():
     try:
         module = load_example("custom_term")

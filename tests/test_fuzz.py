@@ -2,14 +2,18 @@
 ``LossDSLError``, nothing else; a program that compiles, called once, gives a 0-dim tensor or
 a ``LossDSLError``.
 
-About 23,500 inputs in all:
+About 23,700 inputs in all:
 - hypothesis: programs generated from the grammar (``hypothesis.extra.lark.from_lark`` on
   ``grammar_text()``), arbitrary text, bytes decoded as unicode, lists of tokens (3,515);
 - a seeded plain-Python walk over the grammar's own rules (names drawn from the catalogue, so
   that many programs resolve and build a module), sometimes damaged by a deleted, inserted or
   swapped token (10,000);
 - seeded token soup: names, numbers, operators, brackets, strings, dunders, stray characters
-  and arbitrary code points (10,000).
+  and arbitrary code points (10,000);
+- seeded hostile shapes: long chains of bindings, bindings shared by many uses, long products
+  and sums, long tokens and text near the 64 KiB limit (see ``test_fuzz_shapes.py``).
+
+Each test counts the inputs it ran, asserts a minimum and prints the count (``pytest -rP``).
 """
 
 import random
@@ -47,7 +51,7 @@ NAMES = TERM_NAMES + BUILTIN_NAMES + PARAM_NAMES + HOSTILE_NAMES + ["a", "b", "r
 NUMBERS = ["0", "1", "2", "0.5", ".25", "3.", "1e-3", "1E+2", "1e308", "9.99e300", "007",
            "12345678901234567890"]
 STRINGS = ['"ema"', '"uncertainty"', '"dwa"', '"cov"', '"mean"', '"sum"', '""', r'"a\"b"',
-           r'"\u00e9"', r'"\q"', '"é#;"']
+           r'"\u00e9"', r'"\q"', '"é#;"', "'ema'", "'sum'", "''", r"'it\'s'", """'say "hi"'""", r"'\q'"]
 
 
 def _outcome(text) -> object:
@@ -94,36 +98,74 @@ grammar_programs = from_lark(Lark(grammar_text(), parser="lalr"), explicit=_TERM
 
 # from_lark draws every rule choice through hypothesis and discards draws that grow too
 # deep, so one example costs tenths of a second; the seeded grammar walk below gives volume.
-@fuzz(15)
-@given(grammar_programs)
-def test_grammar_generated_programs_compile_or_refuse(text):
-    result = _outcome(text)
-    if isinstance(result, lossdsl.Loss):
-        # the canonical text of a program that compiles compiles to the same program
-        again = lossdsl.compile(result.canonical)
-        assert again.canonical == result.canonical and again.term_names == result.term_names
-        _call_once(result)
+def ran(label: str, count: int, least: int) -> None:
+    """Report how many inputs a fuzz test ran (shown by ``pytest -rP``) and that it ran enough."""
+    print(f"{label}: {count} inputs")
+    assert count >= least, (label, count)
+
+
+def test_grammar_generated_programs_compile_or_refuse():
+    count = 0
+
+    @fuzz(15)
+    @given(grammar_programs)
+    def one(text):
+        nonlocal count
+        count += 1
+        result = _outcome(text)
+        if isinstance(result, lossdsl.Loss):
+            # the canonical text of a program that compiles compiles to the same program
+            again = lossdsl.compile(result.canonical)
+            assert again.canonical == result.canonical and again.term_names == result.term_names
+            _call_once(result)
+
+    one()
+    ran("grammar-generated programs", count, 15)
 
 
 # --- arbitrary text -----------------------------------------------------------------------
 
 
-@fuzz(1500)
-@given(st.text(max_size=200))
-def test_arbitrary_text(text):
-    _outcome(text)
+def test_arbitrary_text():
+    count = 0
+
+    @fuzz(1500)
+    @given(st.text(max_size=200))
+    def one(text):
+        nonlocal count
+        count += 1
+        _outcome(text)
+
+    one()
+    ran("arbitrary text", count, 1000)
 
 
-@fuzz(1000)
-@given(st.binary(max_size=200), st.sampled_from(["utf-8", "latin-1", "utf-16-le"]))
-def test_arbitrary_bytes_decoded_as_unicode(data, codec):
-    _outcome(data.decode(codec, errors="surrogateescape" if codec == "utf-8" else "replace"))
+def test_arbitrary_bytes_decoded_as_unicode():
+    count = 0
+
+    @fuzz(1000)
+    @given(st.binary(max_size=200), st.sampled_from(["utf-8", "latin-1", "utf-16-le"]))
+    def one(data, codec):
+        nonlocal count
+        count += 1
+        _outcome(data.decode(codec, errors="surrogateescape" if codec == "utf-8" else "replace"))
+
+    one()
+    ran("bytes decoded as unicode", count, 700)
 
 
-@fuzz(1000)
-@given(st.lists(st.sampled_from(NAMES + NUMBERS + STRINGS + list("+-*/^(),=.[];#\n ")), max_size=30))
-def test_token_lists(tokens):
-    _outcome(" ".join(tokens))
+def test_token_lists():
+    count = 0
+
+    @fuzz(1000)
+    @given(st.lists(st.sampled_from(NAMES + NUMBERS + STRINGS + list("+-*/^(),=.[];#\n ")), max_size=30))
+    def one(tokens):
+        nonlocal count
+        count += 1
+        _outcome(" ".join(tokens))
+
+    one()
+    ran("token lists", count, 700)
 
 
 # --- seeded generators: a walk over the grammar's rules, and token soup --------------------
@@ -244,18 +286,23 @@ SOUP_CASES = 10_000
 
 def test_seeded_grammar_walks_give_a_loss_or_an_error():
     rng = random.Random(20240611)
-    built = 0
+    built = count = 0
     for _ in range(WALK_CASES):
+        count += 1
         result = _outcome(grammar_walk(rng))
         if isinstance(result, lossdsl.Loss):
             built += 1
             if built % 10 == 0:
                 _call_once(result)
+    ran(f"grammar walks ({built} compiled)", count, WALK_CASES)
     # the walk reaches the module builder often, not only the parser's error path
     assert built > WALK_CASES // 20, built
 
 
 def test_seeded_token_soup_gives_a_loss_or_an_error():
     rng = random.Random(1234)
+    count = 0
     for _ in range(SOUP_CASES):
+        count += 1
         _outcome(token_soup(rng))
+    ran("token soup", count, SOUP_CASES)

@@ -28,7 +28,8 @@ _TERMINALS = {
     "NAME": st.sampled_from(["mse", "mae", "huber", "a", "_x", "out", "w1", "truex", "none_", "X_2"]),
     "NUMBER": st.sampled_from(_NUMBERS),
     "SIGNED_NUMBER": st.sampled_from(_NUMBERS + ["-" + n for n in _NUMBERS] + ["+1"]),
-    "STRING": st.sampled_from(['"ema"', '""', r'"a\"b\\c"', r'"\u00e9\n"', '"é\t#;"', r'"\ud83d\ude00"']),
+    "STRING": st.sampled_from(['"ema"', '""', r'"a\"b\\c"', r'"\u00e9\n"', '"é\t#;"', r'"\ud83d\ude00"',
+                               "'ema'", "''", r"'it\'s'", """'say "hi"'""", r"'\u00e9\\'"]),
     "_SEP": st.sampled_from([";", "\n", "\r\n", "  # a note; with (brackets\n", "\n\n"]),
     "COMMENT": st.just(""),
     "WS": st.sampled_from([" ", "  ", "\t", "\f", " \r"]),
@@ -78,32 +79,54 @@ def _compile_or_error(text: str):
     return crit
 
 
-# Deep random trees overrun hypothesis's buffer and count as filtered; that is expected here.
-@settings(max_examples=40, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(grammar_programs)
-def test_grammar_generated_programs_parse_and_round_trip(text):
-    try:
-        program = lossdsl.parse(text)
-    except lossdsl.LossDSLError as err:
-        assert any(re.fullmatch(p, err.message) for p in _DOCUMENTED_LIMITS), str(err)
-        _check_error(err, text)
-        return
-    canonical = lossdsl.unparse(program)
-    again = lossdsl.parse(canonical)
-    assert again == program
-    assert lossdsl.unparse(again) == canonical
-    # resolving may refuse names or kinds, but only with a located LossDSLError
-    _compile_or_error(text)
+def ran(label: str, count: int, least: int) -> None:
+    """Report how many inputs a fuzz test ran (shown by ``pytest -rP``) and that it ran enough."""
+    print(f"{label}: {count} inputs")
+    assert count >= least, (label, count)
+
+
+def test_grammar_generated_programs_parse_and_round_trip():
+    count = 0
+
+    # Deep random trees overrun hypothesis's buffer and count as filtered; that is expected.
+    @settings(max_examples=40, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+    @given(grammar_programs)
+    def one(text):
+        nonlocal count
+        count += 1
+        try:
+            program = lossdsl.parse(text)
+        except lossdsl.LossDSLError as err:
+            assert any(re.fullmatch(p, err.message) for p in _DOCUMENTED_LIMITS), str(err)
+            _check_error(err, text)
+            return
+        canonical = lossdsl.unparse(program)
+        again = lossdsl.parse(canonical)
+        assert again == program
+        assert lossdsl.unparse(again) == canonical
+        # resolving may refuse names or kinds, but only with a located LossDSLError
+        _compile_or_error(text)
+
+    one()
+    ran("grammar-generated programs", count, 40)
 
 
 # Every code point, control characters and lone surrogates included.
 any_char = st.characters(exclude_categories=())
 
 
-@settings(max_examples=300)
-@given(st.text(any_char, max_size=40))
-def test_arbitrary_text_gives_a_loss_or_a_located_error(text):
-    _compile_or_error(text)
+def test_arbitrary_text_gives_a_loss_or_a_located_error():
+    count = 0
+
+    @settings(max_examples=300)
+    @given(st.text(any_char, max_size=40))
+    def one(text):
+        nonlocal count
+        count += 1
+        _compile_or_error(text)
+
+    one()
+    ran("arbitrary text", count, 300)
 
 
 _FRAGMENTS = [
@@ -136,10 +159,56 @@ def edited_programs(draw):
     return text[:j] + text[i:j] + text[j:]
 
 
-@settings(max_examples=400)
-@given(st.one_of(token_soup, edited_programs()))
-def test_near_miss_programs_give_a_loss_or_an_error_in_user_words(text):
-    _compile_or_error(text)
+def test_near_miss_programs_give_a_loss_or_an_error_in_user_words():
+    count = 0
+
+    @settings(max_examples=400)
+    @given(st.one_of(token_soup, edited_programs()))
+    def one(text):
+        nonlocal count
+        count += 1
+        _compile_or_error(text)
+
+    one()
+    ran("near-miss programs", count, 300)
+
+
+_SHAPE_LINKS = ["{p} + 1", "{p} + {p}", "exp({p})", "{p} * {p}", "watch({p})", "2*{p}"]
+
+
+@st.composite
+def hostile_shapes(draw):
+    """Chains of bindings past and within the depth limit, bindings shared by many uses, and
+    long products and sums of numbers and terms, written as the grammar allows."""
+    shape = draw(st.sampled_from(["chain", "shared", "product"]))
+    if shape == "chain":
+        n = draw(st.integers(1, 400))
+        link = draw(st.sampled_from(_SHAPE_LINKS))
+        lines = ["a0 = mse"] + [f"a{i} = " + link.format(p=f"a{i - 1}") for i in range(1, n + 1)]
+        return "\n".join(lines + [f"a{n} + mae"])
+    if shape == "shared":
+        n = draw(st.integers(1, 60))
+        op = draw(st.sampled_from(["+", "*", "-"]))
+        lines = ["a0 = " + draw(st.sampled_from(["mse", "watch(mse)", "2"]))]
+        lines += [f"a{i} = a{i - 1} {op} a{i - 1}" for i in range(1, n + 1)]
+        return "\n".join(lines + [f"a{n} + mae"])
+    n = draw(st.integers(2, 8000))
+    factor = draw(st.sampled_from(["*1", "/1", "*2", "/0.5", "+1", "*mse", "*a", "-1"]))
+    return "a = mae\nmse" + factor * n + " + a"
+
+
+def test_hostile_shapes_give_a_loss_or_a_located_error():
+    count = 0
+
+    @settings(max_examples=60)
+    @given(hostile_shapes())
+    def one(text):
+        nonlocal count
+        count += 1
+        _compile_or_error(text)
+
+    one()
+    ran("hostile shapes", count, 50)
 
 
 @pytest.mark.parametrize("text", _VALID)

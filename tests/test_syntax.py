@@ -1,6 +1,8 @@
 """The parser: text to AST (DESIGN.md §3). Expected trees are written out node by node."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 import lossdsl
 from lossdsl.syntax import ast
@@ -127,6 +129,29 @@ def test_string_escapes_follow_json():
     assert call.kwargs[0].value == String(value='a"b\\c\né')
     # a raw tab inside the quotes is kept as it is
     assert expr('f(s="a\tb")').kwargs[0].value == String(value="a\tb")
+
+
+def test_single_quoted_strings_mean_what_double_quoted_ones_do():
+    # YAML and Python users write either; the README, `lossdsl terms` and hints show 'mean'
+    assert expr("mse(reduction='sum')") == expr('mse(reduction="sum")') == C("mse", reduction=String(value="sum"))
+    # inside single quotes a double quote needs no escape and \' is a single quote
+    assert expr("""f(s='say "hi"')""").kwargs[0].value == String(value='say "hi"')
+    assert expr(r"f(s='it\'s')").kwargs[0].value == String(value="it's")
+    assert expr(r"f(s='a\\b\n\u00e9', t='')").kwargs[0].value == String(value="a\\b\né")
+    assert expr("f(s='')").kwargs[0].value == String(value="")
+    assert expr("f(l=['x', \"y\"])").kwargs[0].value == ListValue(items=(String(value="x"), String(value="y")))
+    # and the same JSON escapes are refused
+    with pytest.raises(lossdsl.LossSyntaxError, match="bad escape"):
+        lossdsl.parse(r"f(s='\q')")
+
+
+def test_single_quoted_strings_compile():
+    pred, target = torch.randn(4, 3), torch.randn(4, 3)
+    crit = lossdsl.compile("mse(reduction='sum') + balance(mae, huber, method='ema')")
+    assert crit.canonical == 'mse(reduction="sum") + balance(mae, huber, method="ema")'
+    torch.testing.assert_close(
+        crit(pred, target), F.mse_loss(pred, target, reduction="sum") + 2 * torch.tensor(1.0)
+    )
 
 
 def test_keywords_that_look_like_literals_are_names_elsewhere():

@@ -1,16 +1,20 @@
 """The catalogue at the edges of its inputs, through lossdsl.compile: an empty batch, NaN or
 garbage where weight or mask is 0, and inputs of the wrong kind (integer, bool or complex
 values, class indices out of range). Each term is taken with the inputs of its first case in
-the family files (test_terms_*.CASES), so a term added there is covered here too.
+the family files (test_terms_*.CASES), so a term added there is covered here too; a term
+those tables leave out (feature_distance, whose input is a network) has its case in
+EDGE_CASES below.
 """
 
 import warnings
 
 import pytest
 import test_terms_classification
+import test_terms_keras
 import test_terms_regression
 import torch
 from test_terms_common import CASES, CATALOGUE, _name
+from test_terms_image import TwoLayers, _images
 from torch import Tensor
 
 import lossdsl
@@ -23,24 +27,46 @@ for _src in CASES:
 BUILTIN = sorted(spec.name for spec in builtin_specs())
 WEIGHTED = [n for n, (inputs, _) in CATALOGUE.items() if "weight" in inputs]
 # the terms whose CASES use the elementwise reference: every one with weight and mask
-WEIGHTED_CASES = {**test_terms_regression.CASES, **test_terms_classification.CASES}
+WEIGHTED_CASES = {
+    **test_terms_regression.CASES, **test_terms_classification.CASES, **test_terms_keras.CASES,
+}
+
+
+def _feature_case():
+    return {**_images(5, (2, 3, 9, 9)), "net": TwoLayers().double().requires_grad_(False)}
+
+
+# terms without a case in test_terms_common.CASES: (make, reference, extreme) as there; the
+# edge tests call only make
+EDGE_CASES = {"feature_distance": (_feature_case, None, None)}
+# the batch axis where it is not an input's first: ctc's log-probabilities are (T, N, C)
+BATCH_AXIS = {"ctc": {"pred": 1}}
 
 
 def _case(name):
+    if name in EDGE_CASES:
+        return name, EDGE_CASES[name]
     if name not in FIRST_CASE:
         pytest.fail(f"term '{name}' has no case in the test_terms_* CASES tables")
     src = FIRST_CASE[name]
     return src, CASES[src]
 
 
-def _emptied(inputs):
-    """The first axis of every input cut to length 0 (the batch axis of every first case)."""
+def _emptied(inputs, axes=None):
+    """The batch axis of every tensor input cut to length 0: the first axis, or the one
+    ``axes`` names for that input (BATCH_AXIS); other inputs (a network) as they are."""
 
-    def cut(x):
-        y = x.detach()[:0] if x.dim() else x.detach()
+    def cut(x, axis):
+        if not isinstance(x, Tensor):
+            return x
+        y = x.detach().narrow(axis, 0, 0) if x.dim() else x.detach()
         return y.requires_grad_() if x.is_floating_point() else y
 
-    return {k: [cut(p) for p in v] if isinstance(v, list) else cut(v) for k, v in inputs.items()}
+    axes = axes or {}
+    return {
+        k: [cut(p, 0) for p in v] if isinstance(v, list) else cut(v, axes.get(k, 0))
+        for k, v in inputs.items()
+    }
 
 
 def _leaves(inputs):
@@ -69,7 +95,33 @@ def _assert_exact_zero_quietly(src, inputs):
 @pytest.mark.parametrize("name", BUILTIN)
 def test_empty_batch_gives_exactly_zero_with_finite_gradient(name):
     src, (make, _, _) = _case(name)
-    _assert_exact_zero_quietly(src, _emptied(make()))
+    _assert_exact_zero_quietly(src, _emptied(make(), BATCH_AXIS.get(name)))
+
+
+def test_empty_batch_of_images_is_zero_for_ssim_not_one():
+    # ssim is 1 - mean(SSIM map): taken literally, an empty batch would be 1 - 0 = 1 (or NaN).
+    # The catalogue's rule wins: 1 - SSIM is a loss per pixel, and the mean over no pixels
+    # is 0, so an empty batch adds nothing to a mixture, as with every other term
+    pred = torch.rand(0, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(0, 3, 16, 16, dtype=torch.float64)
+    _assert_exact_zero_quietly("ssim", {"pred": pred, "target": target})
+    _assert_exact_zero_quietly("0.84*ssim + 0.16*l1", {"pred": pred, "target": target})
+
+
+def test_empty_batch_of_pairs_is_zero_for_the_contrastive_terms():
+    # N = 0 has no anchors and so no negatives: nothing to pull or push, the loss is 0
+    # (one pair, N = 1, has no negatives either and is 0 by the formula, see test_terms_contrastive)
+    for src in ("info_nce(symmetric=true)", "nt_xent"):
+        anchor = torch.randn(0, 8, dtype=torch.float64, requires_grad=True)
+        positive = torch.randn(0, 8, dtype=torch.float64, requires_grad=True)
+        _assert_exact_zero_quietly(src, {"anchor": anchor, "positive": positive})
+
+
+def test_empty_batch_of_sequences_is_zero_for_ctc_with_lists_and_concatenated_targets():
+    pred = torch.randn(12, 0, 5, dtype=torch.float64).log_softmax(-1).requires_grad_()
+    inputs = {"pred": pred, "target": torch.zeros(0, dtype=torch.long), "input_lengths": [], "target_lengths": []}
+    _assert_exact_zero_quietly('ctc(reduction="sum")', inputs)
+    _assert_exact_zero_quietly("ctc", inputs)
 
 
 @pytest.mark.parametrize("which", ["weight", "mask"])
@@ -195,6 +247,31 @@ def test_non_float_first_input_is_an_input_error_naming_the_dtype(name, convert,
     assert err.term == name and f"term '{name}'" in str(err)
     caret = next(line for line in str(err).splitlines() if line.strip().startswith("^"))
     assert caret.index("^") == 2 + program.index(src) and caret.count("^") == len(src)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64, torch.uint8])
+def test_ctc_takes_integer_labels_and_lengths_and_refuses_other_kinds(index_dtype):
+    # only pred must be floating: labels and lengths are counts, in any integer dtype
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(12, 3, 5, generator=g, dtype=torch.float64).log_softmax(-1)
+    target = torch.randint(1, 5, (3, 4), generator=g)
+    lengths = torch.tensor([12, 10, 7]), torch.tensor([4, 3, 2])
+    crit = lossdsl.compile("ctc")
+    got = crit(pred, target.to(index_dtype), input_lengths=lengths[0].to(index_dtype),
+               target_lengths=lengths[1].to(index_dtype))
+    expected = torch.nn.functional.ctc_loss(pred, target, *lengths)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    bad = [
+        ({"target": target > 2}, "integer label sequences"),
+        ({"target": target.to(torch.complex64)}, "integer label sequences"),
+        ({"input_lengths": lengths[0] > 0}, "one integer length per sample"),
+        ({"target_lengths": lengths[1].to(torch.complex64)}, "one integer length per sample"),
+    ]
+    for change, words in bad:
+        inputs = {"target": target, "input_lengths": lengths[0], "target_lengths": lengths[1], **change}
+        with pytest.raises(lossdsl.LossInputError, match=words) as info:
+            crit(pred, **inputs)
+        assert info.value.term == "ctc"
 
 
 @pytest.mark.parametrize("src", ["cross_entropy", "focal_ce"])

@@ -136,6 +136,9 @@ def test_round_trip_on_generated_asts(program):
             'f(x, k=-0.0015, s="a\\"b", l=[1, 2], r=out.depth, t=true, n=none)',
         ),
         ('f(s="é\tx")', 'f(s="é\\tx")'),
+        # single quotes are read, double quotes are written
+        ("mse(reduction='sum')", 'mse(reduction="sum")'),
+        ("""f(s='say "hi"', t='it\\'s', l=['a', 'b'])""", 'f(s="say \\"hi\\"", t="it\'s", l=["a", "b"])'),
     ],
 )
 def test_canonical_text(source, canonical):

@@ -58,10 +58,6 @@ class Node(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span | None = Field(default=None, repr=False)
-    # Nesting depth as written (brackets, calls, unary operators), set by the parser for the
-    # limit of DESIGN.md §8; not part of the node's meaning.
-    _depth: int = PrivateAttr(default=0)
-    _bracketed: bool = PrivateAttr(default=False)
 
     def _key(self) -> tuple:
         return (type(self),) + tuple(

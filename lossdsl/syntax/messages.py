@@ -63,11 +63,9 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         ch = text[pos]
         message = f"unexpected character {ch!r}"
         hint = "a program is made of names, numbers, + - * / ^, brackets, ',' '=' and ';'"
-        if ch == "'":
-            hint = 'strings use double quotes, e.g. method="ema"'
-        elif ch == '"':
+        if ch in "\"'":
             message = "unterminated string"
-            hint = 'close the string with " on the same line'
+            hint = f"close the string with {ch} on the same line"
         elif ch == "\n":
             hint = "a new line cannot stand here"
         return LossSyntaxError(message, source=text, span=(pos, pos + 1), hint=hint)
@@ -78,7 +76,12 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         pos = len(text.rstrip())
         found, span = "end of input", (pos, pos + 1)
     else:
-        found = "a new line" if token.type == "_SEP" and token.value != ";" else f"'{token.value}'"
+        if token.type == "_SEP" and token.value != ";":
+            found = "a new line"
+        elif token.type == "STRING":
+            found = f"the string {_shortened(token.value)}"
+        else:
+            found = f"'{_shortened(token.value)}'"
         span = (token.start_pos, max(token.end_pos, token.start_pos + 1))
         pos = token.start_pos
     previous = _previous_symbol(text, pos)
@@ -94,7 +97,7 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         if previous in CONTINUES or previous in ("(", "["):
             want = f"a term after '{previous}'"
         hint = "a term is a name such as mse, a call such as huber(delta=1), or a number"
-        if found.startswith("'\""):
+        if token is not None and token.type == "STRING":
             hint = 'a string can only be a keyword value, e.g. balance(a, b, method="ema")'
         elif found in ("'+'", "'*'", "'/'", "'^'", "'**'") and _after_statement(text, pos):
             hint = "a new line ends the statement; to go on, end the line before with the operator"
@@ -121,6 +124,11 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
     return LossSyntaxError(f"expected {want}, found {found}", source=text, span=span, hint=hint)
 
 
+def _shortened(text: str) -> str:
+    # a message quotes a token, not 60 KiB of one
+    return text if len(text) <= 40 else text[:30] + "..."
+
+
 def _after_statement(text: str, pos: int) -> bool:
     before = re.sub(r"#[^\n]*", "", text[:pos]).rstrip(" \t\f\r")
     return before.endswith(("\n", ";"))
@@ -129,25 +137,26 @@ def _after_statement(text: str, pos: int) -> bool:
 def _open_brackets(text: str, pos: int) -> list[str]:
     """The brackets open before ``pos``, innermost last: ``call``, ``group`` or ``list``."""
     stack: list[str] = []
-    in_string = escaped = in_comment = False
+    quote = ""  # the quote of the string we are in, if any
+    escaped = in_comment = False
     last = ""  # the last character outside strings, comments and blanks
     for ch in text[:pos]:
         if in_comment:
             in_comment = ch != "\n"
             continue
-        if in_string:
+        if quote:
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
-            elif ch == '"':
-                in_string = False
+            elif ch == quote or ch == "\n":
+                quote = ""
                 last = ch
             continue
         if ch == "#":
             in_comment = True
-        elif ch == '"':
-            in_string = True
+        elif ch in "\"'":
+            quote = ch
         elif ch == "(":
             stack.append("call" if last.isalnum() or last == "_" else "group")
         elif ch == "[":
@@ -185,13 +194,30 @@ def _possible(text: str, pos: int, expected: set[str]) -> set[str]:
 
 def _name_may_take_equal(before: str, inner: str | None) -> bool:
     before = before.rstrip()
-    name = re.search(r"[A-Za-z_][A-Za-z_0-9]*$", before)
-    if name is None:
+    start = _trailing_name(before)
+    if start is None:
         return False
-    ahead = before[: name.start()].rstrip(" \t\f\r")
+    ahead = before[:start].rstrip(" \t\f\r")
     if inner is None:
         return not ahead or ahead.endswith(("\n", ";"))
     return inner == "call" and ahead.rstrip().endswith(("(", ","))
+
+
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _trailing_name(text: str) -> int | None:
+    """Where the name that ends ``text`` starts, or None.
+
+    A scan back over the name's characters: a regular expression anchored at the end would
+    try every start position and take time quadratic in a long run of letters.
+    """
+    start = len(text)
+    while start > 0 and text[start - 1] in _NAME_CHARS:
+        start -= 1
+    while start < len(text) and text[start].isdigit():  # a name starts with a letter or '_'
+        start += 1
+    return start if start < len(text) else None
 
 
 def _hint_for(expected: set[str], found: str) -> str:

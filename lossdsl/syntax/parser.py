@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import re
 
@@ -18,6 +19,7 @@ from . import ast
 from .grammar import grammar_text, parser
 from .messages import syntax_error as _syntax_error
 from .transform import node_depth as _depth
+from .transform import recording_depths as _recording_depths
 
 __all__ = ["parse", "MAX_SOURCE_BYTES", "MAX_DEPTH", "grammar_text"]
 
@@ -47,16 +49,15 @@ def parse(text: str) -> ast.Program:
 @functools.lru_cache(maxsize=1024)
 def _parse_text(text: str) -> ast.Program:
     # checked for being text first: the cache cannot hash a list
-    try:
-        size = len(text.encode("utf-8", "surrogatepass"))
-    except UnicodeError:
-        size = len(text) * 4
+    size = _utf8_size(text)
     if size > MAX_SOURCE_BYTES:
+        at = _limit_crossed_at(text)
         raise LossDSLError(
             f"the program is {size} bytes long; the limit is {MAX_SOURCE_BYTES} bytes (64 KiB)",
             source=text,
-            span=(MAX_SOURCE_BYTES, MAX_SOURCE_BYTES + 1) if len(text) > MAX_SOURCE_BYTES else None,
-            hint="split the loss into named bindings or shorten it",
+            span=(at, at + 1),
+            hint=f"the text from here on is past the limit of {MAX_SOURCE_BYTES} bytes of UTF-8; "
+            "shorten the program",
         )
     if not text.strip() or _only_comments(text):
         raise LossSyntaxError(
@@ -66,12 +67,13 @@ def _parse_text(text: str) -> ast.Program:
             hint="write an expression such as mse or 0.7*huber(delta=1) + 0.3*temporal_diff",
         )
     try:
-        program = parser().parse(text)
+        with _recording_depths():
+            program = parser().parse(text)
+            depth = _depth(program)
     except LossDSLError as err:
         raise err.located(text, err.span) from None
     except UnexpectedInput as err:
         raise _syntax_error(text, err) from None
-    depth = _depth(program)
     if depth > MAX_DEPTH:
         raise LossDSLError(
             f"the program nests {depth} levels deep; the limit is {MAX_DEPTH}",
@@ -80,6 +82,24 @@ def _parse_text(text: str) -> ast.Program:
             hint="flatten the expression or name parts of it with bindings",
         )
     return program
+
+
+def _utf8_size(text: str) -> int:
+    if text.isascii():  # known to the string object: no pass over the text
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _limit_crossed_at(text: str) -> int:
+    """The index of the first character whose UTF-8 bytes end past the size limit.
+
+    Only the first ``MAX_SOURCE_BYTES + 1`` characters can hold it (a character is at least a
+    byte); the decoder keeps back a character cut in two by the limit, so the number of
+    characters it gives is that index.
+    """
+    head = text[: MAX_SOURCE_BYTES + 1].encode("utf-8", "surrogatepass")[:MAX_SOURCE_BYTES]
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    return len(decoder.decode(head, final=False))
 
 
 def _only_comments(text: str) -> bool:

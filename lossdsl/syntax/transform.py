@@ -6,15 +6,17 @@ never recurses; the nesting depth of each node is recorded for the limit of DESI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 
 from lark import Token, Transformer
 
 from . import ast
 from ..errors import LossSyntaxError
 
-__all__ = ["ToAST", "node_depth"]
+__all__ = ["ToAST", "node_depth", "recording_depths"]
 
 
 def _pos(item) -> tuple[int, int] | None:
@@ -63,13 +65,39 @@ def _tok_span(token: Token) -> ast.Span:
     return ast.Span(start=token.start_pos, end=token.end_pos)
 
 
+class _Depths(threading.local):
+    """The nesting depth of the nodes built by the parse running in this thread.
+
+    Kept beside the nodes rather than on them: a private attribute on every pydantic node
+    costs a fifth of the parse. The table holds the nodes too, so no id is reused while it
+    lives.
+    """
+
+    table: dict[int, tuple[ast.Node, int]] | None = None
+
+
+_DEPTHS = _Depths()
+
+
+@contextlib.contextmanager
+def recording_depths():
+    """Record the nesting depth of the nodes built inside the block (see :func:`node_depth`)."""
+    _DEPTHS.table = {}
+    try:
+        yield
+    finally:
+        _DEPTHS.table = None
+
+
 def _with_depth(node: ast.Node, depth: int) -> ast.Node:
-    node._depth = depth
+    _DEPTHS.table[id(node)] = (node, depth)
     return node
 
 
 def _depth(node) -> int:
-    return getattr(node, "_depth", 0)
+    """The nesting depth of a node built in this block: brackets, calls, unary operators."""
+    known = _DEPTHS.table.get(id(node))
+    return 0 if known is None else known[1]
 
 
 def _number(token: Token) -> ast.Number:
@@ -87,6 +115,29 @@ def _number(token: Token) -> ast.Number:
             hint="numbers must be finite double-precision values",
         ) from None
     return node
+
+
+def _as_json_string(quoted: str) -> str:
+    """A single-quoted string literal rewritten as the double-quoted JSON literal it means.
+
+    Both quote styles take JSON's escapes; inside single quotes ``\\'`` is a quote and ``"``
+    needs no escape. One pass over the text.
+    """
+    if quoted[0] == '"':
+        return quoted
+    out = ['"']
+    body, i, n = quoted[1:-1], 0, len(quoted) - 2
+    while i < n:
+        ch = body[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = body[i + 1]
+            out.append("'" if nxt == "'" else "\\" + nxt)
+            i += 2
+            continue
+        out.append('\\"' if ch == '"' else ch)
+        i += 1
+    out.append('"')
+    return "".join(out)
 
 
 class _Arguments:
@@ -156,8 +207,7 @@ class _ToAST(Transformer):
 
     def paren(self, children):
         (inner,) = _nodes(children)
-        # Remember the brackets: `(a + b) + c` is a sum inside a sum, not one flat chain.
-        inner._bracketed = True
+        # `(a + b) + c` stays a sum inside a sum: the built node is no pending chain to extend
         return _with_depth(inner, 1 + _depth(inner))
 
     def call(self, children):
@@ -183,15 +233,15 @@ class _ToAST(Transformer):
                     span=item.offsets,
                     hint="put positional arguments first, e.g. clamp(x, min=0)",
                 )
-        names = [k.name for k in kwargs]
+        seen: set[str] = set()
         for k in kwargs:
-            if names.count(k.name) > 1:
-                dup = [kw for kw in kwargs if kw.name == k.name][1]
+            if k.name in seen:  # the second time it is given
                 raise LossSyntaxError(
                     f"keyword argument '{k.name}' is given twice",
-                    span=dup.offsets,
+                    span=k.offsets,
                     hint="give each keyword once",
                 )
+            seen.add(k.name)
         place = _span(children)
         depth = max([_depth(c) for c in items] + [0])
         return _Arguments(args, kwargs, place.start, place.end, depth)
@@ -208,7 +258,7 @@ class _ToAST(Transformer):
         token = children[0]
         try:
             # strict=False: a raw tab or other control character inside quotes is kept as is.
-            value = json.loads(token.value, strict=False)
+            value = json.loads(_as_json_string(token.value), strict=False)
         except ValueError:
             raise LossSyntaxError(
                 "bad escape in string",

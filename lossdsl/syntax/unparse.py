@@ -86,10 +86,10 @@ def unparse(node: ast.Node) -> str:
         # Operands of the same chain kind were bracketed in the source (else they would be
         # flat), so they need brackets to come back as they were.
         needed = _SUM + 1 if isinstance(node, ast.Sum) else _PRODUCT + 1
-        text = _bracket(node.operands[0], needed)
+        parts = [_bracket(node.operands[0], needed)]
         for op, operand in zip(node.ops, node.operands[1:]):
-            text += f" {op} {_bracket(operand, needed)}"
-        return text
+            parts.append(f" {op} {_bracket(operand, needed)}")
+        return "".join(parts)
     if isinstance(node, ast.Power):
         return f"{_bracket(node.base, _ATOM)} ^ {_bracket(node.exponent, _UNARY)}"
     if isinstance(node, ast.Neg):

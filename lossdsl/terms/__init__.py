@@ -4,18 +4,38 @@
 charbonnier), ``sequence`` (temporal_diff, tv), ``classification`` (bce, bce_logits,
 cross_entropy, focal, focal_ce, dice), ``distribution`` (kl_div, vae_kl, gaussian_nll,
 poisson_nll), ``ranking`` (margin_ranking, pairwise_ranking, triplet, cosine_distance) and
-``regularisation`` (out_of_bounds, l2_reg). This package imports only torch, the error types
-and its own modules; the language's registry reads :data:`CATALOGUE`.
+``regularisation`` (out_of_bounds, l2_reg); and the second table: ``keras`` (hinge,
+squared_hinge, categorical_hinge, mape, msle), ``overlap`` (tversky, focal_tversky, jaccard),
+``boxes`` (giou, diou, ciou), ``contrastive`` (info_nce, nt_xent), ``image`` (ssim,
+feature_distance), ``distill`` (distill_kl) and ``ctc``. This package imports only torch, the
+error types and its own modules; the language's registry reads :data:`CATALOGUE`.
 
 >>> CATALOGUE["l1"] is CATALOGUE["mae"]
 True
 """
 
-from . import classification, distribution, ranking, regression, regularisation, sequence
+from . import (
+    boxes,
+    classification,
+    contrastive,
+    ctc,
+    distill,
+    distribution,
+    image,
+    keras,
+    overlap,
+    ranking,
+    regression,
+    regularisation,
+    sequence,
+)
 
 __all__ = ["CATALOGUE"]
 
-_FAMILIES = (regression, sequence, classification, distribution, ranking, regularisation)
+_FAMILIES = (
+    regression, sequence, classification, distribution, ranking, regularisation,
+    keras, overlap, boxes, contrastive, image, distill, ctc,
+)
 
 # name -> function; a second name for one function is an alias (`l1` for `mae`)
 CATALOGUE = {name: getattr(module, name) for module in _FAMILIES for name in module.__all__}

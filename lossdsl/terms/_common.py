@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Literal
 
@@ -37,6 +38,7 @@ __all__ = [
     "safe_pow",
     "clamp_straight_through",
     "as_tensor_param",
+    "autocast_off",
 ]
 
 Reduction = Literal["mean", "sum"]
@@ -308,3 +310,15 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
     # outside inference mode so that autograd may save it.
     with torch.inference_mode(False):
         return torch.tensor(values, dtype=dtype, device=device)
+
+
+def autocast_off(x: Tensor):
+    """A context in which matmul and convolution run in ``x``'s dtype even under autocast.
+
+    Autocast would cast them to float16/bfloat16 whatever the term upcast; terms computed in
+    float32 inside compute them in it. A no-op where autocast is off.
+    """
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
