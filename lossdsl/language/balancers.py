@@ -27,9 +27,10 @@ from pydantic import BaseModel
 from .params import STRICT, Positive, Unit
 from .counter_rng import counter_uniform, seed_key
 
-__all__ = ["Method", "METHODS", "MAX_WINDOW"]
+__all__ = ["Method", "METHODS", "MAX_WINDOW", "MAX_BALANCED"]
 
-MAX_WINDOW = 100_000
+MAX_WINDOW = 10_000  # dwa keeps 2 * window rows of losses
+MAX_BALANCED = 256  # terms in one balance(...)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .params import STRICT, NonNegative, Positive
 
 __all__ = ["Schedule", "SCHEDULES", "HOST", "MAX_BOUNDARIES"]
 
-MAX_BOUNDARIES = 4096
+MAX_BOUNDARIES = 1024
 
 
 class RampParams(BaseModel):

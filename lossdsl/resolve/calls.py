@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import LossArgumentError, LossTypeError, did_you_mean
-from ..language.balancers import METHODS
+from ..language.balancers import MAX_BALANCED, METHODS
 from ..language.functions import FUNCTIONS, OPERATORS, KindError
 from ..language.names import BALANCE
 from ..language.registry import TermSpec
@@ -191,6 +191,12 @@ def _parameters(r, node: ast.Call, owner: str, model, extra_args, summary: str, 
 
 
 def _balance(r, node: ast.Call) -> ir.Balance:
+    if len(node.args) > MAX_BALANCED:
+        raise LossArgumentError(
+            f"balance combines at most {MAX_BALANCED} terms, got {len(node.args)}",
+            span=node.args[MAX_BALANCED].offsets,
+            hint="balance groups of terms separately, e.g. balance(balance(a, b, ...), c, ...)",
+        )
     if len(node.args) < 2:
         raise LossArgumentError(
             f"balance needs at least 2 operands, got {len(node.args)}",
