@@ -251,7 +251,7 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import plot_log
+    from .tools.plot import plot_log
 
     out = args.output or str(args.log).rsplit(".", 1)[0] + ".png"
     plot_log(args.log, out)
