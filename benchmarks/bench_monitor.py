@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lossdsl  # noqa: E402
+from lossdsl.monitor import CallInputs  # noqa: E402
 from benchmarks.measure import interleaved, keep_freed_memory, median_ratio  # noqa: E402
 
 SOURCE = "0.7*huber(delta=1) + 0.3*temporal_diff"
@@ -58,18 +59,21 @@ def variants(pred, target, log_dir: str) -> dict:
 
 
 def record_cost(pred, target, calls: int = 3000) -> float:
-    """Seconds per ``Monitor.record`` call, with the tensors one real call hands it."""
+    """Seconds per ``Monitor.record`` call, with the tensors one real call hands it: the row
+    ``[values..., total]``, the weights, the step, the term values and the inputs."""
     crit = lossdsl.compile(SOURCE)
     crit.monitor.enabled = False
-    crit(pred.detach(), target)
-    raw, weights = crit._last_raw, crit._last_weights
-    total = raw.sum()
+    pred = pred.detach()
+    crit(pred, target)
+    values = [crit.terms[name] for name in crit.term_names]
+    row = torch.stack([*values, sum(w * v for w, v in zip(crit.weights.values(), values))])
+    weights = torch.stack(list(crit.weights.values()))
     monitor = lossdsl.compile(SOURCE).monitor
     samples = []
     for _ in range(5):
         start = time.thread_time()
         for _ in range(calls):
-            monitor.record(raw, weights, total)
+            monitor.record(row, weights, crit.step, values, CallInputs(pred, target, {}))
         samples.append((time.thread_time() - start) / calls)
     return statistics.median(samples)
 

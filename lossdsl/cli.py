@@ -251,7 +251,7 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import plot_log
+    from .tools.plot import plot_log
 
     out = args.output or str(args.log).rsplit(".", 1)[0] + ".png"
     plot_log(args.log, out)
@@ -275,7 +275,7 @@ def _targets(text: str | None) -> dict[str, float] | None:
 
 
 def cmd_balance(args) -> int:
-    from .suggest import suggest_from_log
+    from .tools.suggest import suggest_from_log
 
     source = _program(args) if (args.expr or args.config) else None
     suggestion = suggest_from_log(args.log, source=source, target=_targets(args.target))

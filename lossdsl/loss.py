@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LossDSLError, LossInputError, did_you_mean, location
-from .monitor import Monitor
+from .monitor import CallInputs, Monitor
 from .program import Program, build_program
 from .resolve import ir
+from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import read_path
@@ -59,7 +60,7 @@ class Loss(nn.Module):
         self.ir = resolved
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.balancers = nn.ModuleList(Balancer(method, k, params) for method, k, params in program.balancers)
-        self.monitor = Monitor(program.names, _MonitorView(resolved))
+        self.monitor = Monitor(program.names, program.is_term, program.inputs_read, rewriter(resolved))
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._constant = {}  # (dtype, device) -> the constant weights as a tensor
         self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
@@ -104,8 +105,9 @@ class Loss(nn.Module):
         if weights is None:
             weights = self._constant_weights(row)
         self._last = (row, weights)
-        if self.monitor.enabled:
-            self.monitor.record_terms(list(values), weights, total, _CallInputs(pred, target, inputs), row)
+        monitor = self.monitor
+        if monitor.enabled:
+            monitor.record(row, weights, self.step, values, CallInputs(pred, target, inputs))
         if self.nonfinite in CHECKED_POLICIES:
             self._check(row)  # after recording: a call that raises still shows in the logs
         return total
@@ -245,26 +247,3 @@ class Loss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.source!r}, nonfinite={self.nonfinite!r}, strict={self.strict}"
-
-
-class _MonitorView:
-    """What the monitor reads of the program (which items are terms, the inputs read)."""
-
-    def __init__(self, resolved: ir.IR) -> None:
-        self.logged = [_Item(item) for item in resolved.logged]
-        self.inputs_read = resolved.inputs_read
-        self.source = resolved.source
-
-
-class _Item:
-    def __init__(self, item: ir.Logged) -> None:
-        self.name = item.name
-        if item.is_term:
-            self.spec = None
-
-
-class _CallInputs:
-    __slots__ = ("pred", "target", "inputs")
-
-    def __init__(self, pred, target, inputs) -> None:
-        self.pred, self.target, self.inputs = pred, target, inputs

@@ -179,9 +179,9 @@ def test_meta_device_uses_no_hidden_cpu_tensor():
     x = torch.empty(4, 8, 2, device="meta")
     for _ in range(3):
         crit(x, x)
-    raw, total = torch.empty(2, device="meta"), torch.empty((), device="meta")
+    row, weights = torch.empty(3, device="meta"), torch.ones(2, device="meta")  # [huber, temporal_diff, total]
     for _ in range(300):
-        crit.monitor.record(raw, torch.ones(2, device="meta"), total)
+        crit.monitor.record(row, weights, crit.step)
     state = crit.monitor.state_dict()  # folds the pending rows, on meta
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     assert tensors and all(t.device.type == "meta" for t in tensors)
@@ -252,3 +252,56 @@ def test_cuda_record_never_synchronises():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert crit.monitor.stats()["mse"]["mean"] == pytest.approx(F.mse_loss(pred, target).item(), rel=1e-5)
+
+
+def test_a_monitor_of_its_own_records_rows_and_weights():
+    # the interface a Loss uses: rows [values..., total] and the weights of each call
+    monitor = lossdsl.Monitor(["a", "b", "ab"], is_term=[True, True, False])
+    calls = [((1.0, 4.0), (0.5, 2.0)), ((3.0, 1.0), (0.5, 1.0)), ((2.0, -2.0), (1.0, 1.0))]
+    for (a, b), (wa, wb) in calls:
+        total = wa * a + wb * b
+        monitor.record(torch.tensor([a, b, total, total]), torch.tensor([wa, wb, 1.0]))
+    stats = monitor.stats()
+    weighted = [(wa * a, wb * b) for (a, b), (wa, wb) in calls]
+    shares = [abs(x) / (abs(x) + abs(y)) for x, y in weighted]
+    assert stats["a"]["mean"] == pytest.approx(2.0) and stats["b"]["min"] == -2.0
+    assert stats["b"]["weight"] == pytest.approx((2.0 + 1.0 + 1.0) / 3)
+    assert stats["a"]["weighted"] == pytest.approx(sum(x for x, _ in weighted) / 3)
+    assert stats["a"]["share"] == pytest.approx(sum(shares) / 3)
+    # the composite is not a term: its share is relative to the terms' sum, not added to it
+    assert stats["total"]["share"] == pytest.approx(1.0)
+    assert stats["ab"]["share"] == pytest.approx(sum(abs(x + y) / (abs(x) + abs(y)) for x, y in weighted) / 3)
+
+
+def test_sink_rows_carry_the_step_tensor_as_it_is_when_written():
+    monitor = lossdsl.Monitor(["a"])
+    rows = []
+    monitor.attach(lambda scalars, step: rows.append(step), every=2)
+    for _ in range(2):  # no step given: the rows count the training calls
+        monitor.record(torch.tensor([1.0, 1.0]), torch.ones(1))
+    step = torch.tensor(7)
+    monitor.record(torch.tensor([1.0, 1.0]), torch.ones(1), step)
+    step.fill_(9)  # set after the call (set_step), read when the row is written
+    monitor.write()
+    assert rows == [2, 9]
+
+
+def test_lower_precision_keeps_the_statistics_in_float64():
+    crit = lossdsl.compile("mse")
+    values = [1.0 + k * 1e-9 for k in range(4)]
+    for v in values:
+        crit(torch.zeros(1, dtype=torch.float64), torch.full((1,), v, dtype=torch.float64).sqrt())
+    crit.half()  # moves nothing: the sums must not be rounded to float16 and back
+    assert all(b.dtype == torch.float64 for b in crit.monitor.buffers())
+    assert crit.monitor.stats()["mse"]["mean"] == pytest.approx(sum(values) / 4, rel=1e-14)
+
+
+def test_a_pickled_monitor_keeps_its_statistics_and_its_program_text():
+    import pickle
+
+    crit = lossdsl.compile("mse + mae  # two terms")
+    crit(torch.zeros(4), torch.full((4,), 10.0))
+    restored = pickle.loads(pickle.dumps(crit.monitor))
+    assert restored.stats()["mse"]["mean"] == 100.0
+    # equal shares of 100 + 10: 55 each
+    assert restored.suggest_weights().source == "0.55*mse + 5.5*mae  # two terms"

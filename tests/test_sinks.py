@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl.plot import plot_log
+from lossdsl.tools.plot import plot_log
 
 SOURCE = "0.7*mse + 0.3*mae"
 SUFFIXES = ("", "/weight", "/weighted", "/share")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from lossdsl.suggest import suggest_from_log
+from lossdsl.tools.suggest import suggest_from_log
 
 
 def factors(source: str) -> dict[str, float]:

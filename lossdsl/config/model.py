@@ -38,8 +38,9 @@ import yaml
 from annotated_types import Gt, Lt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from .configtext import FORMATS, Place, positions, program_offsets
-from .errors import LossDSLError, did_you_mean
+from ..errors import LossDSLError, did_you_mean
+from ..monitor import JsonlWriter, TensorBoardWriter
+from .positions import FORMATS, Place, positions, program_offsets
 
 __all__ = ["LossConfig", "MonitorSettings", "ConfigError", "from_config", "load_config", "make_sink"]
 
@@ -128,7 +129,7 @@ class LossConfig(BaseModel):
 
     def compile(self, *, terms: Mapping[str, Callable] | None = None):
         """Compile ``expr`` with these settings into a :class:`~lossdsl.Loss`."""
-        from .compiler import compile as compile_program
+        from ..compiler import compile as compile_program
 
         crit = self._located(compile_program, terms=terms, strict=self.strict, nonfinite=self.nonfinite)
         apply_monitor_settings(crit, self.monitor)
@@ -136,7 +137,7 @@ class LossConfig(BaseModel):
 
     def check(self, *, terms: Mapping[str, Callable] | None = None):
         """Parse and resolve ``expr`` without building a module (nor opening any sink)."""
-        from .compiler import check as check_program
+        from ..compiler import check as check_program
 
         return self._located(check_program, terms=terms)
 
@@ -242,8 +243,6 @@ def make_sink(target: str, append: bool = False):
     >>> type(make_sink("runs/terms.jsonl")).__name__
     'JsonlWriter'
     """
-    from .sinks import JsonlWriter, TensorBoardWriter
-
     if str(target).endswith(".jsonl"):
         return JsonlWriter(target, append=append)
     return TensorBoardWriter(target)

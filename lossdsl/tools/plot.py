@@ -5,7 +5,7 @@ Uses matplotlib's object API with the Agg canvas, so it needs no display and lea
 pyplot's global state alone.
 
 >>> import os, tempfile, torch, lossdsl
->>> from lossdsl.plot import plot_log
+>>> from lossdsl.tools.plot import plot_log
 >>> folder = tempfile.mkdtemp()
 >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
 >>> _ = crit.monitor.attach(os.path.join(folder, "run.jsonl"), every=1)
@@ -23,8 +23,8 @@ import math
 import os
 from pathlib import Path
 
-from .errors import LossDSLError
-from .sinks import read_jsonl
+from ..errors import LossDSLError
+from ..monitor.sinks import read_jsonl
 from .suggest import log_names, log_terms
 
 __all__ = ["plot_log"]
@@ -63,7 +63,7 @@ def plot_log(
     share of the weighted magnitude, stacked. Bottom (when the log has gradient norms): each
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
-    terms exactly, else their shares do (:func:`lossdsl.suggest.log_terms`). Returns the
+    terms exactly, else their shares do (:func:`lossdsl.tools.suggest.log_terms`). Returns the
     PNG's path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -23,20 +23,16 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-from .errors import LossDSLError
+import torch.distributed as dist
 
-__all__ = [
-    "JsonlWriter", "TensorBoardWriter", "FunctionSink", "SinkHost", "as_sink", "read_jsonl", "format_table",
-]
+from ..errors import LossDSLError
+
+__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "AttachedSinks", "as_sink", "read_jsonl"]
 
 
 def _is_rank_zero() -> bool:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return True
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -186,94 +182,61 @@ class _Sink:
         getattr(self.inner, "start_log", lambda resumed: None)(resumed=resumed)
 
 
-class SinkHost:
-    """The sink side of :class:`~lossdsl.Monitor`: attached sinks and writing to them. The
-    host provides ``_windows(readers, sync) -> (sums, step)``, ``_scalars(sums, prefix)``,
-    ``_flush()``, the ``sums`` buffer, the ``_marks`` dict, ``_eager`` and ``_resumed``."""
+class AttachedSinks:
+    """The sinks attached to a monitor: each sink with its cadence and the key of its
+    window (:class:`~lossdsl.monitor.readers.Windows`). ``resumed``: the run continues a
+    saved state, so a JSONL log appends; ``unstarted``: sinks not yet told so.
 
-    _sinks: list
+    >>> sinks = AttachedSinks()
+    >>> rows = []
+    >>> sinks.add(FunctionSink(lambda scalars, step: rows.append(step)), every=2)
+    'sink/0'
+    >>> [key for key, _ in sinks.due(3)], [key for key, _ in sinks.due(4)]
+    ([], ['sink/0'])
+    """
 
-    def attach(self, sink: Any, every: int = 10) -> Any:
-        """Write to ``sink`` at every ``every``-th training call (eager calls; under
-        ``torch.compile`` call :meth:`write` from the training loop instead).
+    def __init__(self, resumed: bool = False) -> None:
+        self.entries: list[tuple[str, Any, int]] = []  # (window key, sink, every)
+        self.resumed = resumed
+        self.unstarted = False
 
-        ``sink``: a :class:`~lossdsl.JsonlWriter`, a :class:`~lossdsl.TensorBoardWriter`, a
-        path (a JSONL file), any object with ``write(scalars, step)``, or a function
-        ``f(scalars, step)``. Each row holds the means of the training calls since the
-        sink's own previous row (the first: since it was attached), labelled with the step
-        the loss stores (``crit(..., step=s)`` or ``crit.set_step(s)``), so with gradient
-        accumulation several calls share a step. Sinks, ``as_dict()`` and one another
-        never empty each other's windows. The count of training calls is in the state, so
-        a resumed run writes at the calls an uninterrupted one would.
+    def __len__(self) -> int:
+        return len(self.entries)
 
-        >>> import torch, lossdsl
-        >>> crit = lossdsl.compile("mse")
-        >>> seen = []
-        >>> _ = crit.monitor.attach(lambda scalars, step: seen.append(step), every=2)
-        >>> for step in range(100, 104):
-        ...     _ = crit(torch.zeros(3), torch.ones(3), step=step)
-        >>> seen
-        [101, 103]
-        """
-        if every < 1:
-            raise LossDSLError(f"attach(every={every}): every must be >= 1", hint="N >= 1 calls")
-        sink = as_sink(sink)
-        with self._eager.lock:
-            key = f"sink/{len(self._sinks)}"
-            if key not in self._marks:  # a mark loaded from a resumed state is kept
-                self._flush()
-                self._marks[key] = self.sums[0].clone()
-            self._sinks.append((sink, int(every)))
-            self._eager.unstarted = True
-        return sink
+    def add(self, sink: Any, every: int) -> str:
+        """Attach ``sink`` (made by :func:`as_sink`); returns the key of its window."""
+        key = f"sink/{len(self.entries)}"
+        self.entries.append((key, sink, int(every)))
+        self.unstarted = True
+        return key
 
-    def write(self, step: int | None = None) -> None:
-        """Write to every attached sink now, each the means since its previous row; ``step``
-        labels the rows (default: the step the loss stores)."""
-        with self._eager.lock:
-            self._start_sinks()
-            self._write(list(enumerate(self._sinks)), step)
-
-    def _sinks_after_call(self, calls: int) -> None:
-        """After a training call: start new sinks, write the due ones (lock held)."""
-        if self._eager.unstarted:
-            self._start_sinks()
-        due = [(i, entry) for i, entry in enumerate(self._sinks) if calls % entry[1] == 0]
-        if due:
-            self._write(due)
-
-    def _start_sinks(self) -> None:
+    def start(self) -> None:
         """Tell each new sink whether this run continues a saved one (a JSONL log then
         appends); a sink may refuse here, before anything is written."""
-        for sink, _ in self._sinks:
+        for _, sink, _ in self.entries:
             start = getattr(sink, "start_log", None)
             if start is not None:
-                start(resumed=self._resumed)
-        self._eager.unstarted = False
+                start(resumed=self.resumed)
+        self.unstarted = False
 
-    def _write(self, due: list, step: int | None = None) -> None:
-        if not due:
-            return
-        wins, stored = self._windows([(f"sink/{i}", 0) for i, _ in due], sync=False)
-        label = stored if step is None else int(step)
-        for (_, (sink, _)), win in zip(due, wins):
-            scalars = self._scalars(win, "loss/")
-            if scalars:
-                sink.write(scalars, label)
+    def due(self, calls: int) -> list[tuple[str, Any]]:
+        """The sinks that write after the ``calls``-th training call."""
+        return [(key, sink) for key, sink, every in self.entries if calls % every == 0]
+
+    def every_sink(self) -> list[tuple[str, Any]]:
+        return [(key, sink) for key, sink, _ in self.entries]
 
     def flush(self) -> None:
-        """Flush the attached sinks."""
-        for sink, _ in self._sinks:
+        for _, sink, _ in self.entries:
             sink.flush()
 
-    def close(self) -> None:
-        """Close and detach every sink."""
-        with self._eager.lock:
-            for sink, _ in self._sinks:
-                sink.close()
-            self._sinks = []
-            for key in [k for k in self._marks if k.startswith("sink/")]:
-                del self._marks[key]
+    def close(self) -> list[str]:
+        """Close and detach every sink; returns the keys of their windows."""
+        keys = [key for key, _, _ in self.entries]
+        for _, sink, _ in self.entries:
+            sink.close()
+        self.entries = []
+        return keys
 
 
 def as_sink(obj: Any):
@@ -305,30 +268,3 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if isinstance(record, dict) and "step" in record:
                 records.append({k: (math.nan if v is None else v) for k, v in record.items()})
     return records
-
-
-def format_table(table: dict[str, dict[str, float]], leaf: Sequence[float]) -> str:
-    """Render ``Monitor.stats()`` as a text table; shares of the gradient norm are over the terms."""
-    names = list(table)
-    grads = [table[n]["grad_norm"] for n in names]
-    probed = any(g == g for g in grads)
-    gsum = sum(g for g, is_leaf in zip(grads, leaf) if is_leaf and g == g)
-    head = ["term", "weight", "raw mean", "raw ema", "raw min", "raw max", "weighted", "share %"]
-    head += ["grad %"] if probed else []
-    rows = [head + ["non-finite"]]
-    for name, g in zip(names, grads):
-        s = table[name]
-        row = [name] + [_num(s[k]) for k in ("weight", "mean", "ema", "min", "max", "weighted")]
-        row.append(_num(100 * s["share"], ".1f"))
-        if probed:
-            row.append(_num(100 * g / gsum, ".1f") if gsum > 0 and name != "total" else "")
-        rows.append(row + [_num(s["nonfinite"], ".0f")])  # NaN where nothing was read (meta)
-    rows[-1][1] = ""  # the total has no weight
-    width = [max(len(r[i]) for r in rows) for i in range(len(head) + 1)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
-             for r in rows]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
-
-
-def _num(x: float, fmt: str = ".4g") -> str:
-    return "nan" if x != x else format(x, fmt)

@@ -1,0 +1,116 @@
+"""Suggested weights from a JSONL log (``lossdsl balance LOG [EXPR]``), and telling a log's
+terms from its named composites (also for ``lossdsl plot``).
+
+The numbers are those of :meth:`lossdsl.Monitor.suggest_weights`
+(:func:`lossdsl.monitor.suggest.suggest`); the program text, when given, is rewritten by
+:func:`lossdsl.resolve.rewrite.rewrite_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Mapping
+
+from ..compiler import check
+from ..errors import LossDSLError
+from ..monitor.sinks import read_jsonl
+from ..monitor.suggest import Suggestion, suggest
+from ..resolve.rewrite import rewriter
+
+__all__ = ["suggest_from_log", "log_names", "log_terms"]
+
+
+def suggest_from_log(
+    jsonl_path: str | os.PathLike, source: str | None = None, target: Mapping[str, float] | None = None
+) -> Suggestion:
+    """Suggest weights from a JSONL log written by :class:`~lossdsl.JsonlWriter`.
+
+    The magnitude of a term is its mean weighted gradient norm over the log when the log
+    has ``/grad_norm`` entries for every term, else its mean ``|weighted|`` value; its
+    current weight is the mean of ``/weight``. With ``source`` (the program that wrote the
+    log) the suggestion carries the rewritten text; without it, named composites are told
+    from terms by their shares (see :func:`log_terms`).
+
+    >>> import os, tempfile, torch, lossdsl
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.jsonl")
+    >>> crit = lossdsl.compile("mse + mae")
+    >>> _ = crit.monitor.attach(lossdsl.JsonlWriter(path), every=1)
+    >>> _ = crit(torch.zeros(4), torch.full((4,), 10.0))
+    >>> crit.monitor.close()
+    >>> suggest_from_log(path, "mse + mae").source
+    '0.55*mse + 5.5*mae'
+    """
+    records = read_jsonl(jsonl_path)
+    names, prefix = log_names(records)
+    if not names:
+        raise LossDSLError(
+            f"no per-term values in {os.fspath(jsonl_path)!r}",
+            hint="write the log with crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)",
+        )
+    probed = all(any(f"{prefix}{n}/grad_norm" in r for r in records) for n in names)
+    key = "grad_norm" if probed else "weighted"
+    magnitude = {n: abs(_nanmean(r.get(f"{prefix}{n}/{key}") for r in records)) for n in names}
+    weights = {n: _nanmean(r.get(f"{prefix}{n}/weight") for r in records) for n in names}
+    if source is None:
+        return suggest(weights, magnitude, target, terms=log_terms(records, names, prefix))
+    resolved = check(source)
+    missing = [n for n in names if n not in resolved.names()]
+    if missing:
+        raise LossDSLError(
+            "the log has terms the program does not: " + ", ".join(map(repr, missing)),
+            hint="pass the program that wrote this log",
+        )
+    terms = [item.name for item in resolved.logged if item.is_term]
+    return suggest(weights, magnitude, target, terms=terms, rewrite=rewriter(resolved))
+
+
+def log_names(records: list[dict]) -> tuple[list[str], str]:
+    """The logged names of a log and the prefix of its keys (``"loss/"`` by default).
+
+    >>> log_names([{"step": 1, "run/loss/mse/share": 0.5, "run/loss/mae/share": 0.5}])
+    (['mse', 'mae'], 'run/loss/')
+    """
+    raw_keys: list[str] = []
+    for record in records:
+        for key in record:
+            if key.endswith("/share") and key[: -len("/share")] not in raw_keys:
+                raw_keys.append(key[: -len("/share")])
+    if not raw_keys:
+        return [], ""
+    prefix = os.path.commonprefix(raw_keys)
+    prefix = prefix[: prefix.rfind("/") + 1]
+    return [k[len(prefix) :] for k in raw_keys], prefix
+
+
+def log_terms(records: list[dict], names: list[str], prefix: str, source: str | None = None) -> list[str]:
+    """Which logged names are terms rather than named composites.
+
+    With the program's ``source`` this is exact. Without it: the terms' shares add up to 1
+    and a composite's share repeats those of the terms inside it, so while the mean shares
+    add up to more than 1, the name with the largest share that fits in the excess is
+    dropped (the later one on a tie: composites are logged after their terms).
+
+    >>> rows = [{"l/mse/share": 0.4, "l/mae/share": 0.2, "l/recon/share": 0.6, "l/huber/share": 0.4}]
+    >>> log_terms(rows, ["mse", "mae", "recon", "huber"], "l/")
+    ['mse', 'mae', 'huber']
+    """
+    if source is not None:
+        terms = {item.name for item in check(source).logged if item.is_term}
+        return [n for n in names if n in terms]
+    share = {n: abs(_nanmean(r.get(f"{prefix}{n}/share") for r in records)) for n in names}
+    excess = sum(v for v in share.values() if v == v) - 1.0
+    dropped: set[str] = set()
+    while excess > 0.01:
+        fits = [n for n in names if n not in dropped and 0 < share[n] <= excess + 0.01]
+        if not fits:
+            break
+        best = max(reversed(fits), key=lambda n: share[n])  # max keeps the first of equals
+        dropped.add(best)
+        excess -= share[best]
+    return [n for n in names if n not in dropped]
+
+
+def _nanmean(values: Iterable) -> float:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
