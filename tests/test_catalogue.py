@@ -56,11 +56,11 @@ def test_rows_show_inputs_ranges_defaults_and_summary():
     assert "`delta: float > 0 = 1.0`" in hyper
     assert summary == lossdsl.registry["huber"].summary
     inputs, hyper, _ = rows[("vae_kl",)]
-    assert (inputs, hyper) == ("mu, logvar", "none")
+    assert (inputs, hyper) == ("mu, logvar", r"`reduction: 'mean' \| 'sum' \| 'none' = 'mean'`")
     assert rows[("triplet",)][0] == "anchor, positive, negative"
     assert rows[("l2_reg",)][0] == "model"
     # a '|' inside a cell is escaped so the row keeps four cells
-    assert r"`reduction: 'mean' \| 'sum' = 'mean'`" in rows[("mse",)][1]
+    assert r"`reduction: 'mean' \| 'sum' \| 'none' = 'mean'`" in rows[("mse",)][1]
 
 
 def test_terms_registered_by_users_stay_out_of_the_builtin_table():

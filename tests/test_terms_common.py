@@ -254,7 +254,7 @@ BAD_HYPERPARAMETERS = [
     ("tv(p=0)", "p=0", "greater than 0"),
     ("out_of_bounds(lower=0, upper=1, power=0.5)", "power=0.5", "greater than or equal to 1"),
     ("gaussian_nll(eps=0)", "eps=0", "greater than 0"),
-    ('mse(reduction="avg")', 'reduction="avg"', "'mean' or 'sum'"),
+    ('mse(reduction="avg")', 'reduction="avg"', "'mean', 'sum' or 'none'"),
     ("l2_reg(biases=1)", "biases=1", "boolean"),
     ('kl_div(log_target="yes")', 'log_target="yes"', "boolean"),
     ("cosine_distance(dim=1.5)", "dim=1.5", "valid integer"),

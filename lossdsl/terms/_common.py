@@ -1,5 +1,8 @@
 """Shared pieces of the term functions: shape checks, half precision, weighted reduction.
 
+``reduction="none"`` keeps a term's elementwise (or per-sample) values: ``weight`` is
+multiplied in and masked positions are exactly 0, so ``sum`` of them is ``reduction="sum"``.
+
 >>> import torch
 >>> from lossdsl.terms._common import reduce_elementwise
 >>> l = torch.tensor([1.0, 2.0, 3.0, 4.0])
@@ -41,7 +44,7 @@ __all__ = [
     "autocast_off",
 ]
 
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "none"]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -138,7 +141,8 @@ def reduce_elementwise(
 
     ``weight``: ``mean(weight * l)`` (``sum`` with ``reduction="sum"``). ``mask``:
     ``sum(mask * l) / sum(mask)`` (``sum(mask * l)`` with ``"sum"``). Both: the mask's
-    formula applied to ``weight * l``. An all-zero mask gives 0, not NaN.
+    formula applied to ``weight * l``. An all-zero mask gives 0, not NaN. ``"none"``:
+    ``mask * weight * l`` elementwise, the values whose sum is ``"sum"``.
     """
     if weight is not None:
         _check_broadcast(weight, loss.shape, "weight")
@@ -146,6 +150,8 @@ def reduce_elementwise(
     if mask is not None:
         _check_broadcast(mask, loss.shape, "mask")
         m = mask.to(loss.dtype)
+        if reduction == "none":
+            return loss * m
         masked = (loss * m).sum()
         if reduction == "sum":
             return masked
@@ -155,11 +161,15 @@ def reduce_elementwise(
 
 
 def reduce(loss: Tensor, reduction: Reduction = "mean") -> Tensor:
-    """``mean`` or ``sum`` over all elements; the mean of nothing is 0 (an empty batch gives
-    0 with an empty gradient, like an all-zero mask, where ``Tensor.mean`` gives NaN)."""
-    if reduction == "sum" or loss.numel() == 0:  # numel is shape metadata: no device work
+    """``mean`` or ``sum`` over all elements, or ``loss`` itself for ``"none"``; the mean of
+    nothing is 0 (an empty batch gives 0 with an empty gradient, like an all-zero mask, where
+    ``Tensor.mean`` gives NaN), its ``"none"`` an empty tensor."""
+    if reduction == "mean":
+        # numel is shape metadata: no device work
+        return loss.mean() if loss.numel() else loss.sum()
+    if reduction == "sum":
         return loss.sum()
-    return loss.mean()
+    return loss
 
 
 def kept_positions(weight: Tensor | None, mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -183,7 +193,7 @@ def reduce_kept(
     positions (``keep`` false, see :func:`elementwise`), so finite there: ``0 * loss`` is 0.
     A weight that is NaN or infinite where the mask is 0 (``1 / count`` of an empty bin) is
     kept out with ``torch.where`` (``0 * nan`` is NaN); that pass is made only when both are
-    given."""
+    given. ``"none"``: ``mask * weight * loss``, exactly 0 at the left-out positions."""
     if keep is None:
         return reduce(loss, reduction)
     if weight is not None:
@@ -193,6 +203,8 @@ def reduce_kept(
     if mask is None:
         return reduce(loss, reduction)
     m = mask.to(loss.dtype)
+    if reduction == "none":
+        return loss * m
     masked = (loss * m).sum()
     if reduction == "sum":
         return masked
@@ -213,6 +225,8 @@ def elementwise(
     >>> x = torch.tensor([2.0, float("nan")])
     >>> float(elementwise(torch.square, (x,), None, torch.tensor([1.0, 0.0])))
     4.0
+    >>> elementwise(torch.square, (x,), torch.tensor([0.5, 0.0]), None, "none")
+    tensor([2., 0.])
     """
     keep = kept_positions(weight, mask, inputs[0].shape)
     if keep is not None:

@@ -3,7 +3,7 @@
 pred and target are boxes ``(..., 4)`` as ``x1 y1 x2 y2``; each box gets the generalized,
 distance or complete IoU loss as ``torchvision.ops`` defines it (``eps`` in the same places),
 and the per-box losses are reduced with ``reduction``: ``"mean"`` over boxes (0 for no boxes,
-as torchvision), or ``"sum"``.
+as torchvision), ``"sum"``, or ``"none"``: the loss of each box, shape ``pred.shape[:-1]``.
 
 Where torchvision divides by zero (CIoU's aspect ratio ``w / h`` of a box of zero height)
 these terms use the same angle computed as ``atan2``, which equals ``atan(w / h)`` for every
@@ -39,10 +39,10 @@ def _boxes(pred: Tensor, target: Tensor, term: str) -> tuple[Tensor, Tensor]:
 
 
 def _reduce_boxes(loss: Tensor, reduction: Reduction) -> Tensor:
-    if reduction == "sum":
-        return loss.sum()
-    # an image without boxes gives 0 (torchvision's rule), not the NaN of an empty mean
-    return loss.sum() / max(loss.numel(), 1)
+    if reduction == "mean":
+        # an image without boxes gives 0 (torchvision's rule), not the NaN of an empty mean
+        return loss.sum() / max(loss.numel(), 1)
+    return loss.sum() if reduction == "sum" else loss
 
 
 def _inter_union(p: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

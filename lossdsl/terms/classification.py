@@ -4,7 +4,9 @@ bce (probabilities), bce_logits, cross_entropy, focal (binary), focal_ce (multi-
 dice. Every term on logits works in log-space (log-sum-exp, log-sigmoid), so logits of
 ±100 give finite values and gradients; ``bce`` clamps its probabilities. As in the
 regression terms, a position whose weight or mask is 0 is left out before the loss is
-computed, and the mean of an empty batch is 0.
+computed, and the mean of an empty batch is 0. ``reduction="none"`` gives the elementwise
+values of bce, bce_logits and focal (pred's shape), and the per-sample values of
+cross_entropy and focal_ce (pred's shape without the class axis).
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def cross_entropy(
     Log-softmax based. ``class_dim`` names the class axis (torch's is 1); integer targets are
     class indices (``ignore_index`` skipped), float targets are probabilities over the
     classes. With ``class_weights`` the mean is weighted like torch's, sum(w_y l) / sum(w_y);
-    a batch where every target is ignored gives 0, not NaN.
+    a batch where every target is ignored gives 0, not NaN. ``reduction="none"`` gives torch's
+    per-sample values (pred's shape without the class axis): w_y l, 0 where ignored.
     Example: ``cross_entropy(label_smoothing=0.1, class_dim=-1)``.
     """
     logits, t, index_targets = _class_axis(pred, target, class_dim, "cross_entropy")
@@ -164,6 +167,8 @@ def cross_entropy(
     )
     if reduction == "sum":
         return l.sum().to(pred.dtype)
+    if reduction == "none":
+        return l.to(pred.dtype)
     if not index_targets:
         return reduce(l).to(pred.dtype)
     # torch's mean divides by the summed weights of the counted targets; doing it here
@@ -210,7 +215,7 @@ def focal_ce(
 
     log p_y comes from log-softmax, 1 - p_y = -expm1(log p_y); targets are class indices.
     A plain mean over samples (``cross_entropy`` with class_weights divides by sum(w_y)
-    instead). Example: ``focal_ce(gamma=2, class_weights=[1.0, 4.0])``.
+    instead); ``reduction="none"`` gives the per-sample values. Example: ``focal_ce(gamma=2, class_weights=[1.0, 4.0])``.
     """
     logits, t, index_targets = _class_axis(pred, target, class_dim, "focal_ce")
     if not index_targets:

@@ -5,8 +5,9 @@ item, every other row of the batch is a negative. Similarities are cosines (the 
 normalised) divided by ``temperature``; each anchor's loss is a log-sum-exp minus its
 positive's logit, so any temperature in the allowed range gives finite values; the cosines
 are float32 matrix products for half-precision inputs, under autocast too. The terms
-reduce the per-anchor losses with ``reduction`` (``"mean"``, the papers' choice, or ``"sum"``);
-an empty batch (N = 0) gives 0.
+reduce the per-anchor losses with ``reduction`` (``"mean"``, the papers' choice, or ``"sum"``;
+``"none"`` returns them: ``(N,)`` for info_nce, ``(2N,)`` for nt_xent, anchors' views first);
+an empty batch (N = 0) gives 0 (an empty tensor for ``"none"``).
 
 ``temperature`` is bounded to [1e-4, 1e4]: the loss grows like 1/temperature (a margin of 1
 costs 1e4 at the lower bound), so a smaller one would overflow float32 logits and gradients.

@@ -3,7 +3,8 @@
 ``F.ctc_loss`` with the catalogue's input names: ``pred`` the log-probabilities ``(T, N, C)``,
 ``target`` the label sequences, ``input_lengths`` and ``target_lengths`` per sample
 (tensors or lists of ints), all passed as inputs of the call. pred must be real floating
-point; target and the lengths are integers. An empty batch (N = 0) gives 0.
+point; target and the lengths are integers. An empty batch (N = 0) gives 0 (an empty tensor
+for ``reduction="none"``, which returns each sequence's negative log-likelihood, ``(N,)``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def ctc(
 
     pred holds log-probabilities (T, N, C); each sample's negative log-likelihood is divided
     by its target length, then averaged over the batch (``reduction="sum"``: summed, not
-    divided). ``zero_infinity=true`` gives 0 for a sample no alignment can produce (an input
+    divided; ``"none"``: each sequence's value, not divided, as torch). ``zero_infinity=true`` gives 0 for a sample no alignment can produce (an input
     shorter than its target). pred is passed through log_softmax first, which leaves
     log-probabilities as they are but makes the gradient the exact one of the value:
     torch's CTC gradient assumes its input came out of a log_softmax. Inputs:
@@ -92,12 +93,14 @@ def ctc(
     target_lengths = _lengths(target_lengths, "target_lengths", batch)
     (x,) = upcast(pred)
     log_probs = x.log_softmax(-1)
+    # the sum of log-probabilities over time and classes, one per sequence for "none"
+    axes = (0, 2) if reduction == "none" else None
     if any(isinstance(v, Tensor) and v.device.type == "meta" for v in (input_lengths, target_lengths)):
         # no CTC kernel runs on lengths without values: on the meta device the result's
         # shape, dtype and graph are all there is to compute
-        return log_probs.sum().mul(0.0).to(pred.dtype)
+        return log_probs.sum(axes).mul(0.0).to(pred.dtype)
     if batch == 0:  # torch refuses an empty batch; the sum of no log-probabilities is 0
-        return log_probs.sum().to(pred.dtype)
+        return log_probs.sum(axes).to(pred.dtype)
     try:
         out = F.ctc_loss(
             log_probs, target, input_lengths, target_lengths,

@@ -40,7 +40,7 @@ def distill_kl(
 
     pred holds the student's logits, target the teacher's, of one shape; the KL divergence
     is summed over ``class_dim`` and averaged over every other position (samples, pixels);
-    ``reduction="sum"`` sums them. The factor T^2 keeps the gradient's scale independent of
+    ``reduction="sum"`` sums them, ``"none"`` returns them (pred's shape without the class axis). The factor T^2 keeps the gradient's scale independent of
     the temperature (Hinton et al. 2015). The teacher's logits are not detached: pass them
     without gradient unless both networks learn.
     Example: ``0.5*cross_entropy + 0.5*distill_kl(target=teacher, temperature=4)``, called as

@@ -2,6 +2,8 @@
 
 kl_div (log-probabilities against a target distribution), vae_kl (a diagonal Gaussian
 posterior against N(0, I)), gaussian_nll (a predicted mean and variance) and poisson_nll.
+``reduction="none"`` gives vae_kl's per-sample values and the elementwise values of
+gaussian_nll and poisson_nll (pred's shape).
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ def kl_div(pred: Tensor, target: Tensor, *, log_target: bool = False) -> Tensor:
     return F.kl_div(x, t.to(x.dtype), reduction=how, log_target=log_target).to(pred.dtype)
 
 
-def vae_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+def vae_kl(mu: Tensor, logvar: Tensor, *, reduction: Reduction = "mean") -> Tensor:
     """VAE prior term: KL(N(mu, exp(logvar)) || N(0, I)), mean over the batch.
 
     Value: mean over the batch (first axis) of -0.5 * sum_latent(1 + logvar - mu^2 - exp(logvar)),
-    the latent being every other axis (a 1-d mu is one sample). Inputs ``mu`` and ``logvar``:
-    ``crit(pred, target, mu=mu, logvar=logvar)``. Example: ``mse + linear(0, 1, steps=5000)*vae_kl``.
+    the latent being every other axis (a 1-d mu is one sample). ``reduction="sum"`` sums the
+    samples' values, ``"none"`` returns them (shape ``(batch,)``; 0-dim for a 1-d mu). Inputs
+    ``mu`` and ``logvar``: ``crit(pred, target, mu=mu, logvar=logvar)``.
+    Example: ``mse + linear(0, 1, steps=5000)*vae_kl``.
     """
     check_floating(mu, "mu")
     check_floating(logvar, "logvar")
@@ -50,10 +54,10 @@ def vae_kl(mu: Tensor, logvar: Tensor) -> Tensor:
         )
     m, lv = upcast(mu, logvar)
     per_element = 1.0 + lv - m * m - torch.exp(lv)
-    if m.dim() <= 1:
+    if m.dim() <= 1:  # one sample: every reduction of its one value is that value
         return (-0.5 * per_element.sum()).to(mu.dtype)
     per_sample = per_element.flatten(1).sum(1)
-    return (-0.5 * reduce(per_sample)).to(mu.dtype)
+    return (-0.5 * reduce(per_sample, reduction)).to(mu.dtype)
 
 
 def _var_like(var: Tensor, pred: Tensor) -> Tensor:

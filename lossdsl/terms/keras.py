@@ -5,7 +5,9 @@ mape and msle. hinge, squared_hinge, mape and msle are elementwise: they take op
 ``weight`` and ``mask`` inputs and ``reduction="mean" | "sum"`` like the regression terms,
 and a position whose weight or mask is 0 is left out before its loss is computed (NaN
 there reaches neither value nor gradient); categorical_hinge reduces its per-sample values
-with ``reduction``. The mean of an empty batch is 0.
+with ``reduction``. ``reduction="none"`` returns the values: ``mask * weight * l`` of pred's
+shape, or categorical_hinge's per sample (pred's shape without the class axis). The mean of
+an empty batch is 0.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 margin_ranking (scores of positive against negative items), pairwise_ranking (every pair of
 a list, vectorised), triplet (anchor/positive/negative embeddings) and cosine_distance.
+``reduction="none"`` gives margin_ranking's elementwise values (pos's shape), triplet's per
+triplet (anchor's shape without the last axis, as torch) and cosine_distance's per vector
+(pred's shape without ``dim``); pairwise_ranking is a mean over pairs and has no reduction.
 """
 
 from __future__ import annotations

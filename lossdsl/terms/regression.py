@@ -3,7 +3,8 @@
 mse, mae (alias l1), huber, smooth_l1, adaptive_huber, log_cosh, quantile, charbonnier.
 
 Each accepts optional ``weight`` (``mean(weight * l)``) and ``mask``
-(``sum(mask * l) / sum(mask)``) inputs and ``reduction="mean" | "sum"``; a position whose
+(``sum(mask * l) / sum(mask)``) inputs and ``reduction="mean" | "sum" | "none"`` (``"none"``:
+the values ``mask * weight * l`` of pred's shape, masked positions exactly 0); a position whose
 weight or mask is 0 is left out before the loss is computed, so NaN there (padding) reaches
 neither value nor gradient. Half-precision inputs are computed in float32 and returned in
 the input dtype; the mean of an empty batch is 0.
@@ -43,7 +44,8 @@ def _with_torch(loss_fn, pred, target, weight, mask, reduction: Reduction, **hyp
     p, t = upcast(pred, target) if half else (pred, target)
     if weight is None and mask is None:
         # torch's mean of an empty batch is NaN; the catalogue's is 0 (the sum of nothing)
-        out = loss_fn(p, t, reduction="sum" if p.numel() == 0 else reduction, **hyper)
+        how = "sum" if reduction == "mean" and p.numel() == 0 else reduction
+        out = loss_fn(p, t, reduction=how, **hyper)
     else:
         out = elementwise(
             lambda p, t: loss_fn(p, t, reduction="none", **hyper), (p, t), weight, mask, reduction

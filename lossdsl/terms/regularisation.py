@@ -28,6 +28,7 @@ def out_of_bounds(
     """Penalty for pred outside [lower, upper]: mean(relu(lower - pred)^power + relu(pred - upper)^power).
 
     Reads pred only. ``none`` leaves that side open. Zero inside the interval.
+    ``reduction="none"`` returns the penalty of every element (pred's shape).
     Example: ``mse + 10*out_of_bounds(lower=0, upper=1, power=2)``.
     """
     check_floating(pred, "pred")

@@ -1,7 +1,8 @@
 """Sequence terms: differences along a time (or space) axis (DESIGN.md §5).
 
 ``temporal_diff`` compares the step-to-step changes of pred and target; ``tv`` penalises
-the changes of pred alone (total variation).
+the changes of pred alone (total variation). ``reduction="none"`` returns the penalty of
+every difference: pred's shape with ``dim`` shortened by ``order`` (by 1 for tv).
 """
 
 from __future__ import annotations
