@@ -222,6 +222,7 @@ class _Linearizer:
 
 
 def _combine(program: FusedProgram, values: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(total in ``dtype``, logged values in ``dtype``, float32 for half precision)."""
     logged, logged_zeros, logged_offset, coeffs, coeffs_zeros, picks = program.maps(values)
     if program._dense_total:
         total = values @ coeffs
@@ -233,7 +234,7 @@ def _combine(program: FusedProgram, values: Tensor, dtype: torch.dtype) -> tuple
         raw = sparse_map(logged, logged_zeros, values) + logged_offset
     else:
         raw = values if picks is None else values.index_select(0, picks)
-    return total.to(dtype), raw.to(dtype)
+    return total.to(dtype), raw.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
 
 
 class FusedLoss(torch.autograd.Function):

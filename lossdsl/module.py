@@ -9,8 +9,8 @@
 (['huber', 'temporal_diff'], 0.699999988079071)
 
 The total, ``crit.terms`` and ``crit.weights`` are in the terms' dtype: a float64 loss has
-the weight 0.7 exactly. Half-precision terms combine in float32 (and their weights stay
-float32); the total is returned in their dtype.
+the weight 0.7 exactly. Half-precision terms combine in float32 (``crit.terms`` and
+``crit.weights`` report them in float32); the total is returned in their dtype.
 
 >>> _ = crit(pred.double(), torch.randn(4, 8, 2, dtype=torch.float64))
 >>> crit.weights["huber"].item(), crit.weights["huber"].dtype
@@ -210,8 +210,9 @@ class Loss(nn.Module):
             logged, total = self._guard.finish(logged, total, env)
             # One copy of the values and the total, detached: a term's 0-dim value may share
             # the storage of a full-size buffer (F.mse_loss's does), which a kept reference
-            # would hold on to.
-            row, finite = values_row(logged, total, dtype)
+            # would hold on to. In the dtype they combined in: a half-precision term of 70000
+            # under a weight of 0.001 is reported as it counted, not as float16's inf.
+            row, finite = values_row(logged, total, wide)
             if weights is None:
                 weights = self._call_weights.weights(self._constant_weights, vals, wide)
         if self.nonfinite in _CHECKED and not (finite if row is not None else _finite_on_cpu(raw, total)):

@@ -76,8 +76,8 @@ def test_every_program_runs_after_a_dtype_conversion(source, convert, dtype):
     assert total.dtype == dtype and total.shape == ()
     total.backward()
     assert pred.grad.dtype == dtype and torch.isfinite(pred.grad).all()
-    assert all(v.dtype == dtype for v in crit.terms.values())
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    assert all(v.dtype == wide for v in crit.terms.values())
     assert all(w.dtype == wide for w in crit.weights.values())
     # the float64 formula on the same (rounded) inputs
     p64 = pred.detach().double().requires_grad_()
@@ -94,7 +94,7 @@ def test_every_program_runs_after_a_dtype_conversion(source, convert, dtype):
         torch.testing.assert_close(pred.grad, want_grad, rtol=1e-10, atol=1e-10)
     else:  # float32 (or half) state or inputs: close at their precision
         rtol = 1e-5 if dtype in (F64, torch.float32) and convert in ("double", "to(float64)") else 3e-2
-        assert float(total.detach()) == pytest.approx(float(want), rel=rtol, abs=rtol)
+        assert float(total.detach()) == pytest.approx(float(want.detach()), rel=rtol, abs=rtol)
         torch.testing.assert_close(pred.grad.double(), want_grad, rtol=rtol, atol=rtol * float(want_grad.abs().max()))
 
 
@@ -173,3 +173,19 @@ def test_half_precision_non_linear_programs_combine_in_float32(dtype):
     h = {k: v.detach().to(dtype) for k, v in T.items()}
     in_half = (h["mse"] + 255) * (h["mae"] + 255) - 65025
     assert not math.isclose(float(in_half), float((T["mse"] + 255) * (T["mae"] + 255) - 65025), rel_tol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_term_beyond_float16_counts_as_computed(dtype):
+    # e = 120000 is beyond float16 (65504); mae and charbonnier compute in float32 inside
+    pred = torch.full((8,), 60000.0, dtype=dtype, requires_grad=True)
+    target = -pred.detach()
+    crit = lossdsl.compile("0.001*mae + log(charbonnier)")
+    total = crit(pred, target)
+    e = pred.detach().double() - target.double()
+    want = 0.001 * e.abs().mean() + torch.log(torch.sqrt(e * e + 1e-6).mean())
+    assert total.dtype == dtype and float(total.detach()) == pytest.approx(float(want), rel=2 ** -7)
+    assert crit.terms["mae"].dtype == torch.float32
+    assert float(crit.terms["mae"]) == pytest.approx(float(e.abs().mean()), rel=2 ** -8)
+    total.backward()
+    assert torch.isfinite(pred.grad).all()
