@@ -42,7 +42,9 @@ def _extreme(a: Value, b: Value, smaller: bool) -> Value:
     return torch.clamp(tensor, max=const) if smaller else torch.clamp(tensor, min=const)
 
 
-_LARGEST: dict = {}  # dtype -> its largest finite value
+# the largest finite value of each floating dtype a loss meets; made once and never changed
+# (torch.compile guards on what a traced call reads from it)
+_LARGEST = {d: torch.finfo(d).max for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 def _in_range(const: float | None, tensor: Tensor) -> float | None:
@@ -52,7 +54,7 @@ def _in_range(const: float | None, tensor: Tensor) -> float | None:
         return const
     largest = _LARGEST.get(tensor.dtype)
     if largest is None:
-        largest = _LARGEST[tensor.dtype] = torch.finfo(tensor.dtype).max
+        largest = torch.finfo(tensor.dtype).max
     if abs(const) > largest and const == const:
         return math.copysign(math.inf, const)
     return const
