@@ -274,7 +274,11 @@ def missing_input(term: ir.Term, param: str, path: tuple[str, ...], env: Env | N
     elif len(path) == 1 or env is None or _head(env, path[0]) is None:
         how = f"pass {path[0]}=... to the loss call"
     else:
-        why, how, cause = _broken_path(_head(env, path[0]), path)
+        try:
+            why, how, cause = _broken_path(_head(env, path[0]), path)
+        except Exception as err:  # the objects read differently this time: say what raised
+            why, cause = f"but reading it raised {type(err).__name__}: {err}", err
+            how = f"check the object passed as {path[0]}=..."
     error = LossInputError(
         f"term '{term.name}' needs input '{where}' for its '{param}', {why}",
         span=term.span,
