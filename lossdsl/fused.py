@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import ir
-from .fused_pass import Part, StatPlan, value_and_grad
+from .fused_pass import Part, StatPlan, sparse_map, value_and_grad
 
 __all__ = ["FusedProgram", "FusedLoss", "fuse_program", "fused_program_for", "fused_call", "FUSABLE_TERMS"]
 
@@ -63,7 +64,8 @@ class FusedProgram:
 
     ``total = coeffs . values + offset``; the logged values (``crit.terms``, in order) are
     ``logged @ values + logged_offset``; ``optional_inputs`` are the call inputs (``weight``,
-    ``mask``) that send a call back to the normal path.
+    ``mask``) that send a call back to the normal path. Both maps keep the parts apart: one
+    part's inf reaches only what it feeds (no ``0 * inf``).
     """
 
     parts: tuple[Part, ...]
@@ -85,15 +87,31 @@ class FusedProgram:
             plan = self._plans[key] = StatPlan(self.parts, self.coeffs, n, device, dtype)
         return plan
 
-    def maps(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(logged matrix, logged offsets, total coefficients) as tensors on ``like``'s device."""
+    def __post_init__(self) -> None:
+        # the logged values are usually the parts themselves, each once: then they are
+        # picked, not mapped (``None``: a general map)
+        n = len(self.parts)
+        unit = all(sum(1 for c in row if c) == 1 and 1.0 in row for row in self.logged)
+        picks = tuple(row.index(1.0) for row in self.logged) if unit and not any(self.logged_offset) else None
+        self._picks = None if picks is None else (picks if picks != tuple(range(n)) else ())
+        self._dense_total = all(self.coeffs)  # every part feeds the total: a dot product is safe
+
+    def maps(self, like: Tensor) -> tuple:
+        """(logged matrix, its zeros, logged offsets, total coefficients, their zeros, picked
+        parts) as tensors on ``like``'s device."""
         key = (like.device, like.dtype)
         cached = self._maps.get(key)
         if cached is None:
+            logged = torch.tensor(self.logged, dtype=like.dtype, device=like.device).reshape(len(self.logged), -1)
+            coeffs = torch.tensor(self.coeffs, dtype=like.dtype, device=like.device)
+            picks = None if not self._picks else torch.tensor(self._picks, device=like.device)
             cached = (
-                torch.tensor(self.logged, dtype=like.dtype, device=like.device),
+                logged,
+                logged == 0,
                 torch.tensor(self.logged_offset, dtype=like.dtype, device=like.device),
-                torch.tensor(self.coeffs, dtype=like.dtype, device=like.device),
+                coeffs,
+                coeffs == 0,
+                picks,
             )
             self._maps[key] = cached
         return cached
@@ -211,9 +229,19 @@ class _Linearizer:
 
 
 def _combine(program: FusedProgram, values: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    logged, logged_offset, coeffs = program.maps(values)
-    total = values @ coeffs + program.offset
-    return total.to(dtype), (logged @ values + logged_offset).to(dtype)
+    """(total in ``dtype``, logged values in ``dtype``, float32 for half precision)."""
+    logged, logged_zeros, logged_offset, coeffs, coeffs_zeros, picks = program.maps(values)
+    if program._dense_total:
+        total = values @ coeffs
+    else:
+        total = sparse_map(coeffs, coeffs_zeros, values)
+    if program.offset:
+        total = total + program.offset
+    if program._picks is None:
+        raw = sparse_map(logged, logged_zeros, values) + logged_offset
+    else:
+        raw = values if picks is None else values.index_select(0, picks)
+    return total.to(dtype), raw.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
 
 
 class FusedLoss(torch.autograd.Function):
@@ -245,6 +273,8 @@ def fused_program_for(resolved: ir.Resolved, plan, nonfinite: str) -> FusedProgr
     program, why = fuse_program(resolved)
     if program is not None and plan.constant_weights is None:
         program, why = None, "the effective weights are not constant"
+    if program is not None and not all(map(math.isfinite, (*program.coeffs, program.offset))):
+        program, why = None, "a weight is not finite"
     if program is not None and nonfinite in ("zero_term", "skip_batch"):
         program, why = None, f"nonfinite={nonfinite!r} gates each term's gradient separately"
     if program is None:

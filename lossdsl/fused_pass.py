@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Part", "StatPlan", "value_and_grad", "CHUNK"]
+__all__ = ["Part", "StatPlan", "value_and_grad", "sparse_map", "CHUNK"]
 
 _LOG2 = math.log(2.0)
 # Elements per chunk on the CPU. Large enough that torch spreads each op of a chunk over its
@@ -80,8 +80,22 @@ def value_and_grad(pred: Tensor, target: Tensor, program, need_grad: bool):
         if half and grad is not None:
             grad[start:stop].copy_(g)
     totals = stats.sum(0, dtype=plan.recipe.dtype)
-    values = plan.recipe @ totals + plan.constant
+    values = sparse_map(plan.recipe, plan.recipe_unused, totals)
+    if plan.constant is not None:
+        values = values + plan.constant
     return values, None if grad is None else grad.view(pred.shape)
+
+
+def sparse_map(matrix: Tensor, unused: Tensor, vector: Tensor) -> Tensor:
+    """``matrix @ vector`` where a zero entry of ``matrix`` (``unused``) adds nothing even to
+    an infinite entry of ``vector``: an overflowing ``sum e^2`` makes mse inf, not every other
+    term NaN through ``0 * inf``.
+
+    >>> m = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> sparse_map(m, m == 0, torch.tensor([float("inf"), 3.0])).tolist()
+    [inf, 6.0]
+    """
+    return (matrix * vector).masked_fill_(unused, 0.0).sum(-1)
 
 
 class StatPlan:
@@ -143,7 +157,8 @@ class StatPlan:
             for s, f in recipe:
                 row[s] += f
         self.recipe = torch.tensor(matrix, dtype=dtype, device=device)
-        self.constant = torch.tensor(constants, dtype=dtype, device=device)
+        self.recipe_unused = self.recipe == 0
+        self.constant = torch.tensor(constants, dtype=dtype, device=device) if any(constants) else None
         # e, a float32 gradient chunk (half inputs), two scratch buffers, a clamp per delta
         self.buffers = 4 + len(self.clamps)
 

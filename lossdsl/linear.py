@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import ops
@@ -56,8 +57,8 @@ def linear_total(plan) -> LinearTotal | None:
     if state[plan.root] != "linear":
         return None
     offset = _offset(plan)
-    if offset is None:
-        return None
+    if offset is None or not math.isfinite(offset):
+        return None  # an infinite weight (1e300*1e300*mse): inf*0 makes no offset
     feeding = _feeding(plan)
     terms = tuple(s for s in plan.logged_slots if s in feeding)
     position = {s: i for i, s in reversed(list(enumerate(plan.logged_slots)))}  # first place

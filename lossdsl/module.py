@@ -7,26 +7,35 @@
 >>> loss.backward()
 >>> sorted(crit.terms), crit.weights["huber"].item()
 (['huber', 'temporal_diff'], 0.699999988079071)
+
+The total, ``crit.terms`` and ``crit.weights`` are in the terms' dtype: a float64 loss has
+the weight 0.7 exactly. Half-precision terms combine in float32 (``crit.terms`` and
+``crit.weights`` report them in float32); the total is returned in their dtype.
+
+>>> _ = crit(pred.double(), torch.randn(4, 8, 2, dtype=torch.float64))
+>>> crit.weights["huber"].item(), crit.weights["huber"].dtype
+(0.7, torch.float64)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from . import ir
+from .call_values import CallWeights, combining_dtype, constant_weights_of, values_row
 from .errors import LossDSLError, LossInputError, did_you_mean
 from .nonfinite import GATED_POLICIES, POLICIES, NonFiniteGuard, balancer_ok
 from .fused import fused_call, fused_program_for
 from .plan import Env, build_plan, shared_plan
 from .runners import term_runner
-from .terms._common import HALF_DTYPES
-from .weights import sweep
 from .quickset import set_attributes, set_buffers
 from .schedules import schedule_runner
+from .steps import STEP_LIMIT, checked_step, stepless_warning
 
 __all__ = ["Loss"]
 
@@ -69,6 +78,9 @@ class Loss(nn.Module):
         )
         set_buffers(self, {"step": torch.zeros((), dtype=torch.long)})
         self._build()
+        # the number of training calls while no step was given, for the one warning that
+        # the schedules are not moving (None: no schedule, or a step was given, set or loaded)
+        set_attributes(self, _step_watch=[0] if self._plan.schedules else None)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -82,8 +94,8 @@ class Loss(nn.Module):
             make_term_runner=self._term_runner,
             make_schedule_runner=self._schedule_runner,
         ))
-        # Slots of the terms: the total takes their dtype (a float32 schedule or balancer
-        # weight must not turn a bfloat16 loss into float32).
+        # Slots of the terms: the total takes their dtype (a schedule's float64 value or a
+        # balancer's float32 weight must not change the dtype of the loss).
         term_slots = [s for s, item in zip(plan.logged_slots, plan.logged_items) if isinstance(item, ir.Term)]
         set_attributes(
             self,
@@ -114,12 +126,10 @@ class Loss(nn.Module):
             # making one per compile was a tenth of the cost of compiling a cached source.
             self.balancers = _NO_BALANCERS
         constant = plan.constant_weights
-        program = plan.weight_program
-        matrix, offset = (None, None) if program is None or program.direct else program.tensors()
+        # float32 and on the module's device (.to() moves it; _apply keeps it float32): the
+        # weights of the common float32 call; other dtypes get theirs from the numbers
         set_buffers(self, {
-            "_constant_weights": None if constant is None else _constant_weights_of(plan),
-            "_weight_matrix": matrix,
-            "_weight_offset": offset,
+            "_constant_weights": None if constant is None else constant_weights_of(plan),
         }, persistent=False)
         # fuse=True: the one-pass value-and-gradient path, when the program allows it
         fused = fused_program_for(resolved, plan, self.nonfinite) if self.fuse else None
@@ -129,9 +139,8 @@ class Loss(nn.Module):
         set_attributes(
             self,
             _blank=blank,  # the values of a call before it runs: the constants in their slots
-            _coefficients={},  # (weights, dtype, device) -> the total's coefficients (linear.py)
-            _weight_program=program,
-            _host_weights=[None, None],  # [monomials, weights] of the last call
+            _call_weights=CallWeights(plan, self.balancers),
+            _n_terms=sum(1 for instr in plan.instrs if instr.kind == "term"),
             _guard=NonFiniteGuard(self.nonfinite, plan, self.source),
             _fused=fused,
             fused=fused is not None,
@@ -167,7 +176,9 @@ class Loss(nn.Module):
         self, pred: Any = None, target: Any = None, *, step: int | Tensor | None = None, **inputs: Any
     ) -> Tensor:
         if step is not None:
-            self.step.fill_(step)
+            self._store_step(step)
+        elif self._step_watch is not None:
+            self._count_stepless_call()
         if inputs and self.strict:
             unread = inputs.keys() - self._read
             if unread:
@@ -176,7 +187,8 @@ class Loss(nn.Module):
         fused = self._fused and fused_call(self._fused, pred, target, inputs)
         if fused:
             # the terms' values come out of the fused pass without a graph each: no probe
-            (total, raw), logged, weights = fused, None, self._constant_weights
+            (total, raw), logged = fused, None
+            weights = self._call_weights.weights(self._constant_weights, None, combining_dtype(total.dtype))
             row = None
         else:
             lin = self._plan.linear
@@ -185,21 +197,28 @@ class Loss(nn.Module):
                 not lin.step_dependent or (env.step.is_cpu and not torch.compiler.is_compiling())
             ):
                 vals, total, weights = self._linear_call(lin, env)
+                wide = total.dtype
             else:
                 vals = []
                 for run in self._runs:
                     vals.append(run(vals, env))
                 total, weights = vals[self._root], None
+                wide = self._combined_dtype(vals, total)
+            # the total in the terms' dtype: half-precision terms were combined in float32,
+            # a schedule's float64 value must not make a float32 loss float64
+            low = env.low
+            dtype = low if low is not None and env.n_low == self._n_terms else wide
+            if total.dtype != dtype:
+                total = total.to(dtype)
             logged = [vals[s] for s in self._logged_slots]
-            if self._term_slots and total.dtype != vals[self._term_slots[0]].dtype:
-                total = total.to(_result_dtype([vals[s] for s in self._term_slots]))
             logged, total = self._guard.finish(logged, total, env)
             # One copy of the values and the total, detached: a term's 0-dim value may share
             # the storage of a full-size buffer (F.mse_loss's does), which a kept reference
-            # would hold on to.
-            row, finite = _values_row(logged, total)
+            # would hold on to. In the dtype they combined in: a half-precision term of 70000
+            # under a weight of 0.001 is reported as it counted, not as float16's inf.
+            row, finite = values_row(logged, total, wide)
             if weights is None:
-                weights = self._weights(vals)
+                weights = self._call_weights.weights(self._constant_weights, vals, wide)
         last = self._last
         last[0], last[1], last[2] = raw if row is None else row, weights, row is not None
         if self.monitor.enabled:
@@ -214,65 +233,63 @@ class Loss(nn.Module):
                 self._guard.check(raw if row is None else row[:-1], total, self.step, ranks)
         return total
 
+    def _combined_dtype(self, vals: list, total: Any) -> torch.dtype:
+        """The dtype the terms' values (half precision already widened) promote to."""
+        slots = self._term_slots
+        if not slots:
+            return total.dtype
+        dtype = vals[slots[0]].dtype
+        for s in slots[1:]:
+            other = vals[s].dtype
+            if other is not dtype:
+                dtype = torch.promote_types(dtype, other)
+        return dtype
+
     def _linear_call(self, lin, env: Env) -> tuple[list, Tensor, Tensor]:
         """The terms, then ``total = dot(weights, terms) + offset`` (see ``lossdsl/linear.py``)."""
         vals = list(self._blank)
         runs = self._runs
         for s in lin.runs:
             vals[s] = runs[s](vals, env)
-        weights = self._weights(vals)
-        terms = [vals[s] for s in lin.terms]
-        stacked = torch.stack(terms)
-        half = stacked.dtype in HALF_DTYPES
-        dtype = torch.float32 if half else stacked.dtype
-        # The coefficients in the terms' precision, from the Python numbers (not the float32
-        # weights): a float64 loss gets 0.7, not float32's 0.699999988.
-        constant = self._constant_weights is not None
-        host = None if constant else self._host_weights[0]  # the monomials the weights came from
-        key = (host, dtype, stacked.device)
-        coeffs = None if torch.compiler.is_compiling() else self._coefficients.get(key)
-        if coeffs is None:  # under torch.compile: a constant of the graph, no cache to guard on
-            numbers = self._plan.constant_weights if constant else self._weight_program.on_host(host)
-            with torch.inference_mode(False):  # kept: must be usable by autograd later
-                coeffs = torch.tensor(
-                    [numbers[i] for i in lin.weight_index], dtype=dtype, device=stacked.device
-                )
-            if not torch.compiler.is_compiling():
-                if len(self._coefficients) > 8:
-                    self._coefficients.clear()
-                self._coefficients[key] = coeffs
-        total = torch.dot(coeffs, stacked.to(dtype) if half else stacked)
-        if half:
-            total = total.to(stacked.dtype)
-        return vals, (total + lin.offset if lin.offset else total), weights
+        stacked = torch.stack([vals[s] for s in lin.terms])  # half precision arrives as float32
+        total, weights = self._call_weights.linear_total(self._constant_weights, lin, vals, stacked)
+        return vals, total, weights
 
-    def _weights(self, vals: list) -> Tensor:
-        if self._constant_weights is not None:
-            return self._constant_weights
-        balancer_weights = [b.last_weights for b in self.balancers]
-        program = self._weight_program
-        if program is not None:
-            m = program.monomial_values(self._plan, vals, balancer_weights)
-            if isinstance(m, tuple):
-                # Weights from schedules read on the host. Unchanged since the last call (a
-                # schedule that has ended, a piecewise step): the same tensor, which the
-                # monitor then writes into its history once instead of per call.
-                cached = self._host_weights
-                if cached[0] != m:
-                    cached[0], cached[1] = m, torch.tensor(program.on_host(m), dtype=torch.float32)
-                return cached[1]
-            if program.direct:
-                return m
-            matrix, offset = self._weight_matrix, self._weight_offset
-            if matrix.device != m.device:  # the module was not moved to the inputs' device
-                matrix, offset = matrix.to(m.device), offset.to(m.device)
-            return torch.addmv(offset, matrix, m)
-        detached = [v.detach() if isinstance(v, Tensor) else v for v in vals]
-        ws = sweep(self._plan, detached, balancer_weights)
-        ref = next(v for v in detached if isinstance(v, Tensor))
-        return torch.stack(
-            [w.to(torch.float32) if isinstance(w, Tensor) else torch.tensor(float(w), device=ref.device) for w in ws]
-        )
+    # --- the step -------------------------------------------------------------------------
+
+    def _store_step(self, step: Any) -> None:
+        if type(step) is not int or not 0 <= step < STEP_LIMIT:
+            step = checked_step(step)
+        self.step.fill_(step)
+        if not torch.compiler.is_compiling() and self._step_watch is not None:
+            self.__dict__["_step_watch"] = None
+
+    def _count_stepless_call(self) -> None:
+        """Warn once when training calls run schedules that no step was ever given to."""
+        if torch.compiler.is_compiling() or not (self.training and torch.is_grad_enabled()):
+            return
+        watch = self._step_watch
+        watch[0] += 1
+        if watch[0] < 2:
+            return
+        self.__dict__["_step_watch"] = None
+        # stacklevel: this method, forward, and nn.Module's two call wrappers, then the caller
+        warnings.warn(stepless_warning(self._plan.schedules), UserWarning, stacklevel=5)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "step" in state_dict:  # a resumed run has its step
+            self.__dict__["_step_watch"] = None
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # .double()/.half() would round the float32 constant weights' buffer through another
+        # dtype; keep it exact and float32, on the device it was moved to
+        weights = self._buffers.get("_constant_weights")
+        if weights is not None and weights.dtype != torch.float32:
+            self._buffers["_constant_weights"] = constant_weights_of(self._plan).to(weights.device)
+        self._call_weights.clear()
+        return self
 
     def _unread_error(self, unread: list[str]) -> LossInputError:
         readable = sorted(self._read - {"pred", "target"})
@@ -313,8 +330,15 @@ class Loss(nn.Module):
         return dict(zip(self.term_names, self._last_weights.unbind(0)))
 
     def set_step(self, step: int) -> None:
-        """Set the stored optimizer step that schedules and balancers read."""
-        self.step.fill_(int(step))
+        """Set the stored optimizer step that the schedules read (see ``step=`` of the call).
+
+        >>> import lossdsl
+        >>> crit = lossdsl.compile("mse + linear(0, 1, steps=10)*mae")
+        >>> crit.set_step(4)
+        >>> int(crit.step)
+        4
+        """
+        self._store_step(step)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -341,7 +365,7 @@ class Loss(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         # closures do not pickle; the plan is rebuilt from the resolved program on load
-        for key in ("_plan", "_runs", "_guard"):
+        for key in ("_plan", "_runs", "_guard", "_call_weights"):
             state.pop(key, None)
         state["_resolved"] = None
         state["_last"] = [self._last_raw, self._last[1], False]  # detached values, not the graph
@@ -386,45 +410,3 @@ def _finite_on_cpu(raw: Tensor | list, total: Any) -> bool:
     # A sum is non-finite when any addend is; a sum of finite values that overflows only
     # sends the call to the guard, which checks each value.
     return math.isfinite(extra + total)
-
-
-def _constant_weights_of(plan) -> Tensor:
-    """The folded weights as a CPU tensor made once per plan and shared by the modules built
-    from it (never written in place; ``.to()`` gives each module its own copy)."""
-    if plan.constant_weights_tensor is None:
-        with torch.inference_mode(False):  # a compile under inference_mode must not make it one
-            plan.constant_weights_tensor = torch.tensor(plan.constant_weights, dtype=torch.float32)
-    return plan.constant_weights_tensor
-
-
-def _values_row(logged: list, total: Any) -> tuple[Tensor, bool | None]:
-    """``[value_1, ..., value_K, total]`` as one new (K+1,) tensor without a graph, and
-    whether they are all finite (None: not known, the values are not on the CPU or traced).
-
-    On the CPU the numbers are read on the host (a microsecond; no device to wait for) and
-    the row is made from them: cheaper than detaching and stacking, and the finiteness
-    check comes with it.
-    """
-    if isinstance(total, Tensor) and total.is_cpu and not torch.compiler.is_compiling():
-        try:
-            numbers = [v.item() for v in logged]
-        except RuntimeError:  # a term value with more than one element: stacked as it is
-            numbers = None
-        if numbers is not None:
-            dtype = total.dtype
-            for v in logged:
-                if v.dtype != dtype:
-                    dtype = torch.promote_types(dtype, v.dtype)
-            numbers.append(total.item())
-            return torch.tensor(numbers, dtype=dtype), all(map(math.isfinite, numbers))
-    parts = [v.detach() for v in logged]
-    parts.append(total.detach() if isinstance(total, Tensor) else torch.tensor(float(total), device=parts[0].device))
-    return torch.stack(parts), None
-
-
-def _result_dtype(values: list) -> torch.dtype:
-    """The dtype the term values promote to: the dtype of the loss."""
-    dtype = values[0].dtype
-    for v in values[1:]:
-        dtype = torch.promote_types(dtype, v.dtype)
-    return dtype

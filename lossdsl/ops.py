@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["apply", "partials", "CONSTANT_PARTIALS"]
+__all__ = ["apply", "divide", "partials", "CONSTANT_PARTIALS"]
 
 Value = Any  # Tensor | float
 
@@ -34,14 +34,71 @@ def _extreme(a: Value, b: Value, smaller: bool) -> Value:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         return torch.minimum(a, b) if smaller else torch.maximum(a, b)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        if a != a or b != b:  # NaN wins, as in torch.minimum (Python's min keeps the first)
+            return math.nan
         return min(a, b) if smaller else max(a, b)
     tensor, const = (a, b) if isinstance(a, Tensor) else (b, a)
+    const = _in_range(const, tensor)
     return torch.clamp(tensor, max=const) if smaller else torch.clamp(tensor, min=const)
+
+
+# the largest finite value of each floating dtype a loss meets; made once and never changed
+# (torch.compile guards on what a traced call reads from it)
+_LARGEST = {d: torch.finfo(d).max for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def _in_range(const: float | None, tensor: Tensor) -> float | None:
+    """``const`` as the tensor's dtype sees it: a bound beyond the dtype's range is infinite
+    (torch.clamp refuses a bound it cannot convert; ``max(mse, 1e300)`` in float32 is inf)."""
+    if const is None or not tensor.is_floating_point():
+        return const
+    largest = _LARGEST.get(tensor.dtype)
+    if largest is None:
+        largest = torch.finfo(tensor.dtype).max
+    if abs(const) > largest and const == const:
+        return math.copysign(math.inf, const)
+    return const
+
+
+def _host(fn: str, args: Sequence[float]) -> float:
+    """An operation on Python numbers (schedule values, constants) with IEEE results: where
+    Python raises (``1/0``, ``log(0)``, ``exp(1000)``) or turns complex (``(-1)**0.5``), the
+    value is what the same operation on float64 tensors gives (inf, nan), never an exception."""
+    try:
+        if fn == "log":
+            out = math.log(args[0])
+        elif fn == "exp":
+            out = math.exp(args[0])
+        elif fn == "sqrt":
+            out = math.sqrt(args[0])
+        elif fn == "pow":
+            out = args[0] ** args[1]
+        else:  # "/"
+            out = args[0] / args[1]
+        if not isinstance(out, complex):
+            return out
+    except (ArithmeticError, ValueError):
+        pass
+    x = [torch.tensor(float(a), dtype=torch.float64) for a in args]
+    if fn in ("log", "exp", "sqrt"):
+        return float(getattr(torch, fn)(x[0]))
+    return float(x[0] ** x[1] if fn == "pow" else x[0] / x[1])
+
+
+def divide(a: Value, b: Value) -> Value:
+    """``a / b``; two Python numbers divide as tensors would (``1/0`` is inf, ``0/0`` nan).
+
+    >>> divide(1.0, 0.0), divide(-2.0, 4.0)
+    (inf, -0.5)
+    """
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a / b
+    return _host("/", (a, b))
 
 
 def _unary(fn: str, x: Value) -> Value:
     if not isinstance(x, Tensor):
-        return {"log": math.log, "exp": math.exp, "sqrt": math.sqrt, "abs": abs}[fn](x)
+        return abs(x) if fn == "abs" else _host(fn, (x,))
     if fn == "log":
         return torch.log(x)
     if fn == "exp":
@@ -52,7 +109,17 @@ def _unary(fn: str, x: Value) -> Value:
 
 
 def apply(fn: str, args: Sequence[Value], params: dict) -> Value:
-    """Compute one operation of the language on term values."""
+    """Compute one operation of the language on term values.
+
+    Python numbers (constants, schedule values read on the host) follow IEEE arithmetic as
+    tensors do, and a constant bound beyond a tensor's dtype is infinite, so a call gives
+    inf or NaN for the non-finite policy to handle instead of raising:
+
+    >>> apply("log", [0.0], {}), apply("product", [1.0, 0.0], {"ops": ("/",)})
+    (-inf, inf)
+    >>> float(apply("max", [torch.tensor(1.0), 1e300], {}))
+    inf
+    """
     if fn == "sum":
         total = None
         for sign, a in zip(params["signs"], args):
@@ -64,10 +131,13 @@ def apply(fn: str, args: Sequence[Value], params: dict) -> Value:
     if fn == "product":
         out = args[0]
         for op, a in zip(params["ops"], args[1:]):
-            out = out * a if op == "*" else out / a
+            out = out * a if op == "*" else divide(out, a)
         return out
     if fn == "pow":
-        return args[0] ** args[1]
+        base, exponent = args
+        if isinstance(base, Tensor) or isinstance(exponent, Tensor):
+            return base**exponent
+        return _host("pow", (base, exponent))
     if fn == "neg":
         return -args[0]
     if fn in ("log", "exp", "sqrt", "abs"):
@@ -85,9 +155,9 @@ def apply(fn: str, args: Sequence[Value], params: dict) -> Value:
     if fn == "clamp":
         low, high = params.get("min"), params.get("max")
         if not isinstance(args[0], Tensor):  # a schedule's value computed on the host
-            x = args[0] if low is None else max(args[0], low)
-            return x if high is None else min(x, high)
-        return torch.clamp(args[0], min=low, max=high)
+            x = args[0] if low is None or args[0] != args[0] else max(args[0], low)
+            return x if high is None or x != x else min(x, high)
+        return torch.clamp(args[0], min=_in_range(low, args[0]), max=_in_range(high, args[0]))
     if fn == "detach":
         return args[0].detach() if isinstance(args[0], Tensor) else args[0]
     if fn == "watch":

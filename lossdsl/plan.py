@@ -8,6 +8,8 @@ for one dot product (``linear.py``).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,18 +21,22 @@ from .linear import LinearTotal, linear_total
 from .resolve_facts import operands
 from .weights import WeightProgram, power, prepare_weights
 
-__all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input"]
+__all__ = ["Plan", "build_plan", "Env", "shared_plan", "read_path", "missing_input", "unreadable_input"]
 
 
 class Env:
     """The inputs of one ``forward`` call."""
 
-    __slots__ = ("pred", "target", "inputs", "step", "guarded", "_residual")
+    __slots__ = ("pred", "target", "inputs", "step", "guarded", "_residual", "low", "n_low")
 
     def __init__(self, pred, target, inputs, step) -> None:
         self.pred, self.target, self.inputs, self.step = pred, target, inputs, step
         self.guarded = None  # terms run under nonfinite="zero_term"/"skip_batch" (nonfinite.py)
         self._residual = None
+        # half-precision term values enter the combination in float32 (runners.py): their
+        # dtype, and how many there were, give the dtype the total is returned in
+        self.low = None
+        self.n_low = 0
 
     def residual(self):
         """``pred - target`` (half precision in float32), computed once per call for every
@@ -218,7 +224,7 @@ def _op_runner(fn: str, args: list[int], params: dict):
         i, j = args
         if params["ops"][0] == "*":
             return lambda vals, env: vals[i] * vals[j]
-        return lambda vals, env: vals[i] / vals[j]
+        return lambda vals, env: ops.divide(vals[i], vals[j])
     if fn == "product" and len(args) > len(set(args)) + _REPEATS_WORTH_POWERS:
         return _powers_runner(args, params["ops"])
     return lambda vals, env: ops.apply(fn, [vals[a] for a in args], params)
@@ -252,29 +258,71 @@ def _powers_runner(args: list[int], ops_: tuple[str, ...]):
     return run
 
 
-def missing_input(term: ir.Term, param: str, path: tuple[str, ...]) -> LossInputError:
+def missing_input(term: ir.Term, param: str, path: tuple[str, ...], env: Env | None = None) -> LossInputError:
+    """The error for a required input the call did not give; with ``env``, a nested path
+    (``out.seg``) says where it broke off, what is there, and the nearest name."""
     where = ".".join(path)
+    why, cause = "but the call did not give it", None
     if path == (param,) and param in ("pred", "target"):
         how = f"call the loss as crit({'pred, target' if param == 'target' else 'pred'}, ...)"
-    else:
+    elif len(path) == 1 or env is None or _head(env, path[0]) is None:
         how = f"pass {path[0]}=... to the loss call"
-    return LossInputError(
-        f"term '{term.name}' needs input '{where}' for its '{param}', but the call did not give it",
+    else:
+        try:
+            why, how, cause = _broken_path(_head(env, path[0]), path)
+        except Exception as err:  # the objects read differently this time: say what raised
+            why, cause = f"but reading it raised {type(err).__name__}: {err}", err
+            how = f"check the object passed as {path[0]}=..."
+    error = LossInputError(
+        f"term '{term.name}' needs input '{where}' for its '{param}', {why}",
         span=term.span,
         hint=how,
         term=term.name,
     )
+    error.__cause__ = cause
+    return error
+
+
+def unreadable_input(term: ir.Term, param: str, path: tuple[str, ...], err: Exception) -> LossInputError:
+    """The error for an input whose reading raised (a property or ``__getattr__`` of the
+    object given to the call); raise it ``from err``."""
+    return LossInputError(
+        f"term '{term.name}' could not read its input '{'.'.join(path)}' for its '{param}': "
+        f"{type(err).__name__}: {err}",
+        span=term.span,
+        hint=f"reading '{'.'.join(path)}' from the object passed as {path[0]}=... raised; "
+        "input references read mapping keys and public attributes, so check that property "
+        "or __getattr__",
+        term=term.name,
+    )
+
+
+def _head(env: Env, head: str):
+    if head == "pred":
+        return env.pred
+    if head == "target":
+        return env.target
+    return env.inputs.get(head)
+
+
+def _is_mapping(value) -> bool:
+    return isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__")
+
+
+def _child(value, part: str):
+    """``value[part]`` of a mapping, else the public attribute; None when absent."""
+    if _is_mapping(value):
+        return value[part] if part in value else None
+    return getattr(value, part, None)
 
 
 def read_path(env: Env, path: tuple[str, ...]):
-    """Follow an input reference: mapping keys or public attributes, never private names."""
-    head = path[0]
-    if head == "pred":
-        value = env.pred
-    elif head == "target":
-        value = env.target
-    else:
-        value = env.inputs.get(head)
+    """Follow an input reference: mapping keys or public attributes, never private names.
+
+    Returns None where the path breaks off; what the objects raise while being read
+    propagates (the term runner reports it, see :func:`unreadable_input`).
+    """
+    value = _head(env, path[0])
     for part in path[1:]:
         if value is None:
             return None
@@ -284,8 +332,53 @@ def read_path(env: Env, path: tuple[str, ...]):
                 f"input reference '{'.'.join(path)}' reads a private name '{part}'",
                 hint="input references read mapping keys or public attributes only",
             )
-        if isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__"):
-            value = value[part] if part in value else None
-        else:
-            value = getattr(value, part, None)
+        value = _child(value, part)
     return value
+
+
+def _broken_path(value, path: tuple[str, ...]) -> tuple[str, str, Exception | None]:
+    """(why, hint, cause) for a nested path that reads None: the first part that is absent
+    (or None), the names that are there and the nearest of them."""
+    for i, part in enumerate(path[1:], 1):
+        have = ".".join(path[:i])
+        mapping = _is_mapping(value)
+        child = _child(value, part)
+        if child is not None:
+            value = child
+            continue
+        kind = "key" if mapping else "attribute"
+        names = _names(value, mapping)
+        if not mapping:
+            try:  # a property that raised AttributeError reads as absent: say so
+                inspect.getattr_static(value, part)
+                getattr(value, part)
+            except Exception as err:
+                if hasattr(type(value), part):
+                    return f"but reading '{have}.{part}' raised {type(err).__name__}: {err}", (
+                        f"the property '{part}' of the object passed as {path[0]}=... raised"
+                    ), err
+        if part in names:
+            return f"but '{have}.{part}' is None", f"give '{have}' a value for '{part}'", None
+        shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+        listing = f"'{have}' has the {kind}s {shown}" if names else f"'{have}' has no {kind}s"
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        hint = (f"did you mean '{have}.{close[0]}'? " if close else "") + listing
+        return f"but '{have}' has no {kind} '{part}'", hint, None
+    return "but it is None", f"give '{'.'.join(path)}' a value", None
+
+
+def _names(value, mapping: bool) -> list[str]:
+    """The keys of a mapping, or the public data attributes of an object (its own, its
+    properties, dataclass and namedtuple fields), without running any of them."""
+    try:
+        if mapping:
+            return [k for k in value.keys() if isinstance(k, str)]
+        own = [n for n in getattr(value, "__dict__", {}) if not n.startswith("_")]
+        fields = list(getattr(value, "_fields", ())) + list(getattr(value, "__dataclass_fields__", {}))
+        props = [
+            n for n in dir(type(value))
+            if not n.startswith("_") and isinstance(inspect.getattr_static(type(value), n, None), property)
+        ]
+    except Exception:  # an object that will not even list its names
+        return []
+    return sorted(set(own + fields + props))

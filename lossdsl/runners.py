@@ -3,7 +3,9 @@
 A term reading plain ``pred`` and ``target`` (the usual case) gets a runner that passes them
 straight on; one with a residual form (``terms._common.residual_form``) is computed from
 the call's shared ``pred - target``; any other reads its inputs by walking their paths.
-Every runner reports a failure with the term's name and place in the source.
+Every runner reports a failure with the term's name and place in the source. A value in
+half precision is handed on in float32, so that the terms combine in float32 (the loss
+returns its total in the terms' dtype, see ``Loss.forward``); ``env.low`` records the dtype.
 
 >>> import torch, lossdsl
 >>> crit = lossdsl.compile("mse")
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+from torch import Tensor
+
 from . import ir
 from .errors import LossDSLError
 from .nonfinite import GATED_POLICIES, call_guarded
-from .plan import Env, missing_input, read_path
+from .plan import Env, missing_input, read_path, unreadable_input
+from .terms._common import HALF_DTYPES
 
 __all__ = ["term_runner"]
 
@@ -44,10 +50,14 @@ def term_runner(term: ir.Term, source: str, nonfinite: str) -> Runner:
             args = fetch(env)
             try:
                 if guarded:  # zero_term / skip_batch: NaN/inf become 0 before any combination
-                    return call_guarded(fn, args, hyper, env, term.name)
-                return fn(*args, **hyper)
+                    out = call_guarded(fn, args, hyper, env, term.name)
+                else:
+                    out = fn(*args, **hyper)
             except Exception as err:
                 raise _reported(err, term, source) from None
+            if isinstance(out, Tensor) and out.dtype in HALF_DTYPES:
+                return _widened(out, out.dtype, env)
+            return out
 
         return run
 
@@ -66,13 +76,22 @@ def term_runner(term: ir.Term, source: str, nonfinite: str) -> Runner:
                 out = compute(*head, *[inputs.get(p) for p in rest], **hyper)
             else:
                 out = compute(*head, **hyper)
-            if on_residual is not None and out.dtype != pred.dtype:
-                out = out.to(pred.dtype)  # a half-precision loss is computed in float32
-            return out
         except Exception as err:
             raise _reported(err, term, source) from None
+        low = pred.dtype if on_residual is not None else out.dtype  # the residual is float32
+        if low in HALF_DTYPES:
+            return _widened(out, low, env)
+        return out
 
     return run
+
+
+def _widened(out: Tensor, low: torch.dtype, env: Env) -> Tensor:
+    """A half-precision term value as it enters the combination: in float32 (a term that
+    computes in float32 inside hands that value on, unrounded)."""
+    env.low = low if env.low in (None, low) else torch.float32
+    env.n_low += 1
+    return out if out.dtype == torch.float32 else out.float()
 
 
 def _fetch(term: ir.Term, source: str) -> Callable[[Env], list]:
@@ -82,9 +101,14 @@ def _fetch(term: ir.Term, source: str) -> Callable[[Env], list]:
     def fetch(env: Env) -> list:
         args = []
         for route in routes:
-            value = read_path(env, route.path)
+            try:
+                value = read_path(env, route.path)
+            except LossDSLError as err:
+                raise err.located(source, term.span, term.name) from None
+            except Exception as err:  # a property or __getattr__ of the input raised
+                raise unreadable_input(term, route.param, route.path, err).located(source, term.span) from err
             if value is None and route.required:
-                raise missing_input(term, route.param, route.path).located(source, term.span)
+                raise missing_input(term, route.param, route.path, env).located(source, term.span)
             args.append(value)
         return args
 

@@ -1,8 +1,10 @@
 """Schedules: weights that are plain functions of the optimizer step (DESIGN.md §6).
 
 Each takes the step as a tensor (so a changing step never recompiles a compiled loss) and
-returns a float32 0-dim tensor on the step's device (computed in float64 where the
-device has it). With ``tau = clamp((s - delay) / steps, 0, 1)``:
+returns a 0-dim tensor on the step's device, in float64 where the device has it (float32
+elsewhere): a float64 loss gets its weights to float64 precision, and ``Loss.forward``
+returns the total in the terms' dtype whatever dtype the schedule's value had. With
+``tau = clamp((s - delay) / steps, 0, 1)``:
 
 >>> import torch
 >>> from lossdsl.schedules import linear, cosine, piecewise, cyclic, after
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import struct
 
 import torch
 from torch import Tensor
@@ -33,8 +34,8 @@ __all__ = [
 
 
 def _wide(step: Tensor) -> torch.dtype:
-    # computed in float64 where the device has it, so the value equals the host formula's
-    # rounded to float32 (eager and torch.compile agree); float32 elsewhere (e.g. MPS)
+    # float64 where the device has it, so the value equals the host formula's (eager and
+    # torch.compile agree); float32 elsewhere (e.g. MPS)
     return torch.float64 if step.device.type in ("cpu", "cuda") else torch.float32
 
 
@@ -44,13 +45,13 @@ def _tau(step: Tensor, steps: float, delay: float) -> Tensor:
 
 def linear(step: Tensor, *, start: float, end: float, steps: float, delay: float = 0.0) -> Tensor:
     """``start + (end - start) * tau``."""
-    return (start + (end - start) * _tau(step, steps, delay)).float()
+    return start + (end - start) * _tau(step, steps, delay)
 
 
 def cosine(step: Tensor, *, start: float, end: float, steps: float, delay: float = 0.0) -> Tensor:
     """``start + (end - start) * (1 - cos(pi * tau)) / 2``."""
     tau = _tau(step, steps, delay)
-    return (start + (end - start) * (1.0 - torch.cos(math.pi * tau)) * 0.5).float()
+    return start + (end - start) * (1.0 - torch.cos(math.pi * tau)) * 0.5
 
 
 def _reached(step: Tensor, boundary: float) -> Tensor:
@@ -62,7 +63,7 @@ def _reached(step: Tensor, boundary: float) -> Tensor:
 
 def piecewise(step: Tensor, *, boundaries: list[float], values: list[float]) -> Tensor:
     """``values[k]``, ``k`` = the number of boundaries ``<= step``."""
-    out = torch.full(step.shape, float(values[0]), dtype=torch.float32, device=step.device)
+    out = torch.full(step.shape, float(values[0]), dtype=_wide(step), device=step.device)
     for boundary, value in zip(boundaries, values[1:]):
         # boundaries increase, so each later boundary that is passed overrides the earlier one
         out = torch.where(_reached(step, boundary), torch.full_like(out, value), out)
@@ -79,12 +80,12 @@ def cyclic(
         phase = torch.remainder(step, int(period)).to(wide) / period
     else:
         phase = torch.remainder(step.to(wide), period) / period
-    return (low + (high - low) * torch.clamp(phase / ratio, max=1.0)).float()
+    return low + (high - low) * torch.clamp(phase / ratio, max=1.0)
 
 
 def after(step: Tensor, *, steps: float) -> Tensor:
     """0 before ``steps``, 1 from ``steps`` on."""
-    return _reached(step, steps).to(torch.float32)
+    return _reached(step, steps).to(_wide(step))
 
 
 SCHEDULES = {"linear": linear, "cosine": cosine, "piecewise": piecewise, "cyclic": cyclic, "after": after}
@@ -92,7 +93,9 @@ SCHEDULES = {"linear": linear, "cosine": cosine, "piecewise": piecewise, "cyclic
 
 # The same formulas on a Python int step, for an eager loss whose step lives on the CPU: a
 # weight computed on the host costs one multiplication by a Python float, as in hand-written
-# code, instead of five tensor operations. In float64 on an exact integer step.
+# code, instead of five tensor operations. In float64 on an exact integer step. Python float
+# arithmetic here cannot raise: steps and periods are positive (checked when compiling), and
+# a sum or product that overflows is inf, as in the tensor formulas.
 def _host_tau(s: int, steps: float, delay: float) -> float:
     return min(max((s - delay) / steps, 0.0), 1.0)
 
@@ -121,22 +124,20 @@ def schedule_value(name: str, step: Tensor, params: dict) -> Tensor:
     return SCHEDULES[name](step, **params)
 
 
-_FLOAT32 = struct.Struct("f")
-
-
-def _to_float32(x: float) -> float:
-    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
-
-
 def schedule_runner(name: str, params: dict):
     """``run(step) -> weight``: a Python float from a CPU step in eager mode (read on the host,
-    no sync), else the float32 tensor of :func:`schedule_value` (traced by ``torch.compile``)."""
+    no sync), else the tensor of :func:`schedule_value` (traced by ``torch.compile``).
+
+    >>> run = schedule_runner("linear", {"start": 0.0, "end": 1.0, "steps": 3.0})
+    >>> run(torch.tensor(1)) == 1 / 3          # double precision, not rounded to float32
+    True
+    """
     on_device, on_host = SCHEDULES[name], HOST_SCHEDULES[name]
     is_compiling = torch.compiler.is_compiling
 
     def run(step: Tensor):
         if step.is_cpu and not is_compiling():
-            return _to_float32(on_host(step.item(), **params))
+            return on_host(step.item(), **params)
         return on_device(step, **params)
 
     return run

@@ -71,24 +71,28 @@ class WeightProgram:
             self, "whole_balancer", self.direct and self.factors == in_order and self.monomials == single
         )
 
-    def tensors(self, device=None) -> tuple[Tensor, Tensor]:
-        """(matrix, offset) as float32 tensors, for the module's buffers."""
+    def tensors(self, dtype=torch.float32, device=None) -> tuple[Tensor, Tensor]:
+        """(matrix, offset) as tensors of ``dtype``, made from the Python numbers (so a
+        float64 loss gets 0.7, not float32's 0.699999988)."""
         return (
-            torch.tensor(self.matrix, dtype=torch.float32, device=device).reshape(len(self.offset), -1),
-            torch.tensor(self.offset, dtype=torch.float32, device=device),
+            torch.tensor(self.matrix, dtype=dtype, device=device).reshape(len(self.offset), -1),
+            torch.tensor(self.offset, dtype=dtype, device=device),
         )
 
     def on_host(self, monomials: tuple[float, ...]) -> list[float]:
-        """The weights from monomials that are Python floats (schedules read on the host)."""
-        return [o + sum(c * m for c, m in zip(row, monomials)) for o, row in zip(self.offset, self.matrix)]
+        """The weights from monomials that are Python floats (schedules read on the host).
+        A zero coefficient adds nothing, even to an infinite monomial (not ``0 * inf``)."""
+        return [o + sum(c * m for c, m in zip(row, monomials) if c) for o, row in zip(self.offset, self.matrix)]
 
-    def monomial_values(self, plan, vals: list, balancer_weights: list) -> Tensor | tuple[float, ...]:
-        """The monomials of this call as one float32 (J,) tensor, from detached values, or
-        as a tuple of Python floats when every factor is one (the weights then follow on the
-        host: :meth:`on_host`)."""
+    def monomial_values(
+        self, plan, vals: list, balancer_weights: list, dtype: torch.dtype = torch.float32
+    ) -> Tensor | tuple[float, ...]:
+        """The monomials of this call as one (J,) tensor of ``dtype``, from detached values,
+        or as a tuple of Python floats when every factor is one (the weights then follow on
+        the host: :meth:`on_host`)."""
         if self.whole_balancer:
             w = balancer_weights[0]
-            return w if w.dtype == torch.float32 else w.float()
+            return w if w.dtype == dtype else w.to(dtype)
         values = []
         partials: dict[int, list] = {}
         for kind, a, b in self.factors:
@@ -113,7 +117,7 @@ class WeightProgram:
             out.append(v)
         if not any(isinstance(v, Tensor) for v in out):
             return tuple(out)
-        return _as_vector(out)
+        return _as_vector(out, dtype)
 
 
 def power(v: Any, n: int) -> Any:
@@ -135,10 +139,10 @@ def _detached(v: Any) -> Any:
     return v.detach() if isinstance(v, Tensor) else v
 
 
-def _as_vector(values: list) -> Tensor:
+def _as_vector(values: list, dtype: torch.dtype) -> Tensor:
     device = next((v.device for v in values if isinstance(v, Tensor)), None)
     parts = [
-        v.reshape(()).to(torch.float32) if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
+        v.reshape(()).to(dtype) if isinstance(v, Tensor) else torch.tensor(float(v), dtype=dtype, device=device)
         for v in values
     ]
     return torch.stack(parts)
