@@ -24,10 +24,24 @@ import os
 from pathlib import Path
 
 from .errors import LossDSLError
-from .sinks import read_jsonl
+from .logfile import read_log
 from .suggest import log_names, log_terms
 
-__all__ = ["plot_log"]
+__all__ = ["plot_log", "require_matplotlib", "PLOT_EXTRA"]
+
+PLOT_EXTRA = "pip install 'lossdsl[plot]'"
+
+
+def require_matplotlib() -> None:
+    """Raise ``ImportError`` naming the extra to install when matplotlib is missing.
+
+    Called where a plot is asked for (``plot_log``, ``lossdsl plot`` as it starts), so the
+    missing extra is reported before any work, not at the end of a run.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(f"plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from None
 
 
 def _series(records: list[dict], key: str) -> list[float]:
@@ -64,12 +78,13 @@ def plot_log(
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
     terms exactly, else their shares do (:func:`lossdsl.suggest.log_terms`). Returns the
-    PNG's path.
+    PNG's path. A file that is not such a log raises :class:`~lossdsl.LossDSLError`.
     """
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = read_jsonl(jsonl_path)
+    records = read_log(jsonl_path)
     names, prefix = log_names(records)
     if not records or not names:
         raise LossDSLError(
