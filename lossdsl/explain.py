@@ -5,7 +5,7 @@ numbers when they are constant, else the factor as written (a schedule, a balanc
 "depends on the term values" for products of losses and functions such as ``log``).
 
 A binding used more than once is one node of the program, and it is shown once: the tree
-prints it in full where it first appears and by name (``(again)``) everywhere else, and a
+refers to it by name where it is used and draws it under a heading of its own below, and a
 weight reached through a shared composite refers to that composite's weight as ``w(name)``.
 So the text grows with the program's text, never with the number of paths through it.
 
@@ -139,30 +139,37 @@ def _binding_names(source: str) -> dict[tuple[int, int], str]:
 
 
 def _tree(resolved: ir.Resolved) -> list[str]:
+    """The operation tree; a node used more than once is drawn once, under a heading of its own
+    after the tree, and referred to by name where it is used (indentation stays shallow too)."""
     lines: list[str] = []
     uses = _uses(resolved.root)
     names = _binding_names(resolved.source)
-    shown: dict[int, str] = {}  # shared node -> the name it was shown under
+    shared: dict[int, str] = {}  # node -> its name, in the order first met
+    queue: list[Any] = []
+    terms_seen: set[int] = set()
 
-    def walk(node: Any, prefix: str, last: bool, top: bool) -> None:
+    def walk(node: Any, prefix: str, last: bool, top: bool, expand: bool = False) -> None:
         branch = "" if top else ("`-- " if last else "|-- ")
         kids = _children(node)
-        if id(node) in shown:
-            lines.append(prefix + branch + shown[id(node)] + "  (again)")
+        if kids and uses[id(node)] > 1 and not expand:
+            if id(node) not in shared:
+                name = node.name if isinstance(node, ir.Named) else names.get(node.span) or f"#{len(shared) + 1}"
+                shared[id(node)] = name
+                queue.append(node)
+            lines.append(prefix + branch + f"{shared[id(node)]}  (shared, shown below)")
             return
-        label = _label(node)
-        if isinstance(node, (ir.Term, ir.Named)):
-            shown[id(node)] = label
-        elif kids and uses[id(node)] > 1:  # a binding that is not logged, used again below
-            name = names.get(node.span) or f"#{len(shown) + 1}"
-            shown[id(node)] = name
-            label = f"{name} = {label}"
-        lines.append(prefix + branch + label)
+        again = isinstance(node, ir.Term) and id(node) in terms_seen
+        terms_seen.add(id(node))
+        lines.append(prefix + branch + _label(node) + ("  (again)" if again else ""))
         inner = prefix + ("" if top else ("    " if last else "|   "))
         for i, child in enumerate(kids):
             walk(child, inner, i == len(kids) - 1, False)
 
     walk(resolved.root, "", True, True)
+    for node in queue:  # grows while it is read: shared nodes inside shared nodes
+        kind = "named" if isinstance(node, ir.Named) else "binding"
+        lines.append(f"{shared[id(node)]} =  ({kind}, used {uses[id(node)]} times)")
+        walk(node.value if isinstance(node, ir.Named) else node, "", True, False, expand=True)
     return lines
 
 
