@@ -33,8 +33,7 @@ from .demo import run_demo
 from .errors import LossDSLError, did_you_mean
 from .explain import explain
 from .gradcheck import run_gradcheck
-from .logfile import read_log
-from .plot import PLOT_EXTRA, plot_log, require_matplotlib
+from .plot import PLOT_EXTRA, plot_log, read_log, require_matplotlib
 from .registry import registry
 from .suggest import suggest_from_log
 
