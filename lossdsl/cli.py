@@ -62,7 +62,20 @@ def _program(args) -> str:
     """The program text of EXPR, ``-`` (stdin) or ``--config FILE`` (checked by :func:`_check_usage`)."""
     if args.config:
         return load_config(args.config, key=args.key).expr
-    return sys.stdin.read() if args.expr == "-" else args.expr
+    return _stdin() if args.expr == "-" else args.expr
+
+
+def _stdin() -> str:
+    """The program from standard input, which must be UTF-8 whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream put in place of stdin (tests, embedding)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LossDSLError(f"standard input is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                           f"{err.start})", hint="pipe in the program text, e.g. cat loss.txt | lossdsl check -") from None
 
 
 def _check_usage(args) -> None:

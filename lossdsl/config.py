@@ -34,7 +34,7 @@ from annotated_types import Gt, Lt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .configfile import MAX_CONFIG_BYTES, ConfigError, read_config_file
-from .configtext import positions, program_offsets
+from .configtext import program_offsets
 from .errors import LossDSLError, did_you_mean
 
 __all__ = [
@@ -172,8 +172,7 @@ def load_config(config: Any, *, key: str | None = None) -> LossConfig:
     places: Any = {}
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        text, data, fmt = read_config_file(path)
-        places = positions(text, fmt)
+        text, data, _, places = read_config_file(path)
     elif not isinstance(config, Mapping):
         raise TypeError(f"from_config takes a mapping or a file path, got {type(config).__name__}")
     else:

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from .configtext import FORMATS, json_duplicate_offset
+from .configtext import FORMATS, Places, json_duplicate_offset, positions, yaml_places
 from .errors import LossDSLError
 
 __all__ = ["ConfigError", "MAX_CONFIG_BYTES", "read_config_file"]
@@ -67,8 +67,9 @@ def _rebuild_config_error(message, path, key, kwargs):
     return ConfigError(message, path=path, key=key, **kwargs)
 
 
-def read_config_file(path: str) -> tuple[str, Any, str]:
-    """``(text, data, format)`` of a ``.yaml``/``.yml``/``.json``/``.toml`` config file."""
+def read_config_file(path: str) -> tuple[str, Any, str, Places]:
+    """``(text, data, format, places)`` of a ``.yaml``/``.yml``/``.json``/``.toml`` config file
+    (``places``: where its keys stand, see :func:`lossdsl.configtext.positions`)."""
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise ConfigError(
@@ -87,10 +88,10 @@ def read_config_file(path: str) -> tuple[str, Any, str]:
             f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})",
             path=path, source=shown, span=(at, at + 1), hint="save the file as UTF-8",
         ) from None
-    data = _parse(path, text, fmt)
+    data, places = _parse(path, text, fmt)
     if data is None:
         raise ConfigError(f"{path} is empty", path=path, hint="write expr: <the loss program>")
-    return text, data, fmt
+    return text, data, fmt, places
 
 
 def _read_bytes(path: str) -> bytes:
@@ -141,7 +142,7 @@ class _DuplicateKey(Exception):
         self.key, self.offset = key, offset
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where installed
     """PyYAML's safe loader, refusing a key written twice in one mapping.
 
     Keys brought in by a merge (``<<: *base``) may be overridden, as YAML allows.
@@ -172,13 +173,20 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse(path: str, text: str, fmt: str) -> Any:
+def _parse(path: str, text: str, fmt: str) -> tuple[Any, Places]:
     try:
         if fmt == "yaml":
-            return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            # One pass of the parser: the node tree gives both the values and the places.
+            loader = _Loader(text)
+            try:
+                root = loader.get_single_node()
+                data = None if root is None else loader.construct_document(root)
+            finally:
+                loader.dispose()
+            return data, yaml_places(root)
         if fmt == "json":
-            return json.loads(text, object_pairs_hook=_json_pairs)
-        return tomllib.loads(text)
+            return json.loads(text, object_pairs_hook=_json_pairs), positions(text, fmt)
+        return tomllib.loads(text), positions(text, fmt)
     except _DuplicateKey as dup:
         offset = dup.offset if dup.offset is not None else json_duplicate_offset(text)
         raise _syntax_error(path, text, None, f"key '{dup.key}' appears twice in the same mapping",

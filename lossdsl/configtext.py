@@ -5,7 +5,7 @@ a bad key at the key, and a mistake inside the loss program at the line and colu
 file, not of the program. The parsers of the three formats give values but (except YAML's
 node marks) no positions, so each format gets a small position finder here:
 
-- YAML: ``yaml.compose`` (node marks), exact.
+- YAML: the composed node tree (node marks), exact; looked up one key path at a time.
 - JSON: a small scanner over the text (PyYAML refuses tabs and is YAML 1.1, so it is not used).
 - TOML: a line scanner for ``key = value`` lines under ``[table]`` headers; dotted keys on
   one line (``loss.expr = "..."``) are understood, inline tables are not.
@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Place", "Places", "positions", "program_offsets", "json_duplicate_offset", "FORMATS"]
+__all__ = ["Place", "Places", "positions", "yaml_places", "program_offsets", "json_duplicate_offset", "FORMATS"]
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 
@@ -184,9 +184,13 @@ def _yaml_entry(node, part: str):
     return None
 
 
-def _yaml_positions(text: str) -> _YamlPlaces | dict:
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+def yaml_places(root) -> Places:
+    """The places of a YAML file from its composed node tree (``None``: an empty file)."""
     return {} if root is None else _YamlPlaces(root)
+
+
+def _yaml_positions(text: str) -> Places:
+    return yaml_places(yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
 
 # --- JSON ----------------------------------------------------------------------------------

@@ -126,6 +126,18 @@ def test_a_bad_config_file(tmp_path, capsys, command, name, content):
     assert err.startswith("lossdsl.config.ConfigError: ") and name in err
 
 
+def test_a_program_on_stdin_that_is_not_utf8():
+    # whatever the locale's decoding of stdin, bytes that are not UTF-8 are a clear error
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8:strict")
+    result = subprocess.run([sys.executable, "-m", "lossdsl", "check", "-"], input=b"mse + \xff\xfe",
+                            capture_output=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("lossdsl.LossDSLError: standard input is not UTF-8 text")
+    ok = subprocess.run([sys.executable, "-m", "lossdsl", "check", "-"], input="mse + 0.5*mae".encode(),
+                        capture_output=True, timeout=300, env=env)
+    assert ok.returncode == 0 and ok.stdout.decode().startswith("ok: mse + 0.5 * mae")
+
+
 def test_demo_onto_a_file(tmp_path, capsys):
     target = tmp_path / "out"
     target.write_text("not a folder")
