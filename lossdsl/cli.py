@@ -21,7 +21,6 @@ import inspect
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from . import __version__

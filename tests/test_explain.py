@@ -4,7 +4,6 @@ program's text, not with the number of paths through the program."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
