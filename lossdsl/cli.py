@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("gradcheck", cmd_gradcheck, "torch.autograd.gradcheck on random float64 inputs")
     _program_args(sub)
-    sub.add_argument("--shape", type=_shape, default=(4, 8, 3), help="shape of pred and target (default 4,8,3)")
+    sub.add_argument("--shape", type=_shape, default=None,
+                     help="shape of pred and target (default 4,8,3, or the shapes the terms need)")
     sub.add_argument("--input", type=_named_shape, action="append", metavar="NAME=SHAPE",
                      help="shape of another input, e.g. --input mu=4,16 (repeatable)")
     sub.add_argument("--seed", type=_SEED, default=0)

@@ -5,13 +5,15 @@ Random inputs are drawn from each term's declared domain (:data:`DOMAINS`): prob
 for ``bce``, class indices for ``focal_ce``, positive variances for ``gaussian_nll``, ... .
 An input without a declared domain is standard normal when it is ``pred`` and uniform in
 (0.05, 0.95) otherwise (valid masks and class weights, and no ties between ranking targets).
-Where two terms read one input, the narrower domain wins. When the check fails, each term is
+Where two terms read one input, the narrower domain wins. Terms whose inputs have shapes of
+their own (images, boxes, sequences with their lengths) draw them whole (:data:`SHAPED`)
+unless a shape is given. When the check fails, each term is
 checked alone, which tells a term with a wrong gradient from a documented
 non-differentiability (:data:`DOCUMENTED`) and from a combination that is not differentiable
 as written (``detach(...)``, a balancer whose weights follow detached values).
 
-The table lives here, next to the only code that draws inputs; the registry describes
-signatures, not value ranges.
+The tables live here, next to the only code that draws inputs, keyed by term name; the
+registry describes signatures, not value ranges.
 
 >>> report = run_gradcheck("bce + 0.5*mse", shape=(3, 4))
 >>> report.ok, report.text.splitlines()[0]
@@ -31,10 +33,12 @@ from . import ir
 from .compile import compile as compile_program
 from .errors import LossDSLError
 
-__all__ = ["DOMAINS", "DOCUMENTED", "MAX_ELEMENTS", "GradcheckReport", "run_gradcheck", "check_shape"]
+__all__ = ["DOMAINS", "SHAPED", "DOCUMENTED", "MAX_ELEMENTS", "GradcheckReport", "run_gradcheck", "check_shape"]
 
 ANY, PROBABILITY, POSITIVE, CLASS_INDEX = "any", "probability", "positive", "class index"
-_NARROWER = (CLASS_INDEX, PROBABILITY, POSITIVE, ANY)  # first wins where terms share an input
+NETWORK = "network"  # a module that the term calls (a feature extractor): a small Tanh
+_NARROWER = (NETWORK, CLASS_INDEX, PROBABILITY, POSITIVE, ANY)  # first wins where terms share an input
+DEFAULT_SHAPE = (4, 8, 3)
 
 Domain = dict[str, str]
 
@@ -50,6 +54,55 @@ DOMAINS: dict[str, Domain | Callable[[dict[str, Any]], Domain]] = {
     "kl_div": lambda hyper: {"target": ANY if hyper["log_target"] else PROBABILITY},
     "poisson_nll": lambda hyper: {"pred": ANY if hyper["log_input"] else POSITIVE, "target": POSITIVE},
     "gaussian_nll": {"var": POSITIVE},
+    "feature_distance": {"net": NETWORK},
+}
+
+
+def _uniform(size, generator) -> torch.Tensor:
+    return torch.rand(size, dtype=torch.float64, generator=generator) * 0.9 + 0.05
+
+
+def _images(hyper: dict, generator) -> dict[str, Any]:
+    side = hyper.get("window", 11)  # the smallest image a valid convolution takes
+    return {"pred": _uniform((1, 1, side, side), generator), "target": _uniform((1, 1, side, side), generator)}
+
+
+def _boxes(hyper: dict, generator) -> dict[str, Any]:
+    def corners():
+        low = torch.rand(6, 2, dtype=torch.float64, generator=generator)
+        return torch.cat([low, low + 0.2 + torch.rand(6, 2, dtype=torch.float64, generator=generator)], -1)
+
+    return {"pred": corners(), "target": corners()}  # (x1, y1, x2, y2) with x1 < x2, y1 < y2
+
+
+def _rows(hyper: dict, generator) -> dict[str, Any]:
+    return {name: torch.randn(6, 5, dtype=torch.float64, generator=generator) for name in ("anchor", "positive")}
+
+
+def _sequences(hyper: dict, generator) -> dict[str, Any]:
+    steps, batch, length = 12, 2, 3
+    blank = hyper.get("blank", 0)
+    classes = max(5, blank + 2)
+    labels = torch.randint(0, classes - 1, (batch, length), generator=generator)
+    return {
+        "pred": torch.randn(steps, batch, classes, dtype=torch.float64, generator=generator),
+        "target": labels + (labels >= blank).long(),  # every class but the blank
+        "input_lengths": torch.full((batch,), steps),
+        "target_lengths": torch.full((batch,), length),
+    }
+
+
+# Terms whose inputs have shapes of their own (images, boxes, rows of embeddings, a CTC batch
+# of sequences and lengths): a function of the hyperparameters and a generator giving a
+# value for each of the term's inputs. Used unless --shape or --input sets the shapes.
+SHAPED: dict[str, Callable[[dict, Any], dict[str, Any]]] = {
+    "ssim": _images,
+    "giou": _boxes,
+    "diou": _boxes,
+    "ciou": _boxes,
+    "info_nce": _rows,
+    "nt_xent": _rows,
+    "ctc": _sequences,
 }
 
 # Terms whose gradient is, by design and as their docstrings say, not the derivative of
@@ -57,6 +110,10 @@ DOMAINS: dict[str, Domain | Callable[[dict[str, Any]], Domain]] = {
 DOCUMENTED: dict[str, str] = {
     "adaptive_huber": "its delta = scale * mean(abs(e)) follows the batch and is detached: "
     "the gradient holds delta fixed, finite differences see it move",
+    "feature_distance": "net(target) runs without gradient: its gradient with respect to target "
+    "is 0, finite differences see the target's features move",
+    "ciou": "its trade-off alpha = v / (1 - IoU + v) is detached, as in the paper: the gradient "
+    "holds alpha fixed, finite differences see it move",
 }
 
 # gradcheck evaluates the loss twice per element of every input that takes a gradient.
@@ -112,8 +169,11 @@ def _class_index_shape(term: ir.Term, shapes: dict, default: tuple[int, ...]) ->
     return tuple(s for i, s in enumerate(pred_shape) if i != axis), pred_shape[axis]
 
 
-def _inputs(resolved: ir.Resolved, shape, shapes: dict, generator) -> tuple[list, list]:
-    """Random float64 inputs (int64 class indices) for every input the program reads."""
+def _inputs(resolved: ir.Resolved, shape, shapes: dict, generator) -> tuple[list, list, dict]:
+    """Random inputs for every input the program reads: ``(paths, tensors, other values)``.
+
+    Floating tensors are float64 and take a gradient; class indices and lengths are int64.
+    """
     paths: list[tuple[str, ...]] = []
     for term in resolved.logged:
         for route in getattr(term, "routes", ()):
@@ -122,22 +182,42 @@ def _inputs(resolved: ir.Resolved, shape, shapes: dict, generator) -> tuple[list
     for path in (("pred",), ("target",)):
         if path not in paths:
             paths.append(path)
+    drawn: dict[tuple[str, ...], Any] = {}
+    if shape is None:
+        for term in _terms(resolved):
+            build = SHAPED.get(term.spec.name)
+            values = build(dict(term.hyper), generator) if build else {}
+            for route in term.routes:
+                if route.param in values and ".".join(route.path) not in shapes:
+                    drawn.setdefault(route.path, values[route.param])
+    shape = shape or DEFAULT_SHAPE
     domains = _domains(resolved)
-    names, tensors = [], []
+    names, tensors, others = [], [], {}
     for path in paths:
         size = shapes.get(".".join(path), shape)
         kind, term = domains.get(path, (ANY, None))
         classes = _class_index_shape(term, shapes, shape) if kind == CLASS_INDEX else None
-        if classes is not None:
-            size = shapes.get(".".join(path), classes[0])
-            tensor = torch.randint(0, classes[1], size, generator=generator)
+        if path in drawn:
+            value = drawn[path]
+        elif kind == NETWORK:
+            value = torch.nn.Tanh()
+        elif classes is not None:
+            value = torch.randint(0, classes[1], shapes.get(".".join(path), classes[0]), generator=generator)
         elif kind == ANY and path == ("pred",):
-            tensor = torch.randn(size, dtype=torch.float64, generator=generator).requires_grad_()
+            value = torch.randn(size, dtype=torch.float64, generator=generator)
         else:
-            tensor = (torch.rand(size, dtype=torch.float64, generator=generator) * 0.9 + 0.05).requires_grad_()
+            value = _uniform(size, generator)
+        if not isinstance(value, torch.Tensor):
+            others[path] = value
+            continue
+        check_shape(".".join(path), tuple(value.shape))
         names.append(path)
-        tensors.append(tensor)
-    return names, tensors
+        tensors.append(value.requires_grad_() if value.is_floating_point() else value)
+    return names, tensors, others
+
+
+def _terms(resolved: ir.Resolved) -> list[ir.Term]:
+    return [t for t in resolved.logged if isinstance(t, ir.Term)]
 
 
 def _first_failure(fn, tensors) -> str | None:
@@ -165,25 +245,29 @@ def _not_differentiable_as_written(node: Any) -> bool:
     return False
 
 
-def run_gradcheck(source: str, shape=(4, 8, 3), shapes: dict | None = None, seed: int = 0) -> GradcheckReport:
-    """Check the gradient of the program ``source`` against finite differences."""
+def run_gradcheck(source: str, shape=None, shapes: dict | None = None, seed: int = 0) -> GradcheckReport:
+    """Check the gradient of the program ``source`` against finite differences.
+
+    ``shape``: of pred and target (and every input without a shape of its own); ``None``:
+    the shapes the terms need (:data:`SHAPED`), else 4, 8, 3. ``shapes``: ``{name: shape}``.
+    """
     shapes = dict(shapes or {})
-    for name, size in [("pred", shape), *shapes.items()]:
+    for name, size in [("pred", shape or DEFAULT_SHAPE), *shapes.items()]:
         check_shape(name, size)
     crit = compile_program(source)
     resolved: ir.Resolved = crit._resolved
     generator = torch.Generator().manual_seed(seed)
-    names, tensors = _inputs(resolved, shape, shapes, generator)
+    names, tensors, others = _inputs(resolved, shape, shapes, generator)
     extra: dict[str, Any] = {}
     if "model" in resolved.inputs_read:
-        extra["model"] = torch.nn.Linear(shape[-1], 2).double()
+        extra["model"] = torch.nn.Linear((shape or DEFAULT_SHAPE)[-1], 2).double()
     # Balancers and the step live in buffers that each call updates: every evaluation starts
     # from the same state, so the function that finite differences see is a fixed one.
     state = copy.deepcopy(crit.state_dict())
 
     def nest(values) -> dict[str, Any]:
         inputs: dict[str, Any] = dict(extra)
-        for path, value in zip(names, values):
+        for path, value in [*zip(names, values), *others.items()]:
             node = inputs
             for part in path[:-1]:
                 node = node.setdefault(part, {})
@@ -208,24 +292,23 @@ def run_gradcheck(source: str, shape=(4, 8, 3), shapes: dict | None = None, seed
 
         return value
 
-    shown = ", ".join(".".join(p) + str(tuple(t.shape)) + ("" if t.is_floating_point() else " int64")
-                      for p, t in zip(names, tensors))
+    shown = ", ".join([".".join(p) + str(tuple(t.shape)) + ("" if t.is_floating_point() else " int64")
+                       for p, t in zip(names, tensors)] + [f"{'.'.join(p)}={v!r}" for p, v in others.items()])
     head = f"inputs (float64): {shown}"
     failure = _first_failure(total, tensors)
     if failure is None:
         return GradcheckReport(True, f"gradcheck passed: {crit.canonical}\n{head}")
     lines, failed, documented = [], [], []
-    for term in resolved.logged:
-        if isinstance(term, ir.Term):
-            alone = _first_failure(one_term(term), tensors)
-            if alone is None:
-                lines.append(f"  {term.name}: passed")
-            elif term.spec.name in DOCUMENTED:
-                documented.append(term.name)
-                lines.append(f"  {term.name}: differs, as documented: {DOCUMENTED[term.spec.name]}")
-            else:
-                failed.append(term.name)
-                lines.append(f"  {term.name}: FAILED ({alone})")
+    for term in _terms(resolved):
+        alone = _first_failure(one_term(term), tensors)
+        if alone is None:
+            lines.append(f"  {term.name}: passed")
+        elif term.spec.name in DOCUMENTED:
+            documented.append(term.name)
+            lines.append(f"  {term.name}: differs, as documented: {DOCUMENTED[term.spec.name]}")
+        else:
+            failed.append(term.name)
+            lines.append(f"  {term.name}: FAILED ({alone})")
     if documented and not failed and not _not_differentiable_as_written(resolved.root):
         return GradcheckReport(True, "\n".join([
             f"gradcheck passed except where documented: {crit.canonical}", head,
