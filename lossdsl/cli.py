@@ -276,7 +276,12 @@ def _program_args(sub: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command (each sub-parser is in ``args.parser``)."""
+    """The argument parser of every command (each sub-parser is in ``args.parser``).
+
+    >>> args = build_parser().parse_args(["gradcheck", "mse", "--shape", "2,3"])
+    >>> args.command, args.shape
+    ('gradcheck', (2, 3))
+    """
     parser = argparse.ArgumentParser(
         prog="lossdsl", description="Check, explain and try out lossdsl loss programs."
     )

@@ -185,7 +185,14 @@ def _yaml_entry(node, part: str):
 
 
 def yaml_places(root) -> Places:
-    """The places of a YAML file from its composed node tree (``None``: an empty file)."""
+    """The places of a YAML file from its composed node tree (``None``: an empty file).
+
+    >>> import yaml
+    >>> text = "base: &b {expr: mse}\\nloss: *b\\n"
+    >>> start, end = yaml_places(yaml.compose(text))[("loss", "expr")].key_span
+    >>> start, text[start:end]  # found through the alias, where the anchor's mapping has it
+    (10, 'expr')
+    """
     return {} if root is None else _YamlPlaces(root)
 
 

@@ -129,7 +129,14 @@ class GradcheckReport:
 
 
 def check_shape(name: str, shape: tuple[int, ...]) -> None:
-    """Refuse a shape that gradcheck would take hours (or all memory) to check."""
+    """Refuse a shape that gradcheck would take hours (or all memory) to check.
+
+    >>> check_shape("pred", (4, 8, 3))
+    >>> check_shape("pred", (100, 100))
+    Traceback (most recent call last):
+    lossdsl.LossDSLError: gradcheck: pred of shape 100,100 has more than 4096 elements
+    hint: gradcheck evaluates the loss twice per element; a small shape such as 4,8,3 checks the same formula
+    """
     count = 1
     for size in shape:
         count *= size

@@ -45,6 +45,8 @@ def require_matplotlib() -> None:
 
     Called where a plot is asked for (``plot_log``, ``lossdsl plot`` as it starts), so the
     missing extra is reported before any work, not at the end of a run.
+
+    >>> require_matplotlib()  # installed: nothing happens
     """
     try:
         import matplotlib  # noqa: F401
