@@ -73,8 +73,10 @@ def _stdin() -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise LossDSLError(f"standard input is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
-                           f"{err.start})", hint="pipe in the program text, e.g. cat loss.txt | lossdsl check -") from None
+        raise LossDSLError(
+            f"standard input is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})",
+            hint="pipe in the program text, e.g. cat loss.txt | lossdsl check -",
+        ) from None
 
 
 def _check_usage(args) -> None:
@@ -322,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--indent", type=_bounded_int(0, 16), default=2)
 
     sub = command("demo", cmd_demo, "train a small forecaster with a DSL loss")
-    sub.add_argument("--steps", type=_bounded_int(1, 10**9), default=None, help="training steps (default 300)")
+    sub.add_argument("--steps", type=_bounded_int(1, 10**9), default=None,
+                     help="training steps (default 300)")
     sub.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     sub.add_argument("--config", metavar="FILE", help="loss config (default examples/configs/forecast.yaml)")
     sub.add_argument("--seed", type=_SEED, default=0)

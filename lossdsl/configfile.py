@@ -83,7 +83,8 @@ def read_config_file(path: str) -> tuple[str, Any, str, Places]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         at = len(raw[: err.start].decode("utf-8"))
-        shown = _printable(raw[: err.start].decode("utf-8") + raw[err.start :].decode("utf-8", errors="replace"))
+        rest = raw[err.start :].decode("utf-8", errors="replace")
+        shown = _printable(raw[: err.start].decode("utf-8") + rest)
         raise ConfigError(
             f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})",
             path=path, source=shown, span=(at, at + 1), hint="save the file as UTF-8",

@@ -33,7 +33,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Place", "Places", "positions", "yaml_places", "program_offsets", "json_duplicate_offset", "FORMATS"]
+__all__ = [
+    "Place", "Places", "positions", "yaml_places", "program_offsets", "json_duplicate_offset", "FORMATS",
+]
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 

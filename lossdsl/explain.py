@@ -153,7 +153,8 @@ def _tree(resolved: ir.Resolved) -> list[str]:
         kids = _children(node)
         if kids and uses[id(node)] > 1 and not expand:
             if id(node) not in shared:
-                name = node.name if isinstance(node, ir.Named) else names.get(node.span) or f"#{len(shared) + 1}"
+                name = names.get(node.span) or f"#{len(shared) + 1}"
+                name = node.name if isinstance(node, ir.Named) else name
                 shared[id(node)] = name
                 queue.append(node)
             lines.append(prefix + branch + f"{shared[id(node)]}  (shared, shown below)")
@@ -184,8 +185,11 @@ def weight_descriptions(crit) -> dict[str, str]:
     constant = getattr(crit, "_constant_weights", None)
     if constant is not None:
         watched = _watched(resolved.root)
-        return {item.name: _number(float(w)) + (" (only logged)" if float(w) == 0 and id(item) in watched else "")
-                for item, w in zip(resolved.logged, constant.tolist())}
+        out = {}
+        for item, w in zip(resolved.logged, constant.tolist()):
+            logged_only = float(w) == 0 and id(item) in watched
+            out[item.name] = _number(float(w)) + (" (only logged)" if logged_only else "")
+        return out
     return _Weights(resolved).describe()
 
 

@@ -33,7 +33,9 @@ from . import ir
 from .compile import compile as compile_program
 from .errors import LossDSLError
 
-__all__ = ["DOMAINS", "SHAPED", "DOCUMENTED", "MAX_ELEMENTS", "GradcheckReport", "run_gradcheck", "check_shape"]
+__all__ = [
+    "DOMAINS", "SHAPED", "DOCUMENTED", "MAX_ELEMENTS", "GradcheckReport", "run_gradcheck", "check_shape",
+]
 
 ANY, PROBABILITY, POSITIVE, CLASS_INDEX = "any", "probability", "positive", "class index"
 NETWORK = "network"  # a module that the term calls (a feature extractor): a small Tanh
@@ -64,7 +66,7 @@ def _uniform(size, generator) -> torch.Tensor:
 
 def _images(hyper: dict, generator) -> dict[str, Any]:
     side = hyper.get("window", 11)  # the smallest image a valid convolution takes
-    return {"pred": _uniform((1, 1, side, side), generator), "target": _uniform((1, 1, side, side), generator)}
+    return {name: _uniform((1, 1, side, side), generator) for name in ("pred", "target")}
 
 
 def _boxes(hyper: dict, generator) -> dict[str, Any]:
@@ -76,7 +78,8 @@ def _boxes(hyper: dict, generator) -> dict[str, Any]:
 
 
 def _rows(hyper: dict, generator) -> dict[str, Any]:
-    return {name: torch.randn(6, 5, dtype=torch.float64, generator=generator) for name in ("anchor", "positive")}
+    return {name: torch.randn(6, 5, dtype=torch.float64, generator=generator)
+            for name in ("anchor", "positive")}
 
 
 def _sequences(hyper: dict, generator) -> dict[str, Any]:
@@ -142,8 +145,10 @@ def check_shape(name: str, shape: tuple[int, ...]) -> None:
         count *= size
         if count > MAX_ELEMENTS:
             raise LossDSLError(
-                f"gradcheck: {name} of shape {','.join(map(str, shape))} has more than {MAX_ELEMENTS} elements",
-                hint="gradcheck evaluates the loss twice per element; a small shape such as 4,8,3 checks the same formula",
+                f"gradcheck: {name} of shape {','.join(map(str, shape))} has more than "
+                f"{MAX_ELEMENTS} elements",
+                hint="gradcheck evaluates the loss twice per element; a small shape such as 4,8,3 "
+                "checks the same formula",
             )
 
 
@@ -163,7 +168,7 @@ def _domains(resolved: ir.Resolved) -> dict[tuple[str, ...], tuple[str, ir.Term]
     return out
 
 
-def _class_index_shape(term: ir.Term, shapes: dict, default: tuple[int, ...]) -> tuple[tuple[int, ...], int] | None:
+def _class_index_shape(term: ir.Term, shapes: dict, default: tuple[int, ...]) -> tuple[tuple, int] | None:
     """Shape and class count of class-index targets for ``term``'s pred, or None."""
     pred = next((r.path for r in term.routes if r.param == "pred"), ("pred",))
     pred_shape = shapes.get(".".join(pred), default)

@@ -155,7 +155,8 @@ def test_a_file_that_is_not_utf8(tmp_path):
     path.write_bytes(b"strict: true\nexpr: 'mse + \xe9'\n")
     with pytest.raises(ConfigError, match="not UTF-8") as info:
         lossdsl.from_config(path)
-    assert (info.value.line, info.value.column) == (2, 14)  # the byte 0xe9: 13 characters before it on its line
+    # the byte 0xe9: 13 characters stand before it on its line
+    assert (info.value.line, info.value.column) == (2, 14)
     assert "0xe9" in str(info.value)
 
 

@@ -94,7 +94,8 @@ def test_a_term_with_shapes_of_its_own(capsys, monkeypatch):
         return ((pred - target) ** 2).sum(1).mean()
 
     def rows(hyper, generator):
-        return {name: torch.randn(3, 5, dtype=torch.float64, generator=generator) for name in ("pred", "target")}
+        return {name: torch.randn(3, 5, dtype=torch.float64, generator=generator)
+                for name in ("pred", "target")}
 
     lossdsl.registry.register(rows_term, replace=True)
     monkeypatch.setitem(gradcheck.SHAPED, "rows_term", rows)
