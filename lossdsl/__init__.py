@@ -7,6 +7,14 @@
 ['huber', 'temporal_diff']
 """
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # torch warns at import when numpy is missing; lossdsl never converts to numpy, so a
+    # missing numpy is no concern of its users.
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch as _torch  # noqa: F401
+
 from . import terms as _terms  # noqa: F401  (registers the catalogue)
 from .ast import Program
 from .compile import check, compile
