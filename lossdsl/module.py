@@ -276,11 +276,6 @@ class Loss(nn.Module):
         # stacklevel: this method, forward, and nn.Module's two call wrappers, then the caller
         warnings.warn(stepless_warning(self._plan.schedules), UserWarning, stacklevel=5)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if prefix + "step" in state_dict:  # a resumed run has its step
-            self.__dict__["_step_watch"] = None
-
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         # .double()/.half() would round the float32 constant weights' buffer through another
@@ -352,6 +347,8 @@ class Loss(nn.Module):
         if key in state_dict:
             self.set_extra_state(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "step" in state_dict:  # a resumed run has its step
+            self.__dict__["_step_watch"] = None
 
     def set_extra_state(self, state: Any) -> None:
         saved = state.get("source") if isinstance(state, Mapping) else None
