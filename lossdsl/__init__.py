@@ -13,6 +13,7 @@ work without importing it.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from .errors import (
@@ -72,9 +73,13 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
-    if name == "term":
-        importlib.import_module("lossdsl.compiler")  # the catalogue first: a new term may not shadow it
-    value = getattr(importlib.import_module(module), name)
+    with warnings.catch_warnings():
+        # torch warns at import when numpy is missing; lossdsl never converts to numpy, so a
+        # missing numpy is no concern of its users
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+        if name == "term":
+            importlib.import_module("lossdsl.compiler")  # the catalogue first: a new term may not shadow it
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -1,7 +1,9 @@
 """The ``lossdsl`` command line: check, explain, list terms, gradcheck, plot, balance, demo.
 
 Every command exits 0 on success and 1 on a problem, which it prints to stderr (program
-errors with the line and a caret); 2 is a usage error from argparse.
+errors with the line and a caret, never a traceback); 2 is a usage error (a missing or
+contradictory argument), reported by argparse with the command's usage. Output cut short by
+its reader (``lossdsl explain ... | head``) ends quietly.
 
 Example::
 
@@ -17,14 +19,32 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
+
+from . import __version__
+from .builtins import BUILTINS
+from .compile import check as check_program
+from .compile import compile as compile_program
+from .config import LossConfig, load_config
+from .demo import run_demo
+from .errors import LossDSLError, did_you_mean
+from .explain import explain
+from .gradcheck import run_gradcheck
+from .plot import PLOT_EXTRA, plot_log, read_log, require_matplotlib
+from .registry import registry
+from .suggest import suggest_from_log
 
 __all__ = ["main", "build_parser"]
 
 
 class _Problem(Exception):
     """A problem with the command's arguments that argparse cannot see: exit 1 with the message."""
+
+
+class _Usage(Exception):
+    """A missing or contradictory argument: argparse's usage message and exit 2."""
 
 
 def _error_name(err: BaseException) -> str:
@@ -38,30 +58,46 @@ def _fail(message: str) -> int:
 
 
 def _program(args) -> str:
-    """The program text of EXPR, ``-`` (stdin) or ``--config FILE``."""
-    if getattr(args, "config", None):
-        from .config import load_config
-
+    """The program text of EXPR, ``-`` (stdin) or ``--config FILE`` (checked by :func:`_check_usage`)."""
+    if args.config:
         return load_config(args.config, key=args.key).expr
-    if args.expr is None:
-        raise _Problem(f"lossdsl {args.command}: give a program (EXPR) or --config FILE")
-    return sys.stdin.read() if args.expr == "-" else args.expr
+    return _stdin() if args.expr == "-" else args.expr
+
+
+def _stdin() -> str:
+    """The program from standard input, which must be UTF-8 whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream put in place of stdin (tests, embedding)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LossDSLError(
+            f"standard input is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})",
+            hint="pipe in the program text, e.g. cat loss.txt | lossdsl check -",
+        ) from None
+
+
+def _check_usage(args) -> None:
+    """EXPR and --config exclude each other; the commands that need a program need one."""
+    expr, config = getattr(args, "expr", None), getattr(args, "config", None)
+    if expr is not None and config:
+        raise _Usage("give EXPR or --config FILE, not both")
+    if getattr(args, "key", None) and not config:
+        raise _Usage("--key names a place inside --config FILE; give --config too")
+    if args.command in ("check", "explain", "gradcheck") and expr is None and not config:
+        raise _Usage("give a program (EXPR, or - to read it from stdin) or --config FILE")
 
 
 # --- check / explain ---------------------------------------------------------------------------
 
 
 def cmd_check(args) -> int:
-    import lossdsl
-
     if args.config:
-        from .config import load_config
-
         resolved = load_config(args.config, key=args.key).check()
-    elif args.expr is None:
-        return _fail("lossdsl check: give a program (EXPR) or --config FILE")
     else:
-        resolved = lossdsl.check(sys.stdin.read() if args.expr == "-" else args.expr)
+        resolved = check_program(_program(args))
     names = [item.name for item in resolved.logged]
     print(f"ok: {resolved.canonical}")
     print(f"{len(names)} term{'s' if len(names) != 1 else ''}: {', '.join(names)}")
@@ -69,11 +105,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    import lossdsl
-
-    from .explain import explain
-
-    print(explain(lossdsl.compile(_program(args))))
+    print(explain(compile_program(_program(args))))
     return 0
 
 
@@ -85,10 +117,6 @@ def _hyper_text(spec) -> str:
 
 
 def cmd_terms(args) -> int:
-    from .builtins import BUILTINS
-    from .errors import did_you_mean
-    from .language.registry import registry
-
     if args.name is None:
         rows = [("term", "inputs", "hyperparameters", "summary")]
         for spec in registry.specs():
@@ -130,7 +158,7 @@ def cmd_terms(args) -> int:
     return _fail(f"lossdsl terms: unknown term '{name}'" + (f"\nhint: {hint}" if hint else ""))
 
 
-# --- gradcheck -----------------------------------------------------------------------------
+# --- gradcheck ---------------------------------------------------------------------------
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -150,109 +178,19 @@ def _named_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name.strip(), _shape(shape)
 
 
-def _gradcheck_inputs(crit, shape, shapes: dict, generator) -> tuple[list, list]:
-    """Random float64 inputs for every input the program reads: ``(names, tensors)``."""
-    import torch
-
-    paths: dict[tuple[str, ...], tuple[int, ...]] = {}
-    for term in crit._resolved.logged:
-        for route in getattr(term, "routes", ()):
-            if route.required and route.path[0] != "model":
-                paths.setdefault(route.path, shapes.get(".".join(route.path), shape))
-    paths.setdefault(("pred",), shapes.get("pred", shape))
-    paths.setdefault(("target",), shapes.get("target", shape))
-    names, tensors = [], []
-    for path, size in paths.items():
-        # pred as logits/values; everything else in (0, 1): valid probabilities, masks,
-        # variances and class weights, and no ties between ranking targets.
-        if path == ("pred",):
-            tensor = torch.randn(size, dtype=torch.float64, generator=generator)
-        else:
-            tensor = torch.rand(size, dtype=torch.float64, generator=generator) * 0.9 + 0.05
-        names.append(path)
-        tensors.append(tensor.requires_grad_())
-    return names, tensors
-
-
-def _first_failure(fn, tensors) -> str | None:
-    """None when ``torch.autograd.gradcheck`` passes, else the first line of its complaint."""
-    from torch.autograd.gradcheck import GradcheckError, gradcheck
-
-    try:
-        gradcheck(fn, tuple(tensors), eps=1e-6, atol=1e-5, rtol=1e-3)
-    except GradcheckError as err:
-        return str(err).strip().splitlines()[0]
-    return None
-
-
 def cmd_gradcheck(args) -> int:
-    import copy
-
-    import torch
-
-    import lossdsl
-
-    from . import ir
-
-    crit = lossdsl.compile(_program(args))
-    generator = torch.Generator().manual_seed(args.seed)
-    names, tensors = _gradcheck_inputs(crit, args.shape, dict(args.input or []), generator)
-    extra: dict[str, Any] = {}
-    if "model" in crit._resolved.inputs_read:
-        extra["model"] = torch.nn.Linear(args.shape[-1], 2).double()
-    # Balancers and the step live in buffers that each call updates: every evaluation starts
-    # from the same state, so the function that finite differences see is a fixed one.
-    state = copy.deepcopy(crit.state_dict())
-
-    def nest(values) -> dict[str, Any]:
-        inputs: dict[str, Any] = dict(extra)
-        for path, value in zip(names, values):
-            node = inputs
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = value
-        return inputs
-
-    def total(*values):
-        crit.load_state_dict(state)
-        inputs = nest(values)
-        return crit(inputs.pop("pred", None), inputs.pop("target", None), **inputs)
-
-    def one_term(term: ir.Term):
-        def value(*values):
-            inputs = nest(values)
-            args = []
-            for route in term.routes:
-                node: Any = inputs
-                for part in route.path:
-                    node = node.get(part) if isinstance(node, dict) else None
-                args.append(node)
-            return term.spec.func(*args, **dict(term.hyper))
-
-        return value
-
-    shown = ", ".join(".".join(p) + str(tuple(t.shape)) for p, t in zip(names, tensors))
-    failure = _first_failure(total, tensors)
-    if failure is None:
-        print(f"gradcheck passed: {crit.canonical}")
-        print(f"inputs (float64): {shown}")
-        return 0
-    lines = [f"gradcheck FAILED for {crit.canonical}", f"inputs (float64): {shown}", failure, "each term alone:"]
-    for term in crit._resolved.logged:
-        if isinstance(term, ir.Term):
-            alone = _first_failure(one_term(term), tensors)
-            lines.append(f"  {term.name}: " + ("passed" if alone is None else f"FAILED ({alone})"))
-    lines.append("hint: where every term passes alone, the combination is not differentiable as "
-                 "written: detach(), or a balancer whose weights follow the detached values")
-    return _fail("\n".join(lines))
+    report = run_gradcheck(_program(args), args.shape, dict(args.input or []), args.seed)
+    if not report.ok:
+        return _fail(report.text)
+    print(report.text)
+    return 0
 
 
 # --- logs, schema, demo --------------------------------------------------------------------
 
 
 def cmd_plot(args) -> int:
-    from .tools.plot import plot_log
-
+    require_matplotlib()
     out = args.output or str(args.log).rsplit(".", 1)[0] + ".png"
     plot_log(args.log, out)
     print(f"wrote {out}")
@@ -275,23 +213,21 @@ def _targets(text: str | None) -> dict[str, float] | None:
 
 
 def cmd_balance(args) -> int:
-    from .tools.suggest import suggest_from_log
-
-    source = _program(args) if (args.expr or args.config) else None
-    suggestion = suggest_from_log(args.log, source=source, target=_targets(args.target))
+    source = _program(args) if (args.expr is not None or args.config) else None
+    target = _targets(args.target)
+    read_log(args.log)  # a file that is not a log is reported by line before any work
+    suggestion = suggest_from_log(args.log, source=source, target=target)
     width = max((len(n) for n in suggestion.weights), default=4)
     print("suggested weights:")
     for name, weight in suggestion.weights.items():
         print(f"  {name.ljust(width)}  {weight:.4g}")
     if suggestion.source:
         print("suggested program:")
-        print("  " + suggestion.source.replace("\n", "\n  "))
+        print("  " + suggestion.source.strip("\n").replace("\n", "\n  "))
     return 0
 
 
 def cmd_schema(args) -> int:
-    from .config import LossConfig
-
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     schema.update(LossConfig.model_json_schema())
     print(json.dumps(schema, indent=args.indent))
@@ -299,8 +235,12 @@ def cmd_schema(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise _Problem(f"lossdsl demo: --out {args.out} is a file; the demo writes a folder of files")
+    try:
+        require_matplotlib()
+    except ImportError:
+        print(f"note: matplotlib is not installed, so the demo draws no plot ({PLOT_EXTRA})", file=sys.stderr)
     run_demo(
         steps=args.steps,
         out_dir=args.out,
@@ -315,93 +255,126 @@ def cmd_demo(args) -> int:
 # --- the parser ----------------------------------------------------------------------------
 
 
-def _program_args(sub: argparse.ArgumentParser, config: bool = True) -> None:
+def _bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
+
+
+_SEED = _bounded_int(0, 2**63 - 1)
+
+
+def _program_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("expr", nargs="?", metavar="EXPR", help="the loss program ('-' reads stdin)")
-    if config:
-        sub.add_argument("--config", metavar="FILE", help="read the program from a YAML/JSON/TOML config")
-        sub.add_argument("--key", help="dotted key of the loss config inside FILE (default: top level or 'loss')")
+    sub.add_argument("--config", metavar="FILE", help="read the program from a YAML/JSON/TOML config")
+    sub.add_argument("--key", help="dotted key of the loss config inside FILE (default: top level or 'loss')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    """The argument parser of every command (each sub-parser is in ``args.parser``).
 
+    >>> args = build_parser().parse_args(["gradcheck", "mse", "--shape", "2,3"])
+    >>> args.command, args.shape
+    ('gradcheck', (2, 3))
+    """
     parser = argparse.ArgumentParser(
         prog="lossdsl", description="Check, explain and try out lossdsl loss programs."
     )
     parser.add_argument("--version", action="version", version=f"lossdsl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub = commands.add_parser("check", help="check a program or config; exit 1 with the error if invalid")
-    _program_args(sub)
-    sub.set_defaults(run=cmd_check)
+    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(run=run, parser=sub)
+        return sub
 
-    sub = commands.add_parser("explain", help="show the resolved program: tree, terms, weights, inputs")
-    _program_args(sub)
-    sub.set_defaults(run=cmd_explain)
+    _program_args(command("check", cmd_check, "check a program or config; exit 1 with the error if invalid"))
+    _program_args(command("explain", cmd_explain, "show the resolved program: tree, terms, weights, inputs"))
 
-    sub = commands.add_parser("terms", help="list the registered terms, or show one in full")
+    sub = command("terms", cmd_terms, "list the registered terms, or show one in full")
     sub.add_argument("name", nargs="?", metavar="NAME")
-    sub.set_defaults(run=cmd_terms)
 
-    sub = commands.add_parser("gradcheck", help="torch.autograd.gradcheck on random float64 inputs")
+    sub = command("gradcheck", cmd_gradcheck, "torch.autograd.gradcheck on random float64 inputs")
     _program_args(sub)
-    sub.add_argument("--shape", type=_shape, default=(4, 8, 3), help="shape of pred and target (default 4,8,3)")
+    sub.add_argument("--shape", type=_shape, default=None,
+                     help="shape of pred and target (default 4,8,3, or the shapes the terms need)")
     sub.add_argument("--input", type=_named_shape, action="append", metavar="NAME=SHAPE",
                      help="shape of another input, e.g. --input mu=4,16 (repeatable)")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.set_defaults(run=cmd_gradcheck)
+    sub.add_argument("--seed", type=_SEED, default=0)
 
-    sub = commands.add_parser("plot", help="draw the per-term curves of a JSONL log")
+    sub = command("plot", cmd_plot, "draw the per-term curves of a JSONL log")
     sub.add_argument("log", metavar="LOG")
     sub.add_argument("-o", "--output", metavar="PNG", help="image to write (default: LOG with .png)")
-    sub.set_defaults(run=cmd_plot)
 
-    sub = commands.add_parser("balance", help="suggest weights from a JSONL log")
+    sub = command("balance", cmd_balance, "suggest weights from a JSONL log")
     sub.add_argument("log", metavar="LOG")
     sub.add_argument("expr", nargs="?", metavar="EXPR", help="the program to rewrite with the new weights")
     sub.add_argument("--config", metavar="FILE", help="read the program to rewrite from a config")
     sub.add_argument("--key", help="dotted key of the loss config inside FILE")
     sub.add_argument("--target", metavar="NAME=SHARE,...", help="target shares (default: equal)")
-    sub.set_defaults(run=cmd_balance)
 
-    sub = commands.add_parser("schema", help="print the JSON Schema of a loss config")
-    sub.add_argument("--indent", type=int, default=2)
-    sub.set_defaults(run=cmd_schema)
+    sub = command("schema", cmd_schema, "print the JSON Schema of a loss config")
+    sub.add_argument("--indent", type=_bounded_int(0, 16), default=2)
 
-    sub = commands.add_parser("demo", help="train a small forecaster with a DSL loss")
-    sub.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
+    sub = command("demo", cmd_demo, "train a small forecaster with a DSL loss")
+    sub.add_argument("--steps", type=_bounded_int(1, 10**9), default=None,
+                     help="training steps (default 300)")
     sub.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     sub.add_argument("--config", metavar="FILE", help="loss config (default examples/configs/forecast.yaml)")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--print-every", type=int, default=None, help="steps between per-term tables")
+    sub.add_argument("--seed", type=_SEED, default=0)
+    sub.add_argument("--print-every", type=_bounded_int(1, 10**9), default=None,
+                     help="steps between per-term tables")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sub.set_defaults(run=cmd_demo)
     return parser
 
 
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so the exit's flush raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured output)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 usage).
+    """Run the command line; returns the exit status (0 ok, 1 a problem; a usage error
+    exits with 2 through argparse).
 
     >>> main(["check", "0.7*huber(delta=1) + 0.3*mae"])
     ok: 0.7 * huber(delta=1) + 0.3 * mae
     2 terms: huber, mae
     0
     """
-    from .errors import LossDSLError
-
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        _check_usage(args)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a reader that went away is found here, not at exit
+        return code
+    except _Usage as err:
+        args.parser.error(str(err))  # exits with 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
     except LossDSLError as err:
         return _fail(f"{_error_name(err)}: {err}")
     except _Problem as err:
         return _fail(str(err))
-    except (FileNotFoundError, IsADirectoryError) as err:
-        return _fail(f"lossdsl {args.command}: {err}")
-    except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] == "lossdsl":
+    except ImportError as err:
+        if isinstance(err, ModuleNotFoundError) and err.name and err.name.split(".")[0] == "lossdsl":
             raise
-        return _fail(f"lossdsl {args.command}: needs a package that is not installed: {err.name}")
+        missing = f": {err.name}" if isinstance(err, ModuleNotFoundError) and err.name else f" ({err})"
+        return _fail(f"lossdsl {args.command}: needs a package that is not installed{missing}")
+    except OSError as err:
+        return _fail(f"lossdsl {args.command}: {err}")
     except KeyboardInterrupt:
         return _fail("interrupted")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -30,7 +31,7 @@ from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import read_path
-from .runtime.steps import checked_step
+from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
 
 __all__ = ["Loss"]
 
@@ -64,6 +65,8 @@ class Loss(nn.Module):
         self._last: tuple[Tensor | None, Tensor | None] = (None, None)
         self._constant = {}  # (dtype, device) -> the constant weights as a tensor
         self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
+        # training calls with schedules but no step ever given (warned about once); None: not watched
+        self._stepless_calls: int | None = 0 if program.schedules else None
 
     @property
     def term_names(self) -> list[str]:
@@ -79,7 +82,9 @@ class Loss(nn.Module):
 
     def forward(self, pred: Any = None, target: Any = None, *, step: Any = None, **inputs: Any) -> Tensor:
         if step is not None:
-            self.step.copy_(checked_step(step, self.step))
+            self._store_step(step)
+        elif self._stepless_calls is not None:
+            self._count_stepless_call()
         if inputs and self.strict:
             unread = inputs.keys() - self.program.inputs_read
             if unread:
@@ -209,8 +214,31 @@ class Loss(nn.Module):
         return dict(zip(self.program.names, weights.unbind(0)))
 
     def set_step(self, step: int) -> None:
-        """Set the stored optimizer step that schedules and balancers read."""
-        self.step.copy_(checked_step(step, self.step))
+        """Set the stored optimizer step that schedules read."""
+        self._store_step(step)
+
+    # --- the step -------------------------------------------------------------------------
+
+    def _store_step(self, step: Any) -> None:
+        if type(step) is not int or not 0 <= step < STEP_LIMIT:
+            step = checked_step(step)
+        if isinstance(step, Tensor):
+            self.step.copy_(step)
+        else:
+            self.step.fill_(step)
+        if self._stepless_calls is not None and not torch.compiler.is_compiling():
+            self._stepless_calls = None
+
+    def _count_stepless_call(self) -> None:
+        """Warn once when training calls run schedules that no step was ever given to."""
+        if torch.compiler.is_compiling() or not (self.training and torch.is_grad_enabled()):
+            return
+        self._stepless_calls += 1
+        if self._stepless_calls < 2:
+            return
+        self._stepless_calls = None
+        # stacklevel: this method, forward, and nn.Module's two call wrappers, then the caller
+        warnings.warn(stepless_warning(self.program.schedules), UserWarning, stacklevel=5)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -224,6 +252,8 @@ class Loss(nn.Module):
         if key in state_dict:
             self.set_extra_state(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "step" in state_dict:  # a resumed run has its step
+            self._stepless_calls = None
 
     def set_extra_state(self, state: Any) -> None:
         saved = state.get("source") if isinstance(state, Mapping) else None

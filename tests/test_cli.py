@@ -204,8 +204,9 @@ def test_demo_writes_its_log_and_plot(tmp_path):
 
 
 def test_missing_program(capsys):
-    code, _, err = run_main(capsys, "explain")
-    assert code == 1 and "give a program" in err
+    with pytest.raises(SystemExit) as info:
+        main(["explain"])
+    assert info.value.code == 2 and "give a program" in capsys.readouterr().err
     code, _, err = run_main(capsys, "balance", "run.jsonl", "--target", "mse=lots")
     assert code == 1 and "must be a number" in err
 

@@ -337,3 +337,31 @@ def test_fuse_is_gone_with_a_warning_and_the_loss_still_runs():
         crit = lossdsl.compile("mse + mae", fuse=True)
     pred, target = data(0)
     torch.testing.assert_close(crit(pred, target), F.mse_loss(pred, target) + F.l1_loss(pred, target))
+
+
+# --- torch.compile: one graph per loss and dtype ---------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, F64], ids=["bf16", "f32", "f64"])
+def test_compiled_loss_traces_once_per_dtype(dtype):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    crit = lossdsl.compile("log(mse) + linear(0, 1, steps=10)*mae + max(huber, 0.1) + clamp(mae, max=5)")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(crit, fullgraph=True, backend=counter)
+    pred, target = (x.to(dtype) for x in data(7))
+    for s in range(4):  # a changing step passed as a tensor
+        total = compiled(pred, target, step=torch.tensor(s))
+    assert counter.frame_count == 1
+    p, t = pred.double(), target.double()
+    want = (
+        torch.log(F.mse_loss(p, t)) + 0.3 * F.l1_loss(p, t) + torch.clamp(F.huber_loss(p, t), min=0.1)
+        + torch.clamp(F.l1_loss(p, t), max=5)
+    )
+    assert total.dtype == dtype
+    rtol = 1e-10 if dtype == F64 else 1e-5 if dtype == torch.float32 else 2e-2
+    assert float(total) == pytest.approx(float(want), rel=rtol)
+    for _ in range(3):  # the stored step: one more graph (another call signature), then none
+        compiled(pred, target)
+    assert counter.frame_count == 2

@@ -4,6 +4,7 @@ and the errors for bad arguments."""
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -158,3 +159,47 @@ def test_bad_schedule_arguments_point_at_the_key(source, at):
 def test_a_schedule_alone_is_not_a_loss():
     with pytest.raises(lossdsl.LossTypeError):
         lossdsl.compile("linear(0, 1, steps=10)")
+
+
+# --- a schedule that is never given a step --------------------------------------------------
+
+
+def _training_calls(crit, n, **kwargs):
+    pred, target = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(n):
+            crit(pred, target, **kwargs)
+    return [w for w in seen if "no step was given" in str(w.message)]
+
+
+def test_a_schedule_never_given_a_step_warns_once():
+    crit = lossdsl.compile("mse + linear(0, 1, steps=100)*mae")
+    assert not _training_calls(crit, 1)  # the first call is at step 0 anyway
+    seen = _training_calls(crit, 10)
+    assert len(seen) == 1 and issubclass(seen[0].category, UserWarning)
+    message = str(seen[0].message)
+    assert "step=" in message and "set_step" in message and "linear" in message
+    assert seen[0].filename == __file__  # points at the call, not inside lossdsl
+    assert not _training_calls(crit, 10)  # once per loss
+
+
+@pytest.mark.parametrize("how", ["step=", "set_step", "load_state_dict", "eval", "no_grad", "no schedule"])
+def test_no_step_warning_when_the_step_is_given_or_not_needed(how):
+    source = "mse + cosine(1, 0, steps=50)*mae" if how != "no schedule" else 'balance(mse, mae, method="ema")'
+    crit = lossdsl.compile(source)
+    if how == "step=":
+        assert not _training_calls(crit, 5, step=3)
+        assert not _training_calls(crit, 5)  # the step was given once: stored from then on
+        return
+    if how == "set_step":
+        crit.set_step(0)
+    elif how == "load_state_dict":
+        crit.load_state_dict(lossdsl.compile(source).state_dict())
+    elif how == "eval":
+        crit.eval()
+    if how == "no_grad":
+        with torch.no_grad():
+            assert not _training_calls(crit, 5)
+    else:
+        assert not _training_calls(crit, 5)

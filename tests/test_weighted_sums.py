@@ -43,11 +43,10 @@ def test_weighted_sums_match_the_formula(source, formula):
     for seed, step in [(0, 0), (1, 37), (2, 5000)]:
         pred, target = _data(seed)
         got, want = crit(pred, target, step=step), formula(pred, target, step)
-        # the schedules' values are float32 numbers (README, Schedules)
-        tol = TOL if "steps" not in source else dict(rtol=1e-7, atol=1e-9)
-        torch.testing.assert_close(got, want, **tol)
+        # the schedules' values are double precision (README, Schedules): exact in float64
+        torch.testing.assert_close(got, want, **TOL)
         g_got, g_want = (torch.autograd.grad(v, pred)[0] for v in (got, want))
-        torch.testing.assert_close(g_got, g_want, **tol)
+        torch.testing.assert_close(g_got, g_want, **TOL)
 
 
 def test_a_nan_in_a_watched_term_stays_out_of_the_total():

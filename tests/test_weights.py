@@ -140,10 +140,6 @@ def test_product_partials_take_linear_work_and_match_the_formula():
     assert all(float(g) == 0.0 for i, g in enumerate(got) if i != 5)
 
 
-def _float32(x: float) -> float:
-    return float(torch.tensor(x, dtype=torch.float32))
-
-
 SCHEDULE_CASES = [
     ("linear", dict(start=0.0, end=0.1, steps=1000.0, delay=0.0),
      lambda s: 0.1 * min(max(s / 1000, 0.0), 1.0)),
@@ -164,9 +160,9 @@ SCHEDULE_CASES = [
 def test_host_and_tensor_schedules_agree_with_the_formula(name, params, formula):
     run = ScheduleValue(SCHEDULES[name], params)
     for s in [0, 1, 3, 9, 10, 11, 20, 21, 49, 50, 77, 150, 299, 300, 1000, 12345, 2**24 + 5]:
-        want = _float32(formula(s))
+        want = formula(s)  # in double precision: a float64 loss gets its weights exactly
         on_host = run(torch.tensor(s))  # eager, CPU step: a Python float
-        on_device = SCHEDULES[name].value(torch.tensor(s), params, TENSOR).float()  # the traced form
-        assert isinstance(on_host, float) and on_device.dtype == torch.float32
-        assert on_host == pytest.approx(want, rel=1e-7, abs=1e-12), s
-        assert on_host == pytest.approx(float(on_device), rel=1e-7, abs=1e-12), s
+        on_device = SCHEDULES[name].value(torch.tensor(s), params, TENSOR)  # the traced form: a tensor
+        assert isinstance(on_host, float) and on_device.dtype == torch.float64
+        assert on_host == pytest.approx(want, rel=1e-13, abs=1e-15), s
+        assert on_host == pytest.approx(float(on_device), rel=1e-13, abs=1e-15), s

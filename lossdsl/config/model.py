@@ -25,43 +25,25 @@ strings without escapes; approximate after an escape such as ``\\n`` in a JSON s
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import pydantic
-import yaml
 from annotated_types import Gt, Lt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from ..errors import LossDSLError, did_you_mean
-from ..monitor import JsonlWriter, TensorBoardWriter
-from .positions import FORMATS, Place, positions, program_offsets
+from .configfile import MAX_CONFIG_BYTES, ConfigError, read_config_file
+from .configtext import program_offsets
+from .errors import LossDSLError, did_you_mean
 
-__all__ = ["LossConfig", "MonitorSettings", "ConfigError", "from_config", "load_config", "make_sink"]
+__all__ = [
+    "LossConfig", "MonitorSettings", "ConfigError", "from_config", "load_config", "make_sink",
+    "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH",
+]
 
-
-class ConfigError(LossDSLError):
-    """A config that cannot be read: missing file, bad syntax, unknown key, wrong value.
-
-    ``path`` is the file (or ``None`` for a mapping), ``key`` the dotted key at fault.
-    """
-
-    def __init__(self, message: str, *, path: str | None = None, key: str | None = None, **kw: Any):
-        super().__init__(message, **kw)
-        self.path, self.key = path, key
-
-    def __reduce__(self):
-        kwargs = dict(source=self.source, span=self.span, hint=self.hint, term=self.term)
-        return (_rebuild_config_error, (self.message, self.path, self.key, kwargs))
-
-
-def _rebuild_config_error(message, path, key, kwargs):
-    return ConfigError(message, path=path, key=key, **kwargs)
+# Deeper mappings than this are refused (a loss config has two or three levels).
+MAX_CONFIG_DEPTH = 100
 
 
 class MonitorSettings(BaseModel):
@@ -129,7 +111,7 @@ class LossConfig(BaseModel):
 
     def compile(self, *, terms: Mapping[str, Callable] | None = None):
         """Compile ``expr`` with these settings into a :class:`~lossdsl.Loss`."""
-        from ..compiler import compile as compile_program
+        from .compile import compile as compile_program
 
         crit = self._located(compile_program, terms=terms, strict=self.strict, nonfinite=self.nonfinite)
         apply_monitor_settings(crit, self.monitor)
@@ -137,7 +119,7 @@ class LossConfig(BaseModel):
 
     def check(self, *, terms: Mapping[str, Callable] | None = None):
         """Parse and resolve ``expr`` without building a module (nor opening any sink)."""
-        from ..compiler import check as check_program
+        from .compile import check as check_program
 
         return self._located(check_program, terms=terms)
 
@@ -192,17 +174,20 @@ def load_config(config: Any, *, key: str | None = None) -> LossConfig:
         return config
     path: str | None = None
     text: str | None = None
-    places: dict[tuple[str, ...], Place] = {}
+    places: Any = {}
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        text, data, fmt = _read_file(path)
-        places = positions(text, fmt)
-    elif isinstance(config, Mapping):
-        data = _plain(config)
-    else:
+        text, data, _, places = read_config_file(path)
+    elif not isinstance(config, Mapping):
         raise TypeError(f"from_config takes a mapping or a file path, got {type(config).__name__}")
+    else:
+        data = config
     prefix = _select(data, key, path, text, places)
     data = _get(data, prefix)
+    if path is None:
+        # Only the part that is the loss config is copied: the rest of a training config
+        # (a Hydra DictConfig, say) is not ours to walk.
+        data = _plain(data, {}, prefix)
     expr_key = prefix
     if isinstance(data, str):  # `loss: "0.7*huber + ..."`: the program alone
         data = {"expr": data}
@@ -243,6 +228,8 @@ def make_sink(target: str, append: bool = False):
     >>> type(make_sink("runs/terms.jsonl")).__name__
     'JsonlWriter'
     """
+    from .sinks import JsonlWriter, TensorBoardWriter
+
     if str(target).endswith(".jsonl"):
         return JsonlWriter(target, append=append)
     return TensorBoardWriter(target)
@@ -267,63 +254,26 @@ def apply_monitor_settings(crit, settings: MonitorSettings) -> None:
         monitor.attach(make_sink(settings.sink, append=settings.append), every=settings.log_every)
 
 
-# --- reading files ---------------------------------------------------------------------------
+def _plain(value: Any, done: dict[int, dict], where: tuple[str, ...]) -> Any:
+    """Mappings (including OmegaConf's DictConfig) as plain dicts, recursively.
 
-
-def _read_file(path: str) -> tuple[str, Any, str]:
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
+    A mapping met again (shared, as YAML aliases load, or a cycle) is converted once and
+    shared in the copy, so the work is linear in the distinct mappings, not in the paths.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    if id(value) in done:
+        return done[id(value)]
+    if len(where) >= MAX_CONFIG_DEPTH:
         raise ConfigError(
-            f"{path}: unknown config format '{Path(path).suffix}'",
-            path=path,
-            hint="use a .yaml, .yml, .json or .toml file; for program text use "
-            "lossdsl.compile(text) or from_config({'expr': text})",
+            f"the config is nested more than {MAX_CONFIG_DEPTH} levels deep (at '{'.'.join(where[:3])}...')",
+            key=".".join(where[:3]), hint="a loss config needs a few levels of keys",
         )
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise ConfigError(f"no config file at {path}", path=path, hint="check the path") from None
-    try:
-        if fmt == "yaml":
-            data = yaml.safe_load(text)
-        elif fmt == "json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        raise _syntax_error(path, text, "YAML", err.problem or str(err), mark.index if mark else None)
-    except json.JSONDecodeError as err:
-        raise _syntax_error(path, text, "JSON", err.msg, err.pos)
-    except tomllib.TOMLDecodeError as err:
-        found = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
-        offset = None
-        if found:
-            line, column = int(found.group(1)), int(found.group(2))
-            offset = sum(len(s) for s in text.splitlines(keepends=True)[: line - 1]) + column - 1
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err))
-        raise _syntax_error(path, text, "TOML", message, offset)
-    except yaml.YAMLError as err:
-        raise _syntax_error(path, text, "YAML", str(err), None)
-    if data is None:
-        raise ConfigError(f"{path} is empty", path=path, hint="write expr: <the loss program>")
-    return text, data, fmt
-
-
-def _syntax_error(path: str, text: str, fmt: str, problem: str, offset: int | None) -> ConfigError:
-    span = None if offset is None else (min(offset, len(text)), min(offset, len(text)) + 1)
-    return ConfigError(
-        f"{path} is not valid {fmt}: {problem}",
-        path=path, source=text if span else None, span=span,
-        hint=f"fix the {fmt} syntax at the caret",
-    )
-
-
-def _plain(value: Any) -> Any:
-    """Mappings (including OmegaConf's DictConfig) as plain dicts, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
+    out: dict[str, Any] = {}
+    done[id(value)] = out
+    for k, v in value.items():
+        out[str(k)] = _plain(v, done, where + (str(k),))
+    return out
 
 
 def _get(data: Any, path: tuple[str, ...]) -> Any:
@@ -339,7 +289,7 @@ def _select(data: Any, key: str | None, path, text, places) -> tuple[str, ...]:
         for part in key.split("."):
             node = _get(data, prefix)
             if not isinstance(node, Mapping) or part not in node:
-                options = list(node) if isinstance(node, Mapping) else []
+                options = [str(k) for k in node] if isinstance(node, Mapping) else []
                 raise _config_error(
                     f"no key '{'.'.join(prefix + (part,))}' in the config",
                     path, text, places, prefix,

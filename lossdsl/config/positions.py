@@ -5,7 +5,7 @@ a bad key at the key, and a mistake inside the loss program at the line and colu
 file, not of the program. The parsers of the three formats give values but (except YAML's
 node marks) no positions, so each format gets a small position finder here:
 
-- YAML: ``yaml.compose`` (node marks), exact.
+- YAML: the composed node tree (node marks), exact; looked up one key path at a time.
 - JSON: a small scanner over the text (PyYAML refuses tabs and is YAML 1.1, so it is not used).
 - TOML: a line scanner for ``key = value`` lines under ``[table]`` headers; dotted keys on
   one line (``loss.expr = "..."``) are understood, inline tables are not.
@@ -29,10 +29,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
-__all__ = ["Place", "positions", "program_offsets", "FORMATS"]
+__all__ = [
+    "Place", "Places", "positions", "yaml_places", "program_offsets", "json_duplicate_offset", "FORMATS",
+]
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 
@@ -50,8 +53,9 @@ class Place:
     style: str | None
 
 
-def positions(text: str, fmt: str) -> dict[tuple[str, ...], Place]:
-    """``{key path: Place}`` for every key of the file that the finder understands.
+def positions(text: str, fmt: str) -> Places:
+    """``{key path: Place}`` for every key of the file that the finder understands (for
+    YAML a lookup that follows one path on demand: see :class:`_YamlPlaces`).
 
     Never raises: a file the finder cannot follow gives fewer (or no) places, and errors
     are then reported with the file and key but without a caret.
@@ -66,6 +70,23 @@ def positions(text: str, fmt: str) -> dict[tuple[str, ...], Place]:
     except Exception:  # a position is a courtesy; the value parser has the last word
         return {}
     return {}
+
+
+Places = Any  # a dict, or for YAML a lookup with get() and [] (no iteration)
+
+
+def json_duplicate_offset(text: str) -> int | None:
+    """Where a JSON object repeats a key of its own (the second occurrence), or ``None``.
+
+    >>> json_duplicate_offset('{"a": {"b": 1}, "b": 2, "a": 3}')
+    24
+    """
+    try:
+        scanner = _JsonScanner(text)
+        scanner.run()
+    except Exception:  # a position is a courtesy; the value parser has the last word
+        return None
+    return scanner.duplicate
 
 
 def program_offsets(text: str, place: Place, decoded: str) -> list[int]:
@@ -111,26 +132,74 @@ def _content_start(text: str, place: Place) -> int:
 # --- YAML ----------------------------------------------------------------------------------
 
 
-def _yaml_positions(text: str) -> dict[tuple[str, ...], Place]:
-    places: dict[tuple[str, ...], Place] = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+class _YamlPlaces:
+    """The places of a YAML file, found on demand by following one key path at a time.
 
-    def walk(node, prefix: tuple[str, ...]) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            return
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                continue
-            path = prefix + (str(key.value),)
-            style = value.style if isinstance(value, yaml.ScalarNode) else None
-            places[path] = Place(
-                (key.start_mark.index, key.end_mark.index), value.start_mark.index, style or None
-            )
-            walk(value, path)
+    Anchors and aliases make the key paths of a small file exponentially many (a 600-byte
+    file of nested aliases has more paths than atoms in the sun); ``yaml.compose`` shares
+    the node of an alias, and a lookup walks only the path asked for, so nothing is
+    expanded.
+    """
 
-    if root is not None:
-        walk(root, ())
-    return places
+    def __init__(self, root) -> None:
+        self.root = root
+
+    def get(self, path: tuple[str, ...], default=None):
+        found = None
+        node = self.root
+        for part in path:
+            found = _yaml_entry(node, part)
+            if found is None:
+                return default
+            node = found[1]
+        if found is None:
+            return default
+        key, value = found
+        style = value.style if isinstance(value, yaml.ScalarNode) else None
+        return Place((key.start_mark.index, key.end_mark.index), value.start_mark.index, style or None)
+
+    def __getitem__(self, path: tuple[str, ...]) -> Place:
+        place = self.get(path)
+        if place is None:
+            raise KeyError(path)
+        return place
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, tuple) and self.get(path) is not None
+
+
+def _yaml_entry(node, part: str):
+    """``(key node, value node)`` of ``part`` in a mapping node, looking into merges (``<<``)."""
+    pending, seen = [node], set()
+    while pending:
+        mapping = pending.pop(0)
+        if not isinstance(mapping, yaml.MappingNode) or id(mapping) in seen:
+            continue
+        seen.add(id(mapping))
+        merged = []
+        for key, value in mapping.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+            elif isinstance(key, yaml.ScalarNode) and str(key.value) == part:
+                return key, value
+        pending += merged
+    return None
+
+
+def yaml_places(root) -> Places:
+    """The places of a YAML file from its composed node tree (``None``: an empty file).
+
+    >>> import yaml
+    >>> text = "base: &b {expr: mse}\\nloss: *b\\n"
+    >>> start, end = yaml_places(yaml.compose(text))[("loss", "expr")].key_span
+    >>> start, text[start:end]  # found through the alias, where the anchor's mapping has it
+    (10, 'expr')
+    """
+    return {} if root is None else _YamlPlaces(root)
+
+
+def _yaml_positions(text: str) -> Places:
+    return yaml_places(yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
 
 # --- JSON ----------------------------------------------------------------------------------
@@ -143,6 +212,7 @@ class _JsonScanner:
         self.text = text
         self.i = 0
         self.places: dict[tuple[str, ...], Place] = {}
+        self.duplicate: int | None = None
 
     def run(self) -> dict[tuple[str, ...], Place]:
         self.value(())
@@ -175,9 +245,13 @@ class _JsonScanner:
     def obj(self, path: tuple[str, ...]) -> None:
         self.i += 1
         self.ws()
+        keys: set[str] = set()
         while self.text[self.i] != "}":
             key_start = self.i
             key = self.string()
+            if key in keys and self.duplicate is None:
+                self.duplicate = key_start
+            keys.add(key)
             key_span = (key_start, self.i)
             self.ws()
             self.i += 1  # ':'

@@ -63,7 +63,7 @@ class Emitted:
     graph: fx.Graph
     balancers: list[tuple[Any, int, dict]] = field(default_factory=list)  # (method, k, params)
     constant_weights: tuple[float, ...] | None = None
-    reads_step: bool = False
+    schedules: list = field(default_factory=list)  # the schedule rows the program reads
     tensor_paths: tuple[tuple[str, ...], ...] = ()  # inputs read by tensor expressions
 
 
@@ -143,7 +143,7 @@ class _Emitter:
             self.value[key] = self.call(operator.getitem, (both, 0), name="balanced")
             self.balance_weights[key] = self.call(operator.getitem, (both, 1), name="balance_weights")
         elif isinstance(node, ir.Call) and isinstance(node.fn, Schedule):
-            self.out.reads_step = True
+            self.out.schedules.append(node.fn)
             self.value[key] = self.call(ScheduleValue(node.fn, dict(node.params)), (self.slots["step"],), name=node.fn.name)
         elif isinstance(node, ir.Call):
             self._function(node)

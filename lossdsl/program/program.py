@@ -41,7 +41,7 @@ class Program:
         self.is_term = [item.is_term for item in resolved.logged]
         self.balancers = emitted.balancers
         self.constant_weights = emitted.constant_weights
-        self.reads_step = emitted.reads_step
+        self.schedules = emitted.schedules
         # tensor expressions: their shapes are checked on the first call with new shapes
         self.tensor_paths = emitted.tensor_paths
         self.inputs_read = resolved.inputs_read

@@ -1,10 +1,9 @@
 """Evaluating a schedule (``language.schedules``) at the stored step.
 
-In an eager call with the step on the CPU the value is a Python float computed in float64
-and rounded to float32, read on the host without a tensor operation (as in hand-written
-code); otherwise (``torch.compile``, another device) it is a float32 tensor computed in
-float64 on the step's device, traced without recompiling as the step changes. Host
-arithmetic never raises: a value beyond float32 is inf.
+In an eager call with the step on the CPU the value is a Python float (double precision),
+read on the host without a tensor operation (as in hand-written code); otherwise
+(``torch.compile``, another device) it is a float64 tensor on the step's device (float32
+where the device has no float64), traced without recompiling as the step changes.
 
 >>> import torch
 >>> from lossdsl.language.schedules import SCHEDULES
@@ -18,7 +17,6 @@ arithmetic never raises: a value beyond float32 is inf.
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import torch
@@ -26,17 +24,7 @@ from torch import Tensor
 
 from ..language.schedules import HOST
 
-__all__ = ["ScheduleValue", "TENSOR", "to_float32"]
-
-_FLOAT32 = struct.Struct("f")
-
-
-def to_float32(x: float) -> float:
-    """``x`` rounded to the nearest float32, as a Python float (inf beyond its range)."""
-    try:
-        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
+__all__ = ["ScheduleValue", "TENSOR"]
 
 
 class _TensorMath:
@@ -92,7 +80,7 @@ class ScheduleValue:
     def __call__(self, step: Tensor) -> Any:
         if step.is_cpu and not torch.compiler.is_compiling():
             try:
-                return to_float32(self.row.value(step.item(), self.params, HOST))
+                return float(self.row.value(step.item(), self.params, HOST))
             except (ArithmeticError, ValueError):
                 return math.nan
-        return self.row.value(step, self.params, TENSOR).float()
+        return self.row.value(step, self.params, TENSOR)

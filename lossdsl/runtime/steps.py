@@ -1,14 +1,23 @@
-"""The optimizer step a loss stores: what a call may pass as ``step=``.
+"""The optimizer step a loss stores: what ``step=`` and ``set_step`` accept, and the warning
+for schedules that never get one.
 
->>> import torch
->>> int(checked_step(5, torch.zeros((), dtype=torch.long)))
-5
+A step is a whole number from 0 to 2**63 - 1 (the step buffer is an int64): an int, an
+integer-valued float, a numpy integer, or a one-element tensor (pass one under
+``torch.compile``). Anything else is a ``LossInputError`` that says what was given;
+``fill_`` alone would raise a bare ``TypeError`` for ``"5"`` and wrap ``nan`` around silently.
+
+>>> checked_step(7), checked_step(7.0)
+(7, 7)
+>>> checked_step("7")
+Traceback (most recent call last):
+...
+lossdsl.LossInputError: step must be a whole number from 0 to 2**63 - 1 (the optimizer step), got '7'
+hint: pass the optimizer step as an int, e.g. crit(pred, target, step=global_step), or as a 0-dim integer tensor under torch.compile
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
+import operator
 from typing import Any
 
 import torch
@@ -16,38 +25,61 @@ from torch import Tensor
 
 from ..errors import LossInputError
 
-__all__ = ["checked_step", "MAX_STEP"]
+__all__ = ["STEP_LIMIT", "checked_step", "stepless_warning"]
 
-MAX_STEP = 2**62
+STEP_LIMIT = 2**63
 
 
-def _refuse(step: Any, why: str) -> LossInputError:
+def checked_step(step: Any) -> int | Tensor:
+    """``step`` as an int or a 0-dim tensor, or a :class:`LossInputError` saying what is wrong.
+
+    A tensor's value is checked when it is on the CPU and not traced; one on an accelerator
+    is not read (that would wait for the device on every call).
+    """
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+            raise _step_error(step, f"a tensor of shape {tuple(step.shape)} and dtype {step.dtype}")
+        step = step.reshape(())
+        if step.is_cpu and not torch.compiler.is_compiling():
+            _checked_number(step.item(), step)
+        return step
+    return _checked_number(step, step)
+
+
+def _checked_number(value: Any, given: Any) -> int:
+    if isinstance(value, bool):
+        raise _step_error(given, "a bool")
+    try:
+        number = operator.index(value)  # int, numpy integers
+    except TypeError:
+        if not (isinstance(value, float) and value.is_integer()):
+            what = f"{value!r}" if isinstance(value, float) else f"a {type(value).__name__}"
+            raise _step_error(given, what) from None
+        number = int(value)
+    if not 0 <= number < STEP_LIMIT:
+        raise _step_error(given, f"{number}, outside 0 to 2**63 - 1")
+    return number
+
+
+def _step_error(given: Any, what: str) -> LossInputError:
+    shown = repr(given) if isinstance(given, (str, bytes)) else what
     return LossInputError(
-        f"step={step!r} is not a step: {why}",
-        hint="pass the optimizer step as a non-negative int (or a 0-dim integer tensor), e.g. step=global_step",
+        f"step must be a whole number from 0 to 2**63 - 1 (the optimizer step), got {shown}",
+        hint="pass the optimizer step as an int, e.g. crit(pred, target, step=global_step), "
+        "or as a 0-dim integer tensor under torch.compile",
     )
 
 
-def checked_step(step: Any, stored: Tensor) -> Any:
-    """``step`` as a value to copy into the stored step; a :class:`~lossdsl.LossInputError`
-    when it is not a whole number in range. A tensor step is checked for its shape and dtype
-    only (reading its value would synchronise the device)."""
-    if isinstance(step, Tensor):
-        if step.numel() != 1 or step.dim() > 1:
-            raise _refuse(step, f"a tensor of shape {tuple(step.shape)}; one number is needed")
-        if step.is_complex() or step.dtype == torch.bool:
-            raise _refuse(step, f"a {step.dtype} tensor")
-        if step.is_floating_point() and step.device.type == "cpu" and not torch.compiler.is_compiling():
-            value = float(step)
-            if not math.isfinite(value) or value != int(value):
-                raise _refuse(step, "not a whole number")
-        return step.reshape(())
-    if isinstance(step, bool) or not isinstance(step, Real):
-        raise _refuse(step, f"a {type(step).__name__}")
-    if not isinstance(step, Integral):
-        if not math.isfinite(step) or step != int(step):
-            raise _refuse(step, "not a whole number")
-        step = int(step)
-    if not -MAX_STEP <= step <= MAX_STEP:
-        raise _refuse(step, f"outside ±2^62")
-    return step
+def stepless_warning(schedules: list) -> str:
+    """The text of the one warning for a loss whose schedules never got a step.
+
+    >>> "set_step" in stepless_warning([])
+    True
+    """
+    names = ", ".join(sorted({s.name for s in schedules})) or "schedules"
+    return (
+        f"lossdsl: this loss has schedules ({names}) that follow the optimizer step, but no step "
+        "was given to it: they stay at step 0. Pass step=global_step to each call, or call "
+        "crit.set_step(step) after each optimizer step (with gradient accumulation, "
+        "crit.set_step(0) before the first call)."
+    )

@@ -230,8 +230,8 @@ def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) ->
 
             plot_log(log_path, png_path)
             say(f"plot: {png_path}")
-        except ImportError as err:  # matplotlib is an optional dependency
-            say(f"no plot ({err}); pip install matplotlib")
+        except ImportError as err:  # matplotlib is an optional dependency; the error names the extra
+            say(f"no plot: {err}")
     suggestion = crit.monitor.suggest_weights()
     say("suggested weights (equal share of the gradient norm): " + ", ".join(
         f"{name} {weight:.3g}" for name, weight in suggestion.weights.items()))

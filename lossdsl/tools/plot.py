@@ -1,11 +1,17 @@
-"""Draw a JSONL log of per-term statistics: raw magnitudes on a log axis, and each term's
-share of the total as a stacked area (plus the shares of the gradient norm when probed).
+"""Read and draw a JSONL log of per-term statistics: raw magnitudes on a log axis, and each
+term's share of the total as a stacked area (plus the shares of the gradient norm when probed).
+
+A log is what :class:`~lossdsl.JsonlWriter` writes: one JSON object a line, every value a
+number or ``null``. :func:`read_log` (also used by ``lossdsl balance``) checks each line, so
+that a binary file, a cut line or a string where a number belongs is a
+:class:`~lossdsl.LossDSLError` naming the file and the line, not a decoding error from deep
+inside a plot.
 
 Uses matplotlib's object API with the Agg canvas, so it needs no display and leaves
 pyplot's global state alone.
 
 >>> import os, tempfile, torch, lossdsl
->>> from lossdsl.tools.plot import plot_log
+>>> from lossdsl.plot import plot_log
 >>> folder = tempfile.mkdtemp()
 >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
 >>> _ = crit.monitor.attach(os.path.join(folder, "run.jsonl"), every=1)
@@ -19,15 +25,103 @@ True
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import stat
 from pathlib import Path
+from typing import Any
 
-from ..errors import LossDSLError
-from ..monitor.sinks import read_jsonl
+from .errors import LossDSLError
 from .suggest import log_names, log_terms
 
-__all__ = ["plot_log"]
+__all__ = ["plot_log", "read_log", "require_matplotlib", "PLOT_EXTRA"]
+
+PLOT_EXTRA = "pip install 'lossdsl[plot]'"
+
+
+def require_matplotlib() -> None:
+    """Raise ``ImportError`` naming the extra to install when matplotlib is missing.
+
+    Called where a plot is asked for (``plot_log``, ``lossdsl plot`` as it starts), so the
+    missing extra is reported before any work, not at the end of a run.
+
+    >>> require_matplotlib()  # installed: nothing happens
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(f"plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from None
+
+
+_HINT = "a log is written by crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _open(path: str):
+    try:
+        # O_NONBLOCK: a named pipe is refused below instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise LossDSLError(f"no log at {path}", hint="check the path") from None
+    except IsADirectoryError:
+        raise LossDSLError(f"{path} is a directory, not a JSONL log", hint=_HINT) from None
+    except OSError as err:
+        raise LossDSLError(f"cannot read {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LossDSLError(f"{path} is not a regular file", hint=_HINT)
+    return os.fdopen(fd, "rb")
+
+
+def _line_error(path: str, number: int, problem: str) -> LossDSLError:
+    return LossDSLError(f"{path}, line {number}: {problem}", hint=_HINT)
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSONL log (``null`` read back as NaN); lines without ``step`` are skipped.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "run.jsonl")
+    >>> _ = open(path, "w").write('{"step": 1, "loss/total": 2.0}\\n{"step": 2, "loss/total": "high"}\\n')
+    >>> try:
+    ...     read_log(path)
+    ... except LossDSLError as err:
+    ...     print(err.message.replace(folder + os.sep, ""))
+    run.jsonl, line 2: the value of 'loss/total' is not a number
+    """
+    path = os.fspath(path)
+    records = []
+    with _open(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise _line_error(path, number, "not UTF-8 text (is this a JSONL log?)") from None
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except RecursionError:
+                raise _line_error(path, number, "nested too deeply to be a log line") from None
+            except ValueError as err:  # JSONDecodeError, or an integer of more than 4300 digits
+                problem = getattr(err, "msg", None) or str(err).split("; use sys.")[0]
+                raise _line_error(path, number, f"not JSON ({problem})") from None
+            if not isinstance(record, dict):
+                raise _line_error(path, number, f"a JSON {type(record).__name__}, not an object")
+            for key, value in record.items():
+                if value is not None and not _number(value):
+                    raise _line_error(path, number, f"the value of {key!r} is not a number")
+            if "step" not in record:
+                continue
+            if not _number(record["step"]) or not math.isfinite(record["step"]):
+                raise _line_error(path, number, "the step is not a finite number")
+            records.append({k: (math.nan if v is None else v) for k, v in record.items()})
+    return records
 
 
 def _series(records: list[dict], key: str) -> list[float]:
@@ -63,13 +157,14 @@ def plot_log(
     share of the weighted magnitude, stacked. Bottom (when the log has gradient norms): each
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
-    terms exactly, else their shares do (:func:`lossdsl.tools.suggest.log_terms`). Returns the
-    PNG's path.
+    terms exactly, else their shares do (:func:`lossdsl.suggest.log_terms`). Returns the
+    PNG's path. A file that is not such a log raises :class:`~lossdsl.LossDSLError`.
     """
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = read_jsonl(jsonl_path)
+    records = read_log(jsonl_path)
     names, prefix = log_names(records)
     if not records or not names:
         raise LossDSLError(
