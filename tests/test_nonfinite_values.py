@@ -151,29 +151,20 @@ def _finite_reference(name, p):
 
 
 @pytest.mark.parametrize("source,infinite", FUSED, ids=[f[0].replace("\n", "; ") for f in FUSED])
-def test_fused_values_equal_unfused_with_an_overflowing_term(source, infinite):
-    values = {}
-    for fuse in (False, True):
-        crit = lossdsl.compile(source, fuse=fuse, nonfinite="warn")
-        assert crit.fused == fuse
-        pred, target = _overflowing()
-        total = crit(pred, target)
-        total.backward()
-        values[fuse] = (float(total), {k: float(v) for k, v in crit.terms.items()}, pred.grad)
-    (total, terms, grad), (f_total, f_terms, f_grad) = values[False], values[True]
-    assert terms.keys() == f_terms.keys()
-    for name, value in terms.items():
+def test_one_overflowing_term_leaves_the_others_finite(source, infinite):
+    crit = lossdsl.compile(source, nonfinite="warn")
+    pred, target = _overflowing()
+    crit(pred, target)
+    for name, value in ((k, float(v)) for k, v in crit.terms.items()):
         if name in infinite:
-            assert value == f_terms[name] == infinite[name], name
+            assert value == infinite[name], name
         else:
             want = float(_finite_reference(name, _overflowing()[0]))
-            assert value == pytest.approx(want, rel=1e-6) and f_terms[name] == pytest.approx(want, rel=1e-6)
-    assert total == f_total
-    torch.testing.assert_close(f_grad, grad, rtol=1e-6, atol=0)
+            assert value == pytest.approx(want, rel=1e-6), name
 
 
-def test_fused_error_names_only_the_overflowing_term():
-    crit = lossdsl.compile("mse + mae", fuse=True)
+def test_the_error_names_only_the_overflowing_term():
+    crit = lossdsl.compile("mse + mae")
     pred, target = _overflowing()
     with pytest.raises(lossdsl.NonFiniteLossError) as info:
         crit(pred, target)

@@ -30,6 +30,7 @@ __all__ = [
     "signed_sum",
     "product",
     "extreme",
+    "clamp_within",
 ]
 
 
@@ -108,13 +109,25 @@ def product(*values: Any, ops: Sequence[str]) -> Any:
     return out
 
 
+def clamp_within(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002
+    """``x`` limited to ``[min, max]``; a bound beyond ``x``'s dtype is infinite there
+    (``clamp(mse, max=1e300)`` of a float32 loss has no upper bound, never an overflow error)."""
+    if is_number(x):
+        low = x if min is None else (x if x > min else min)
+        return low if max is None else (low if low < max else max)
+    # new_tensor rounds a bound beyond the dtype to inf (new_full would refuse it)
+    low = None if min is None else x.new_tensor(min)
+    high = None if max is None else x.new_tensor(max)
+    return x.clamp(min=low, max=high)
+
+
 def _pair_extreme(a: Any, b: Any, smaller: bool) -> Any:
     if is_number(a) and is_number(b):
         return min(a, b) if smaller else max(a, b)
     if is_number(a):
         a, b = b, a
     if is_number(b):  # a number bounds the tensor
-        return T.clamp(a, max=b) if smaller else T.clamp(a, min=b)
+        return clamp_within(a, max=b) if smaller else clamp_within(a, min=b)
     return T.minimum(a, b) if smaller else T.maximum(a, b)
 
 

@@ -230,8 +230,8 @@ _ELEMENTWISE = [
     _row("sqrt", "elementwise", T.sqrt, grad=_unary(lambda x, out: A.divide(0.5, out)), summary="square root"),
     _row("square", "elementwise", T.square, grad=_unary(lambda x, out: A.times(2.0, x)), summary="x^2"),
     _row(
-        "clamp", "elementwise", T.clamp, params=ClampParams, grad=_clamp_grad,
-        summary="clamp(x, min=, max=): x limited to [min, max]",
+        "clamp", "elementwise", A.clamp_within, params=ClampParams, grad=_clamp_grad,
+        summary="clamp(x, min=, max=): x limited to [min, max]", inline=True,
     ),
     _row(
         "min", "elementwise", lambda *xs: A.extreme(*xs, smaller=True), operands=(2, None), grad=_selected,

@@ -109,7 +109,9 @@ class Residual:
 
 
 class ResidualTerm(BoundTerm):
-    """A term computed from the shared residual: ``run(e, pred, *other_inputs)``."""
+    """A term computed from the shared residual: ``run(e, pred, *other_inputs)``. Its value
+    stays in the residual's precision (float32 for half-precision inputs): it is combined
+    and reported as computed, so 120000 in a float16 loss is 120000, not float16's inf."""
 
     def __init__(self, term: ir.Term, name: str) -> None:
         super().__init__(term, name)
@@ -117,8 +119,7 @@ class ResidualTerm(BoundTerm):
         self.required = [i for i in self.required if i >= 2]
 
     def __call__(self, e: Any, pred: Any, *rest: Any) -> Any:
-        out = super().__call__(e, None, *rest)
-        return out if out.dtype == pred.dtype else out.to(pred.dtype)
+        return super().__call__(e, None, *rest)
 
     def _call(self, args: tuple) -> Any:
         return self.func(args[0], *args[2:], **self.hyper)

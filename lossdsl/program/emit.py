@@ -77,7 +77,8 @@ class _Emitter:
             for name in ("pred", "target", "inputs", "step", "balancers")
         }
         self.value: dict[int, Any] = {}  # what a node's consumers compute with
-        self.raw: dict[int, Any] = {}  # what is logged (a gated term's raw value)
+        self.raw: dict[int, Any] = {}  # what is logged (a gated term's raw value, widened)
+        self.native: dict[int, Any] = {}  # a term's value in its own dtype (the total's dtype)
         self.readers: dict[tuple, Any] = {}
         self.gated: list[Any] = []
         self.gates: dict[int, Any] = {}  # id of a term -> its gated call
@@ -108,8 +109,8 @@ class _Emitter:
         root = self.ir.root
         total = self.value[id(root)]
         raws = tuple(self.raw.get(id(item.node), self.value[id(item.node)]) for item in self.ir.logged)
-        terms = [r for item, r in zip(self.ir.logged, raws) if item.is_term]
-        total = self.call(narrow, (total, *terms), name="total")
+        natives = [self.native.get(id(item.node), self.value[id(item.node)]) for item in self.ir.logged if item.is_term]
+        total = self.call(narrow, (total, *natives), name="total")
         if self.policy in GATED_POLICIES and self.gated:
             total = self.call(settle, (self.policy, total, self.gated), name="settled")
         weights = sweep(self, nodes, root)
@@ -131,8 +132,9 @@ class _Emitter:
             self._term(node)
         elif isinstance(node, ir.Named):
             self.value[key] = self.value[id(node.value)]
-            if id(node.value) in self.raw:
-                self.raw[key] = self.raw[id(node.value)]
+            for table in (self.raw, self.native):
+                if id(node.value) in table:
+                    table[key] = table[id(node.value)]
         elif isinstance(node, ir.Balance):
             index = len(self.out.balancers)
             self.out.balancers.append((node.method, len(node.args), dict(node.params)))
@@ -171,10 +173,13 @@ class _Emitter:
             gated = self.call(Gate(bound), args, name=f"gated_{identifier(name)}")
             self.gated.append(gated)
             self.gates[id(node)] = gated
-            self.raw[id(node)] = gated.raw
+            self.raw[id(node)] = self.call(widen, (gated.raw,), name=f"{identifier(name)}_raw")
             value = gated.value
         else:
-            value = self.raw[id(node)] = self.call(bound, args, name=identifier(name))
+            value = self.call(bound, args, name=identifier(name))
+        # half-precision terms combine (and are reported) in float32; the total comes back in
+        # the terms' own dtype (a residual term's is pred's: it computes in float32)
+        self.native[id(node)] = self.slots["pred"] if isinstance(bound, ResidualTerm) else value
         self.value[id(node)] = self.call(widen, (value,), name=f"{identifier(name)}_wide")
 
     def _operand(self, node: ir.Node, siblings: tuple) -> Any:
@@ -195,7 +200,7 @@ class _Emitter:
         else:
             out = self.call(resolve_lazy(fn.run), args, params, name=identifier(fn.name))
         if node.kind == "loss" and any(a.kind == "tensor" for a in node.args):
-            self.raw[id(node)] = out  # an inline term: logged as computed, combined in float32+
+            self.native[id(node)] = out  # an inline term: combined (and logged) in float32+
             out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
         self.value[id(node)] = out
 

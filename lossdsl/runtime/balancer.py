@@ -82,8 +82,17 @@ class Balancer(nn.Module):
             self.register_parameter(name, nn.Parameter(value))
             self._parameter_names.append(name)
 
-    def _state(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in self._buffer_names + self._parameter_names}
+    def _state(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """The state by name; floating buffers in at least ``dtype`` (a float64 loss computes
+        its weights in float64 from float32 statistics, without rounding them)."""
+        state = {}
+        for name in self._buffer_names + self._parameter_names:
+            value = getattr(self, name)
+            if dtype is not None and value.is_floating_point() and name in self._buffer_names:
+                wider = torch.promote_types(value.dtype, dtype)
+                value = value if wider == value.dtype else value.to(wider)
+            state[name] = value
+        return state
 
     def forward(self, values: Sequence[Tensor], ok: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(total, weights)`` of ``values``. ``ok``: under ``zero_term``/``skip_batch``,
@@ -98,7 +107,7 @@ class Balancer(nn.Module):
         update = self.training and torch.is_grad_enabled()
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
-        state = self._state()
+        state = self._state(seen.dtype)
         weights, new = self.method.weigh(state, seen, self.params, update, torch)
         if update and new:
             accept = torch.isfinite(seen).all()

@@ -1,14 +1,16 @@
 """Evaluating a schedule (``language.schedules``) at the stored step.
 
-In an eager call with the step on the CPU the value is a Python float (double precision),
-read on the host without a tensor operation (as in hand-written code); otherwise
-(``torch.compile``, another device) it is a float64 tensor on the step's device (float32
-where the device has no float64), traced without recompiling as the step changes.
+In an eager call with the step on the CPU the value is computed on the host in double
+precision and handed over as a 0-dim float64 CPU tensor (so that the arithmetic around it
+follows IEEE rules: a schedule at 0 under a division gives inf, never ZeroDivisionError);
+otherwise (``torch.compile``, another device) it is computed as a float64 tensor on the
+step's device (float32 where the device has no float64), traced without recompiling as the
+step changes.
 
 >>> import torch
 >>> from lossdsl.language.schedules import SCHEDULES
 >>> at = ScheduleValue(SCHEDULES["linear"], {"start": 0.0, "end": 1.0, "steps": 4.0, "delay": 0.0})
->>> at(torch.tensor(1))
+>>> float(at(torch.tensor(1)))
 0.25
 >>> float(SCHEDULES["linear"].value(torch.tensor(1), at.params, TENSOR))
 0.25
@@ -80,7 +82,8 @@ class ScheduleValue:
     def __call__(self, step: Tensor) -> Any:
         if step.is_cpu and not torch.compiler.is_compiling():
             try:
-                return float(self.row.value(step.item(), self.params, HOST))
+                value = float(self.row.value(step.item(), self.params, HOST))
             except (ArithmeticError, ValueError):
-                return math.nan
+                value = math.nan
+            return torch.tensor(value, dtype=torch.float64)
         return self.row.value(step, self.params, TENSOR)
