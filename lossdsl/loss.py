@@ -96,7 +96,8 @@ class Loss(nn.Module):
             else:
                 total, values, weights = self.program.forward(*args)
         except LossDSLError as err:
-            raise self._located(err) from None
+            located = self._located(err)
+            raise located from located.__cause__
         except Exception:
             if not self.program.tensor_paths:
                 raise
@@ -104,7 +105,8 @@ class Loss(nn.Module):
             try:
                 self.program.checked_run(False).run(*args)
             except LossDSLError as err:
-                raise self._located(err) from None
+                located = self._located(err)
+                raise located from located.__cause__
             raise
         row = torch.stack([*values, total]).detach() if values else total.detach().reshape(1)
         if weights is None:
@@ -180,7 +182,27 @@ class Loss(nn.Module):
         index = getattr(err, "node_index", None)
         if span is None and index is not None:
             span = self.ir.nodes()[index].span
+        path = getattr(err, "input_path", None)
+        if path is not None and err.term is None:  # an input that raised while being read
+            reader = self._reader_of(path)
+            if reader is not None:
+                term, param = reader
+                name = next((i.name for i in self.ir.logged if i.node is term), term.label)
+                cause = err.__cause__
+                err.message = (
+                    f"term '{name}' could not read its input '{'.'.join(path)}' for its '{param}': "
+                    f"{type(cause).__name__}: {cause}"
+                )
+                err.term, span = name, term.span
         return err.located(self.source, span, err.term)
+
+    def _reader_of(self, path: tuple[str, ...]) -> tuple | None:
+        """The first term that reads ``path``, and for which of its parameters."""
+        for node in self.ir.nodes():
+            for route in getattr(node, "routes", ()):
+                if route.path == path:
+                    return node, route.param
+        return None
 
     def _spans(self) -> dict[str, Any]:
         return {item.name: item.node.span for item in self.ir.logged}

@@ -1,36 +1,39 @@
 """Reading a call's inputs by path: ``pred``, ``target``, ``weight``, ``out.depth``.
 
 An input reference reads mapping keys or public attributes of the objects given to the call,
-never a private name, and never an attribute of a tensor (``pred.grad``). Where a key is not
-there the read gives an :class:`Absent` that remembers what was there, so the error can say
-which key is missing, list the keys present and suggest the nearest.
+never a private name, and never an attribute of a tensor (``pred.grad``). Where the path
+breaks off the read gives an :class:`Absent`, from which the error says which key or
+attribute is missing, lists those that are there and suggests the nearest; what the
+objects raise while being read is a :class:`~lossdsl.LossInputError` that names the path.
 
 >>> read_path({"out": {"depth": 1.0}}, ("out", "depth"))
 1.0
->>> absent = read_path({"out": {"depth": 1.0}}, ("out", "dpth"))
+>>> absent = read_path({"out": {"depth": 1.0, "seg": 2.0}}, ("out", "dpth"))
 >>> print(missing_input(absent, "pred", "mse").hint)
-did you mean 'depth'? 'out' has 'depth'
+did you mean 'out.depth'? 'out' has the keys 'depth', 'seg'
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Mapping
 
 import torch
 
-from ..errors import LossInputError, did_you_mean
+from ..errors import LossInputError
 
-__all__ = ["Absent", "read_path", "missing_input", "is_absent"]
+__all__ = ["Absent", "read_path", "missing_input", "unreadable_input", "is_absent"]
 
 
 class Absent:
-    """An input that is not there: ``path`` was asked for, ``at`` parts of it were found,
-    ``keys`` are what the last object found has (None when the call gave nothing)."""
+    """An input that is not there: ``path`` was asked for; ``head`` is what the call gave
+    for its first name (None when nothing)."""
 
-    __slots__ = ("path", "at", "keys")
+    __slots__ = ("path", "head")
 
-    def __init__(self, path: tuple[str, ...], at: int, keys: list[str] | None) -> None:
-        self.path, self.at, self.keys = path, at, keys
+    def __init__(self, path: tuple[str, ...], head: Any) -> None:
+        self.path, self.head = path, head
 
     def __bool__(self) -> bool:
         return False
@@ -43,18 +46,24 @@ def is_absent(value: Any) -> bool:
     return value is None or isinstance(value, Absent)
 
 
-def _keys_of(value: Any) -> list[str]:
-    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
-        return [str(k) for k in value.keys()]
-    return [k for k in dir(value) if not k.startswith("_")]
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__"))
+
+
+def _child(value: Any, part: str) -> Any:
+    """``value[part]`` of a mapping, else the public attribute; None when absent."""
+    if _is_mapping(value):
+        return value[part] if part in value else None
+    return getattr(value, part, None)
 
 
 def read_path(inputs: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     """Follow ``path`` into ``inputs``: the value, or an :class:`Absent`."""
-    if path[0] not in inputs or inputs[path[0]] is None:
-        return Absent(path, 0, None)
-    value = inputs[path[0]]
+    head = inputs.get(path[0])
+    value = head
     for depth, part in enumerate(path[1:], start=1):
+        if value is None:
+            return Absent(path, head)
         if part.startswith("_"):
             # resolve refuses these when compiling; refuse here too, whatever built the path
             raise LossInputError(
@@ -67,42 +76,89 @@ def read_path(inputs: Mapping[str, Any], path: tuple[str, ...]) -> Any:
                 hint="a path reads keys or attributes of the objects passed to the loss, not of "
                 "tensors; pass the tensor you mean as an input of its own",
             )
-        if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
-            found = value[part] if part in value else Absent(path, depth, None)
-        else:
-            try:
-                found = getattr(value, part, None)
-            except Exception as exc:  # a property or __getattr__ of the user's object raised
-                raise LossInputError(
-                    f"reading '{'.'.join(path[: depth + 1])}' raised {type(exc).__name__}: {exc}",
-                    hint=f"the attribute '{part}' of what was passed as '{'.'.join(path[:depth])}' "
-                    "failed; check that object",
-                ) from exc
-            if found is None and not hasattr(type(value), part):
-                found = Absent(path, depth, None)
-        if isinstance(found, Absent):
-            return Absent(path, depth, _keys_of(value))
-        value = found
-    return value
+        try:
+            value = _child(value, part)
+        except Exception as err:  # a property or __getattr__ of the user's object raised
+            raise unreadable_input(path, err) from err
+    return Absent(path, head) if value is None else value
+
+
+def unreadable_input(path: tuple[str, ...], err: Exception) -> LossInputError:
+    """The error for an input whose reading raised; the ``Loss`` names the term reading it."""
+    error = LossInputError(
+        f"could not read the input '{'.'.join(path)}': {type(err).__name__}: {err}",
+        hint=f"reading '{'.'.join(path)}' from the object passed as {path[0]}=... raised; "
+        "input references read mapping keys and public attributes, so check that property "
+        "or __getattr__",
+    )
+    error.input_path = path
+    return error
 
 
 def missing_input(absent: Any, param: str, term: str, path: tuple[str, ...] | None = None) -> LossInputError:
-    """The error for a required input the call did not give."""
+    """The error for a required input the call did not give; a nested path (``out.seg``)
+    says where it broke off, what is there, and the nearest name."""
     path = absent.path if isinstance(absent, Absent) else path or (param,)
-    where = ".".join(path)
-    message = f"term '{term}' needs input '{where}' for its '{param}', but the call did not give it"
-    if not isinstance(absent, Absent) or absent.keys is None:
-        if path == (param,) and param in ("pred", "target"):
-            hint = f"call the loss as crit({'pred, target' if param == 'target' else 'pred'}, ...)"
-        else:
-            hint = f"pass {path[0]}=... to the loss call"
-        return LossInputError(message, hint=hint, term=term)
-    there = ".".join(path[: absent.at])
-    missing = path[absent.at]
-    listed = ", ".join(repr(k) for k in absent.keys[:12]) or "nothing"
-    close = did_you_mean(missing, absent.keys)
-    return LossInputError(
-        f"term '{term}' needs input '{where}' for its '{param}', but '{there}' has no '{missing}'",
-        hint=(close + " " if close else "") + f"'{there}' has {listed}",
-        term=term,
-    )
+    head = absent.head if isinstance(absent, Absent) else None
+    why, cause = "but the call did not give it", None
+    if path == (param,) and param in ("pred", "target"):
+        how = f"call the loss as crit({'pred, target' if param == 'target' else 'pred'}, ...)"
+    elif len(path) == 1 or head is None:
+        how = f"pass {path[0]}=... to the loss call"
+    else:
+        try:
+            why, how, cause = _broken_path(head, path)
+        except Exception as err:  # the objects read differently this time: say what raised
+            why, cause = f"but reading it raised {type(err).__name__}: {err}", err
+            how = f"check the object passed as {path[0]}=..."
+    error = LossInputError(f"term '{term}' needs input '{'.'.join(path)}' for its '{param}', {why}", hint=how, term=term)
+    error.__cause__ = cause
+    return error
+
+
+def _broken_path(value: Any, path: tuple[str, ...]) -> tuple[str, str, Exception | None]:
+    """(why, hint, cause) for a nested path that reads None: the first part that is absent
+    (or None), the names that are there and the nearest of them."""
+    for i, part in enumerate(path[1:], 1):
+        have = ".".join(path[:i])
+        mapping = _is_mapping(value)
+        child = _child(value, part)
+        if child is not None:
+            value = child
+            continue
+        kind = "key" if mapping else "attribute"
+        names = _names(value, mapping)
+        if not mapping:
+            try:  # a property that raised AttributeError reads as absent: say so
+                inspect.getattr_static(value, part)
+                getattr(value, part)
+            except Exception as err:
+                if hasattr(type(value), part):
+                    return f"but reading '{have}.{part}' raised {type(err).__name__}: {err}", (
+                        f"the property '{part}' of the object passed as {path[0]}=... raised"
+                    ), err
+        if part in names:
+            return f"but '{have}.{part}' is None", f"give '{have}' a value for '{part}'", None
+        shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+        listing = f"'{have}' has the {kind}s {shown}" if names else f"'{have}' has no {kind}s"
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        hint = (f"did you mean '{have}.{close[0]}'? " if close else "") + listing
+        return f"but '{have}' has no {kind} '{part}'", hint, None
+    return "but it is None", f"give '{'.'.join(path)}' a value", None
+
+
+def _names(value: Any, mapping: bool) -> list[str]:
+    """The keys of a mapping, or the public data attributes of an object (its own, its
+    properties, dataclass and namedtuple fields), without running any of them."""
+    try:
+        if mapping:
+            return [k for k in value.keys() if isinstance(k, str)]
+        own = [n for n in getattr(value, "__dict__", {}) if not n.startswith("_")]
+        fields = list(getattr(value, "_fields", ())) + list(getattr(value, "__dataclass_fields__", {}))
+        props = [
+            n for n in dir(type(value))
+            if not n.startswith("_") and isinstance(inspect.getattr_static(type(value), n, None), property)
+        ]
+    except Exception:  # an object that will not even list its names
+        return []
+    return sorted(set(own + fields + props))
