@@ -1,7 +1,7 @@
 """Resolution: AST to IR (DESIGN.md §2). Imports no torch.
 
->>> from lossdsl.resolve import resolve_text
->>> resolve_text("0.7*huber + 0.3*mae").names()
+>>> import lossdsl
+>>> lossdsl.check("0.7*huber + 0.3*mae").names()
 ['huber', 'mae']
 """
 

@@ -45,7 +45,8 @@ def chain(r, node: ast.Node, fn) -> ir.Node:
     operands = [r.expr(o) for o in node.operands]
     is_sum = fn.name == "add"
     marks = (1,) + tuple(1 if op == "+" else -1 for op in node.ops) if is_sum else ("*",) + tuple(node.ops)
-    if not is_sum:
+    consts = [(m, o) for m, o in zip(marks, operands) if isinstance(o, ir.Const)]
+    if not is_sum and len(consts) < len(operands):
         for mark, operand in zip(marks[1:], operands[1:]):
             if mark == "/" and isinstance(operand, ir.Const) and operand.value == 0:
                 # `mse/0` would only show up as inf at the first call; say so when compiling
@@ -54,7 +55,6 @@ def chain(r, node: ast.Node, fn) -> ir.Node:
                     span=operand.span or node.offsets,
                     hint="divide by a non-zero number, or multiply by a weight instead",
                 )
-    consts = [(m, o) for m, o in zip(marks, operands) if isinstance(o, ir.Const)]
     if len(consts) < 2 or len(consts) == len(operands):
         items = list(zip(marks, operands))  # as written: nothing to gain from reordering
         if len(consts) == len(operands):

@@ -9,10 +9,9 @@ Kinds: ``const`` (a number known when compiling), ``schedule`` (a number known a
 time, without gradient), ``loss`` (a 0-dim differentiable tensor) and ``tensor`` (any shape).
 
 >>> import lossdsl
->>> from lossdsl.resolve import resolve_text
->>> ir = resolve_text("r = huber(delta=2); 0.7*r + 0.3*mae")
+>>> ir = lossdsl.check("r = huber(delta=2); 0.7*r + 0.3*mae")
 >>> [type(n).__name__ for n in walk(ir.root)]
-['Term', 'Term', 'Call', 'Call', 'Call']
+['Const', 'Term', 'Call', 'Const', 'Term', 'Call', 'Call']
 >>> [item.name for item in ir.logged]
 ['r', 'mae']
 """

@@ -72,7 +72,9 @@ class Balancer(nn.Module):
         if k < 2:
             raise ValueError("a balancer needs at least two terms")
         self.method, self.k = method, k
-        self.params = _Params(params)
+        # validated again here, so a balancer made directly gets the method's defaults
+        validated = method.params.model_validate({key: v for key, v in params.items() if key != "method"})
+        self.params = _Params({name: getattr(validated, name) for name in type(validated).model_fields if name != "method"})
         self._buffer_names = []
         for name, value in method.state(k, self.params, torch).items():
             self.register_buffer(name, value)

@@ -3,7 +3,7 @@
 Nodes compare equal when they mean the same program: spans are ignored by ``==`` and
 ``hash`` so that ``parse(unparse(p)) == p``.
 
->>> from lossdsl.ast import Call, Keyword, Number
+>>> from lossdsl.syntax.ast import Call, Keyword, Number
 >>> Call(name="huber", kwargs=(Keyword(name="delta", value=Number(value=1)),))
 Call(name='huber', args=(), kwargs=(Keyword(name='delta', value=Number(value=1)),))
 """
