@@ -31,12 +31,31 @@ from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import read_path
+from .runtime.precision import values_row
 from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
 
 __all__ = ["Loss"]
 
 _STATE_VERSION = 2
 logger = logging.getLogger("lossdsl")
+
+
+class LastCall:
+    """What the last call left for ``crit.terms`` and ``crit.weights``: the row of raw values
+    (and the total) and the weights, both detached. A plain object: a call updates it
+    without going through ``nn.Module.__setattr__``'s checks."""
+
+    __slots__ = ("row", "weights")
+
+    def __init__(self) -> None:
+        self.row: Tensor | None = None
+        self.weights: Tensor | None = None
+
+    def __getstate__(self) -> tuple:
+        return (self.row, self.weights)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.row, self.weights = state
 
 
 class Loss(nn.Module):
@@ -62,7 +81,7 @@ class Loss(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.balancers = nn.ModuleList(Balancer(method, k, params) for method, k, params in program.balancers)
         self.monitor = Monitor(program.names, program.is_term, program.inputs_read, rewriter(resolved))
-        self._last: tuple[Tensor | None, Tensor | None] = (None, None)
+        self._last = LastCall()
         self._constant = {}  # (dtype, device) -> the constant weights as a tensor
         self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
         # training calls with schedules but no step ever given (warned about once); None: not watched
@@ -108,15 +127,16 @@ class Loss(nn.Module):
                 located = self._located(err)
                 raise located from located.__cause__
             raise
-        row = torch.stack([*values, total]).detach() if values else total.detach().reshape(1)
+        row, finite = values_row(values, total)
         if weights is None:
             weights = self._constant_weights(row)
-        self._last = (row, weights)
+        last = self._last
+        last.row, last.weights = row, weights
         monitor = self.monitor
         if monitor.enabled:
             monitor.record(row, weights, self.step, values, CallInputs(pred, target, inputs))
         if self.nonfinite in CHECKED_POLICIES:
-            self._check(row)  # after recording: a call that raises still shows in the logs
+            self._check(row, finite)  # after recording: a call that raises still shows in the logs
         return total
 
     def _new_shapes(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> bool:
@@ -141,19 +161,14 @@ class Loss(nn.Module):
                 self._constant[key] = found
         return found
 
-    def _check(self, row: Tensor) -> None:
+    def _check(self, row: Tensor, finite: bool | None) -> None:
         """``raise``/``warn``: one flag read per call (one all-reduce of the flags on a
         ``raise`` training call across ranks); nothing on ``meta`` or while tracing."""
         if row.device.type == "meta" or torch.compiler.is_compiling():
             return
         ranks = ranks_deciding(self.nonfinite, self.training)
-        if ranks == 1:
-            if row.is_cpu:
-                finite = all(map(math.isfinite, row.tolist()))
-            else:
-                finite = bool(torch.isfinite(row).all())
-            if finite:
-                return
+        if ranks == 1 and (finite if finite is not None else bool(torch.isfinite(row).all())):
+            return
         counts = bad_counts(row, ranks)
         if not any(counts):
             return
@@ -222,13 +237,13 @@ class Loss(nn.Module):
     @property
     def terms(self) -> dict[str, Tensor]:
         """Raw (unweighted) value of every term and named composite of the last call, detached."""
-        row = self._last[0]
+        row = self._last.row
         return {} if row is None else dict(zip(self.program.names, row[:-1].unbind(0)))
 
     @property
     def weights(self) -> dict[str, Tensor]:
         """Effective weight ``d total / d term`` of every term in the last call."""
-        weights = self._last[1]
+        weights = self._last.weights
         if weights is None:
             if self.program.constant_weights is None:
                 return {}

@@ -23,7 +23,7 @@ from ..language.schedules import Schedule
 from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
 from ..runtime.precision import list_tensor, narrow, weight_vector, widen
-from ..runtime.schedules import ScheduleValue
+from ..runtime.schedules import ScheduleValue, scalar_tensor
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
 from .weights import sweep
 
@@ -191,10 +191,24 @@ class _Emitter:
         )
         return self.call(list_tensor, (node.values, like), name="list")
 
+    def scalar(self, node: ir.Node) -> Any:
+        """A schedule's value as a tensor (made once per value)."""
+        key = ("tensor", id(node))
+        if key not in self.value:
+            self.value[key] = self.call(scalar_tensor, (self.value[id(node)],), name=f"{identifier(node.name)}_tensor")
+        return self.value[key]
+
     def _function(self, node: ir.Call) -> None:
         fn = node.fn
-        args = tuple(self._operand(a, node.args) for a in node.args)
         params = dict(node.params)
+        # A schedule's value is a Python number in an eager call: + - * and comparisons of
+        # numbers are safe, anything else (a division, a power, a torch function) gets a tensor.
+        safe = fn.name in ("add", "neg", "min", "max", "clamp") or fn.group == "comparison" or (
+            fn.name == "multiply" and "/" not in params["ops"]
+        )
+        args = tuple(
+            self.scalar(a) if a.kind == "schedule" and not safe else self._operand(a, node.args) for a in node.args
+        )
         if fn.inline:
             out = fn.run(*args, **params)
         else:

@@ -36,8 +36,9 @@ def sweep(emitter: Any, nodes: list[ir.Node], root: ir.Node) -> list[Any]:
     detached: dict[int, Any] = {}
 
     def seen(node: ir.Node) -> Any:
-        # a value as a derivative rule reads it: without gradient (one detach per value)
-        v = emitter.value[id(node)]
+        # a value as a derivative rule reads it: without gradient (one detach per value); a
+        # schedule's as a tensor, since a rule may divide by it
+        v = emitter.scalar(node) if node.kind == "schedule" else emitter.value[id(node)]
         if A.is_number(v):
             return v
         if id(v) not in detached:

@@ -13,12 +13,13 @@ torch.bfloat16
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "widen", "narrow", "weight_vector", "list_tensor"]
+__all__ = ["HALF", "widen", "narrow", "weight_vector", "list_tensor", "values_row"]
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -42,13 +43,32 @@ def narrow(total: Any, *terms: Any) -> Any:
 
 
 def weight_vector(like: Tensor, *weights: Any) -> Tensor:
-    """The effective weights of one call as one (K,) tensor in ``like``'s dtype and device."""
+    """The effective weights of one call as one (K,) tensor in ``like``'s dtype and device.
+
+    The numbers among them are one constant tensor made once; the tensors are stacked and
+    put in their places: two operations however many terms there are.
+    """
     dtype = torch.float32 if like.dtype in HALF else like.dtype
-    parts = [
-        w.detach().to(dtype).reshape(()) if isinstance(w, Tensor) else torch.tensor(float(w), dtype=dtype, device=like.device)
-        for w in weights
-    ]
-    return torch.stack(parts)
+    numbers = tuple(0.0 if isinstance(w, Tensor) else float(w) for w in weights)
+    places = tuple(i for i, w in enumerate(weights) if isinstance(w, Tensor))
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        base = torch.tensor(numbers, dtype=dtype, device=like.device)
+    else:
+        base = _constant(numbers, dtype, like.device)
+    if not places:
+        return base
+    dynamic = torch.stack([weights[i].detach().reshape(()).to(dtype) for i in places])
+    if len(places) == len(weights):
+        return dynamic
+    index = torch.tensor(places, device=like.device) if compiling else _index(places, like.device)
+    return base.index_put((index,), dynamic)
+
+
+@functools.lru_cache(maxsize=256)
+def _index(places: tuple, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor(places, device=device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -70,3 +90,25 @@ def list_tensor(values: tuple, like: Any) -> Tensor:
     if torch.compiler.is_compiling():  # a constant of the traced graph: no cache to guard on
         return torch.tensor(values, dtype=dtype, device=device)
     return _constant(tuple(values), dtype, device)
+
+
+def values_row(values: Sequence[Tensor], total: Tensor) -> tuple[Tensor, bool | None]:
+    """``[value_1, ..., value_K, total]`` as one new (K+1,) tensor without a graph, and
+    whether they are all finite (None when that is not known on the host).
+
+    A term's 0-dim value may share the storage of a full-size buffer (``F.mse_loss``'s does),
+    which a kept reference would hold on to, so the row is a copy. On the CPU (eager) the
+    numbers are read on the host, a microsecond with no device to wait for, and the row is
+    made from them: cheaper than detaching and stacking, and the finiteness check comes free.
+    """
+    if total.is_cpu and not torch.compiler.is_compiling():
+        numbers = [v.item() for v in values]
+        numbers.append(total.item())
+        dtype = total.dtype
+        for v in values:
+            if v.dtype != dtype:
+                dtype = torch.promote_types(dtype, v.dtype)
+        return torch.tensor(numbers, dtype=dtype), all(map(math.isfinite, numbers))
+    parts = [v.detach() for v in values]
+    parts.append(total.detach())
+    return torch.stack(parts), None

@@ -1,16 +1,16 @@
 """Evaluating a schedule (``language.schedules``) at the stored step.
 
-In an eager call with the step on the CPU the value is computed on the host in double
-precision and handed over as a 0-dim float64 CPU tensor (so that the arithmetic around it
-follows IEEE rules: a schedule at 0 under a division gives inf, never ZeroDivisionError);
-otherwise (``torch.compile``, another device) it is computed as a float64 tensor on the
-step's device (float32 where the device has no float64), traced without recompiling as the
-step changes.
+In an eager call with the step on the CPU the value is a Python float computed on the host
+in double precision (a weight then costs one multiplication by a number, as in hand-written
+code; the program turns it into a tensor where an operation could raise on numbers, see
+:func:`scalar_tensor`); otherwise (``torch.compile``, another device) it is computed as a
+float64 tensor on the step's device (float32 where the device has no float64), traced
+without recompiling as the step changes.
 
 >>> import torch
 >>> from lossdsl.language.schedules import SCHEDULES
 >>> at = ScheduleValue(SCHEDULES["linear"], {"start": 0.0, "end": 1.0, "steps": 4.0, "delay": 0.0})
->>> float(at(torch.tensor(1)))
+>>> at(torch.tensor(1))
 0.25
 >>> float(SCHEDULES["linear"].value(torch.tensor(1), at.params, TENSOR))
 0.25
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..language.schedules import HOST
 
-__all__ = ["ScheduleValue", "TENSOR"]
+__all__ = ["ScheduleValue", "TENSOR", "scalar_tensor"]
 
 
 class _TensorMath:
@@ -82,8 +82,15 @@ class ScheduleValue:
     def __call__(self, step: Tensor) -> Any:
         if step.is_cpu and not torch.compiler.is_compiling():
             try:
-                value = float(self.row.value(step.item(), self.params, HOST))
+                return float(self.row.value(step.item(), self.params, HOST))
             except (ArithmeticError, ValueError):
-                value = math.nan
-            return torch.tensor(value, dtype=torch.float64)
+                return math.nan
         return self.row.value(step, self.params, TENSOR)
+
+
+def scalar_tensor(x: Any) -> Any:
+    """A schedule's value as a tensor: Python arithmetic raises where tensors give inf or NaN
+    (``1 / 0.0``, ``0.0 ** -1``), and torch functions need tensors. A tensor passes as it is."""
+    if isinstance(x, Tensor):
+        return x
+    return torch.tensor(x, dtype=torch.float64)
