@@ -24,6 +24,7 @@ from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
 from ..runtime.precision import list_tensor, narrow, weight_vector, widen
 from ..runtime.schedules import ScheduleValue, scalar_tensor
+from .sums import addends, weighted_sum
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
 from .weights import sweep
 
@@ -198,9 +199,28 @@ class _Emitter:
             self.value[key] = self.call(scalar_tensor, (self.value[id(node)],), name=f"{identifier(node.name)}_tensor")
         return self.value[key]
 
+    def _weighted_sum(self, plan: list) -> Any:
+        """A weighted sum of terms as one dot product (see :mod:`lossdsl.program.sums`)."""
+        numbers, places, dynamic = [], [], []
+        for i, (coefficient, _) in enumerate(plan):
+            if isinstance(coefficient, float):
+                numbers.append(coefficient)
+                continue
+            numbers.append(0.0)
+            places.append(i)
+            negated = isinstance(coefficient, tuple)
+            value = self.value[id(coefficient[1] if negated else coefficient)]
+            dynamic.append(self.call(operator.neg, (value,)) if negated else value)
+        terms = [self.value[id(term)] for _, term in plan]
+        return self.call(weighted_sum, (tuple(numbers), tuple(places), *dynamic, *terms), name="weighted_sum")
+
     def _function(self, node: ir.Call) -> None:
         fn = node.fn
         params = dict(node.params)
+        plan = addends(node) if fn.name == "add" else None
+        if plan is not None:
+            self.value[id(node)] = self._weighted_sum(plan)
+            return
         # A schedule's value is a Python number in an eager call: + - * and comparisons of
         # numbers are safe, anything else (a division, a power, a torch function) gets a tensor.
         safe = fn.name in ("add", "neg", "min", "max", "clamp") or fn.group == "comparison" or (

@@ -35,10 +35,13 @@ def sweep(emitter: Any, nodes: list[ir.Node], root: ir.Node) -> list[Any]:
     """The effective weight of every logged item (a number, or a node of the graph)."""
     detached: dict[int, Any] = {}
 
-    def seen(node: ir.Node) -> Any:
+    def seen(node: ir.Node, numbers_safe: bool) -> Any:
         # a value as a derivative rule reads it: without gradient (one detach per value); a
-        # schedule's as a tensor, since a rule may divide by it
-        v = emitter.scalar(node) if node.kind == "schedule" else emitter.value[id(node)]
+        # schedule's may stay a Python number where the rule only adds and multiplies
+        if node.kind == "schedule" and not numbers_safe:
+            v = emitter.scalar(node)
+        else:
+            v = emitter.value[id(node)]
         if A.is_number(v):
             return v
         if id(v) not in detached:
@@ -56,8 +59,10 @@ def sweep(emitter: Any, nodes: list[ir.Node], root: ir.Node) -> list[Any]:
             weights = emitter.balance_weights[id(node)]
             partials = tuple(emitter.call(_item, (weights, k), name="balance_weight") for k in range(len(node.args)))
         elif isinstance(node, ir.Call) and getattr(node.fn, "grad", None) is not None:
-            args = tuple(seen(x) for x in node.args)
-            partials = node.fn.grad(args, seen(node), **dict(node.params))
+            params = dict(node.params)
+            safe = node.name in ("add", "neg") or (node.name == "multiply" and "/" not in params["ops"])
+            args = tuple(seen(x, safe) for x in node.args)
+            partials = node.fn.grad(args, seen(node, safe), **params)
         else:  # schedules, comparisons, detach: no gradient flows through
             continue
         for child, partial in zip(node.children, partials):

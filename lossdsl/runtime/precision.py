@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "widen", "narrow", "weight_vector", "list_tensor", "values_row"]
+__all__ = ["HALF", "widen", "narrow", "weight_vector", "coefficient_vector", "list_tensor", "values_row"]
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -43,14 +43,21 @@ def narrow(total: Any, *terms: Any) -> Any:
 
 
 def weight_vector(like: Tensor, *weights: Any) -> Tensor:
-    """The effective weights of one call as one (K,) tensor in ``like``'s dtype and device.
-
-    The numbers among them are one constant tensor made once; the tensors are stacked and
-    put in their places: two operations however many terms there are.
-    """
-    dtype = torch.float32 if like.dtype in HALF else like.dtype
+    """The effective weights of one call as one (K,) tensor in ``like``'s dtype (float32 for
+    half precision) and device: numbers and 0-dim tensors mixed."""
     numbers = tuple(0.0 if isinstance(w, Tensor) else float(w) for w in weights)
     places = tuple(i for i, w in enumerate(weights) if isinstance(w, Tensor))
+    return coefficient_vector(like, numbers, places, [weights[i] for i in places])
+
+
+def coefficient_vector(like: Tensor, numbers: tuple, places: tuple, dynamic: Sequence[Any]) -> Tensor:
+    """A (K,) vector in ``like``'s dtype (float32 for half) and device: ``numbers``, with the
+    ``dynamic`` values (tensors or numbers known per call) put at ``places``.
+
+    The numbers are one constant tensor made once; the dynamic values are stacked and put in
+    their places: two operations however many there are.
+    """
+    dtype = torch.float32 if like.dtype in HALF else like.dtype
     compiling = torch.compiler.is_compiling()
     if compiling:
         base = torch.tensor(numbers, dtype=dtype, device=like.device)
@@ -58,11 +65,22 @@ def weight_vector(like: Tensor, *weights: Any) -> Tensor:
         base = _constant(numbers, dtype, like.device)
     if not places:
         return base
-    dynamic = torch.stack([weights[i].detach().reshape(()).to(dtype) for i in places])
-    if len(places) == len(weights):
-        return dynamic
+    if not any(isinstance(d, Tensor) for d in dynamic):  # numbers of this call only
+        values = list(numbers)
+        for i, d in zip(places, dynamic):
+            values[i] = float(d)
+        return torch.tensor(values, dtype=dtype, device=like.device)
+    stacked = torch.stack([_scalar(d, like, dtype) for d in dynamic])
+    if len(places) == len(numbers):
+        return stacked
     index = torch.tensor(places, device=like.device) if compiling else _index(places, like.device)
-    return base.index_put((index,), dynamic)
+    return base.index_put((index,), stacked)
+
+
+def _scalar(value: Any, like: Tensor, dtype: torch.dtype) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().reshape(()).to(dtype)
+    return torch.tensor(float(value), dtype=dtype, device=like.device)
 
 
 @functools.lru_cache(maxsize=256)
