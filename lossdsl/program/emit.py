@@ -26,7 +26,7 @@ from ..runtime.precision import list_tensor, narrow, weight_vector, widen
 from ..runtime.schedules import ScheduleValue, scalar_tensor
 from .sums import addends, weighted_sum
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
-from .weights import sweep
+from .weights import sweep, whole_vector
 
 __all__ = ["Emitted", "emit", "run_balancer"]
 
@@ -119,7 +119,10 @@ class _Emitter:
             self.out.constant_weights = tuple(float(w) for w in weights)
             weight_out = None
         else:
-            weight_out = self.call(weight_vector, (total, *weights), name="weights")
+            # `balance(a, b)` at the top: its own weight vector is the program's
+            weight_out = whole_vector(weights)
+            if weight_out is None:
+                weight_out = self.call(weight_vector, (total, *weights), name="weights")
         self.graph.output(fx.node.map_aggregate((total, raws, weight_out), _unwrap))
         # derivative rules compute every partial; those of numbers are never used
         self.graph.eliminate_dead_code()
@@ -144,7 +147,9 @@ class _Emitter:
             ok = self.call(all_finite, tuple(gates), name="terms_ok") if gates else None
             both = self.call(run_balancer, (self.slots["balancers"], index, args, ok), name=f"balance_{node.method.name}")
             self.value[key] = self.call(operator.getitem, (both, 0), name="balanced")
-            self.balance_weights[key] = self.call(operator.getitem, (both, 1), name="balance_weights")
+            weights = self.call(operator.getitem, (both, 1), name="balance_weights")
+            weights.node.meta["entries"] = len(node.args)
+            self.balance_weights[key] = weights
         elif isinstance(node, ir.Call) and isinstance(node.fn, Schedule):
             self.out.schedules.append(node.fn)
             self.value[key] = self.call(ScheduleValue(node.fn, dict(node.params)), (self.slots["step"],), name=node.fn.name)

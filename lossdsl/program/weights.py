@@ -21,7 +21,7 @@ from typing import Any
 from ..language import algebra as A
 from ..resolve import ir
 
-__all__ = ["sweep"]
+__all__ = ["sweep", "whole_vector"]
 
 
 def _leaf(node: ir.Node) -> bool:
@@ -80,3 +80,19 @@ def _detach(x: Any) -> Any:
 
 def _item(weights: Any, k: int) -> Any:
     return weights[k]
+
+
+def whole_vector(weights: list[Any]) -> Any:
+    """The vector that holds ``weights`` as they are, in order, when they are the entries
+    ``0..K-1`` of one balancer's weights (``balance(a, b)`` at the top); else None."""
+    first = getattr(weights[0], "node", None) if weights else None
+    if first is None or first.target is not _item:
+        return None
+    vector = first.args[0]
+    for k, w in enumerate(weights):
+        node = getattr(w, "node", None)
+        if node is None or node.target is not _item or node.args != (vector, k):
+            return None
+    if len(weights) != getattr(vector, "meta", {}).get("entries", len(weights)):
+        return None
+    return w.tracer.proxy(vector) if hasattr(w, "tracer") else None

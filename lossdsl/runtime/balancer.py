@@ -120,7 +120,9 @@ class Balancer(nn.Module):
                 weights = torch.where(accept, weights, stored)
             for name, value in new.items():
                 buffer = getattr(self, name)
-                buffer.copy_(torch.where(accept, value.to(buffer.dtype), buffer))
+                if value.dtype != buffer.dtype:
+                    value = value.to(buffer.dtype)
+                buffer.copy_(torch.where(accept, value, buffer))
         weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
         total = torch.dot(weights, losses)
         if self.method.extra is not None:
