@@ -34,7 +34,8 @@ class Program:
     """A benchmarked program: its lossdsl text and a factory of the hand-written loss.
 
     ``hand()`` returns a fresh ``f(pred, target, step) -> loss`` (fresh: a balancer keeps
-    state). ``elementwise``: eligible for ``fuse=True``.
+    state). ``elementwise``: a sum of elementwise terms (torch.compile fuses it into one
+    pass, which is why ``compile(..., fuse=True)`` is gone).
     """
 
     key: str

@@ -1,11 +1,11 @@
 """Benchmark lossdsl against hand-written PyTorch: time and peak memory of forward + backward.
 
 For each program (``benchmarks/programs.py``) and size, the variants are: the hand-written
-eager loss, the compiled ``Loss`` with monitoring on (the default) and off, ``fuse=True`` for
-an elementwise program, and ``torch.compile`` of the hand-written loss and of the ``Loss``
-(for a small set; ``--no-compile`` skips them). Ratios are taken against the eager loss in
-the same rounds (``benchmarks/measure.py``). Also measured: ``lossdsl.parse`` and
-``lossdsl.compile`` of a source seen before, and the fixed per-call cost on a tiny input.
+eager loss, the compiled ``Loss`` with monitoring on (the default) and off, and
+``torch.compile`` of the hand-written loss and of the ``Loss`` (``--no-compile`` skips
+them). Ratios are taken against the eager loss in the same rounds
+(``benchmarks/measure.py``). Also measured: ``lossdsl.parse`` and ``lossdsl.compile`` of a
+source seen before, and the fixed per-call cost on a tiny input.
 
     python benchmarks/run.py                      # print the tables
     python benchmarks/run.py --write BENCHMARKS.md
@@ -26,12 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lossdsl  # noqa: E402
+from lossdsl.monitor import Monitor  # noqa: E402
+from lossdsl.program import Program  # noqa: E402
 from benchmarks.measure import calls_for, interleaved, keep_freed_memory, median_ratio, memory  # noqa: E402
 from benchmarks.programs import PROGRAMS  # noqa: E402
 from benchmarks.report import Row, machine_line, render, write_section  # noqa: E402
 
 SIZES = {"small": (64, 128, 16), "large": (256, 512, 64)}  # dispatch-bound, memory-bound
-COMPILE_SET = {("card", "small"), ("card", "large"), ("elementwise", "large")}
 STEP = 500  # the step passed to every call: the mixture's schedule is half-way up
 
 
@@ -54,11 +55,7 @@ def _variants(program, shape, size_name: str, args):
     pred = torch.randn(shape, generator=gen, requires_grad=True)
     target = torch.randn(shape, generator=gen)
     out = _basic_variants(program, pred, target)
-    if program.elementwise:
-        fused = lossdsl.compile(program.source, fuse=True)
-        assert fused.fused, "the elementwise program should be eligible for fuse=True"
-        out["lossdsl fuse=True"] = lambda: fused(pred, target, step=STEP)
-    if args.compile and (program.key, size_name) in COMPILE_SET:
+    if args.compile:
         hand_c = torch.compile(program.hand())
         crit_c = torch.compile(lossdsl.compile(program.source))
         out["torch.compile(eager)"] = lambda: hand_c(pred, target, STEP)
@@ -69,10 +66,9 @@ def _variants(program, shape, size_name: str, args):
 def _check_values(program, pred, target) -> None:
     """Every lossdsl variant computes the hand-written value (fresh objects: first call)."""
     want = program.hand()(pred, target, STEP).item()
-    for fuse in (False, True) if program.elementwise else (False,):
-        got = lossdsl.compile(program.source, fuse=fuse)(pred, target, step=STEP).item()
-        if abs(got - want) > 1e-4 * max(1.0, abs(want)):
-            raise SystemExit(f"{program.key}: lossdsl gives {got}, the hand-written loss {want}")
+    got = lossdsl.compile(program.source)(pred, target, step=STEP).item()
+    if abs(got - want) > 1e-4 * max(1.0, abs(want)):
+        raise SystemExit(f"{program.key}: lossdsl gives {got}, the hand-written loss {want}")
 
 
 def bench_case(program, size_name: str, args) -> list[Row]:
@@ -141,17 +137,18 @@ def _best_us(fn, n: int, repeats: int = 7) -> float:
 
 def setup_costs(quick: bool) -> dict[str, float]:
     """Microseconds of parse/compile on a source seen before, and their parts (best of 7)."""
-    from lossdsl.compile import _resolve_cached
-    from lossdsl.monitor import Monitor
-
     source = PROGRAMS["card"].source
     crit = lossdsl.compile(source)
+    program = crit.program
     n = 50 if quick else 500
     return {
         "lossdsl.parse (cached)": _best_us(lambda: lossdsl.parse(source), n * 10),
         "lossdsl.compile (cached)": _best_us(lambda: lossdsl.compile(source), n),
-        "  of which resolve (cached)": _best_us(lambda: _resolve_cached(source), n * 10),
-        "  of which Monitor()": _best_us(lambda: Monitor(crit.term_names, crit._resolved), n),
+        "  of which the IR (cached)": _best_us(lambda: lossdsl.check(source), n * 10),
+        "  of which Monitor()": _best_us(
+            lambda: Monitor(program.names, program.is_term, program.inputs_read, None), n
+        ),
+        "building the program (not cached)": _best_us(lambda: Program(crit.ir, "raise"), max(n // 10, 5)),
     }
 
 
