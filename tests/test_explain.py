@@ -169,3 +169,14 @@ def test_a_deep_program_is_drawn_without_recursion():
     # mae (in a1) weighs what a1 weighs, and a1 sits inside a log
     assert rows["mae"][2] == "w(a1)" and " ".join(rows["a1"][2:7]) == "depends on the term values"
     assert rows["a79"][2] == "1" and rows["mae_79"][2] == "1"
+
+
+def test_divided_weights_are_written_as_numbers_or_reciprocals():
+    # d total / d mae = -1/2 (by hand); d total / d mae_2 = 1 / linear(...)
+    crit = lossdsl.compile("size(pred, 0)*mse - mae/2 + mae/linear(1, 2, steps=4)")
+    _, rows = sections(explain(crit))
+    assert rows["mae"][2] == "-0.5"
+    assert rows["mae_2"][2] == "1/linear(start=1,"
+    crit(torch.zeros(3), torch.ones(3), step=2)
+    assert crit.weights["mae"].item() == pytest.approx(-0.5)
+    assert crit.weights["mae_2"].item() == pytest.approx(1 / 1.5)  # linear(1, 2) halfway

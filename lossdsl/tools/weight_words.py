@@ -161,7 +161,7 @@ class _Words:
             return [(node.args[0], (owner, factor + ("-1",)))]
         if name == "multiply" and _linear_product(node):
             ops = ("*",) + tuple(node.param("ops"))
-            scale = tuple(self._factor(a) if op == "*" else f"1/{self._factor(a)}"
+            scale = tuple(self._factor(a) if op == "*" else _reciprocal(self._factor(a))
                           for op, a in zip(ops, node.args) if a.kind != "loss")
             return [(a, (owner, factor + scale)) for a in node.args if a.kind == "loss"]
         return [(a, (owner, (DEPENDS,))) for a in node.args]
@@ -204,6 +204,10 @@ class _Words:
 
     def describe(self) -> dict[str, str]:
         return {item.name: self.texts.get(id(item.node), "0") for item in self.resolved.logged}
+
+
+def _reciprocal(factor: str) -> str:
+    return number(1.0 / float(factor)) if _is_number(factor) else f"1/{factor}"
 
 
 def _combine(ways: list[str]) -> str:
