@@ -1,7 +1,7 @@
 """Forecasting sensor sequences with a loss from a YAML config: config -> compile -> train -> inspect.
 
 The loss lives in ``configs/forecast.yaml``; the data (coupled oscillations with sudden
-spikes) and the LSTM come from ``lossdsl.demo``. Run ``python examples/forecast.py --steps 200``.
+spikes) and the LSTM come from ``lossdsl.tools.demo``. Run ``python examples/forecast.py --steps 200``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import lossdsl
-from lossdsl.demo import Forecaster, make_sensor_data, windows
+from lossdsl.tools.demo import Forecaster, make_sensor_data, windows
 
 CONFIG = Path(__file__).with_name("configs") / "forecast.yaml"
 

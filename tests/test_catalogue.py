@@ -1,4 +1,4 @@
-"""The README's table of terms is lossdsl.catalogue.markdown_table(), and that table lists
+"""The README's table of terms is lossdsl.tools.catalogue.markdown_table(), and that table lists
 every term of DESIGN.md §5 with its inputs, hyperparameters and summary."""
 
 import re
@@ -36,7 +36,7 @@ def _rows(table):
 def test_readme_block_is_the_generated_table():
     text = README.read_text(encoding="utf-8")
     assert readme_block(text) == markdown_table(), (
-        "README.md's terms table is out of date: run `python -m lossdsl.catalogue README.md`"
+        "README.md's terms table is out of date: run `python -m lossdsl.tools.catalogue README.md`"
     )
 
 

@@ -49,14 +49,14 @@ def test_check_valid_and_invalid(capsys):
 
 
 def test_check_a_config_file_and_stdin(tmp_path, capsys, monkeypatch):
-    text = "model: lstm\nloss:\n  expr: |\n    mse +\n    0.1*mea\n"
+    text = "model: lstm\nloss:\n  expr: |\n    mse +\n    0.1*hubr\n"
     (tmp_path / "train.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(capsys, "check", "--config", "train.yaml")
     assert code == 1
     assert err.startswith("lossdsl.LossNameError: train.yaml, key 'loss.expr'")
-    assert "(line 5, column 9)" in err  # 'mea' in the file, counted by hand
-    assert "'mae'" in err.splitlines()[-1]  # the hint
+    assert "(line 5, column 9)" in err  # 'hubr' in the file, counted by hand
+    assert "'huber'" in err.splitlines()[-1]  # the hint
     # checking a config opens no sink and writes no file
     (tmp_path / "good.toml").write_text('expr = "mse"\n[monitor]\nsink = "out/terms.jsonl"\nlog_every = 1\n')
     assert run_main(capsys, "check", "--config", "good.toml")[0] == 0
@@ -75,8 +75,9 @@ def test_explain_shows_terms_weights_hyperparameters_and_inputs():
     assert rows["mse"][1:3] == ["mse", "0.3"]
     assert "pred<-out.depth," in rows["mse"] and "weight<-w," in rows["mse"]
     assert rows["mae"][1:3] == ["mae", "0"]
-    # the tree: a sum of two products and a watch
-    assert "sum" in result.stdout and "`-- watch" in result.stdout
+    # the tree: a sum of two products and a watch, each node with its kind
+    assert "add : loss" in result.stdout and "`-- watch : loss" in result.stdout
+    assert "|   |-- 0.7 : const" in result.stdout
 
 
 def test_explain_names_a_schedule_weight(capsys):
@@ -84,6 +85,25 @@ def test_explain_names_a_schedule_weight(capsys):
     assert code == 0, err
     kl = next(line for line in out.splitlines() if line.startswith("vae_kl "))
     assert "linear(start=0, end=1, steps=100" in kl and "mu, logvar" in kl
+
+
+def test_explain_graph_prints_the_generated_code(tmp_path, capsys):
+    result = lossdsl("explain", "--graph", "r = huber(delta=2)\n0.7*r + 0.3*mae")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # the forward of the program's torch.fx graph: straight-line code, weights as numbers
+    assert lines[0] == "def forward(self, pred, target, inputs, step, balancers):"
+    assert lines[-1].lstrip().startswith("return (")
+    assert any(line.lstrip().startswith("r = ") for line in lines)  # the term, under its log name
+    assert any("0.7 * " in line for line in lines) and any("0.3 * " in line for line in lines)
+    assert "term  function" not in result.stdout  # the code instead of the tree and table
+    # from a config as well; a bad program is an error with its caret, not a traceback
+    (tmp_path / "loss.yaml").write_text("expr: mse + 0.5*mae\n")
+    code, out, _ = run_main(capsys, "explain", "--graph", "--config", str(tmp_path / "loss.yaml"))
+    assert code == 0 and out.startswith("def forward(") and "0.5 * " in out
+    code, out, err = run_main(capsys, "explain", "--graph", "0.5*hubr")
+    assert code == 1 and out == "" and err.startswith("lossdsl.LossNameError: unknown loss term 'hubr'")
+    assert "did you mean 'huber'?" in err
 
 
 def test_terms_lists_the_catalogue_and_shows_one(capsys):
@@ -101,6 +121,23 @@ def test_terms_lists_the_catalogue_and_shows_one(capsys):
     assert code == 0 and "schedule" in out and "steps" in out
     code, _, err = run_main(capsys, "terms", "hubr")
     assert code == 1 and "did you mean 'huber'?" in err
+
+
+def test_terms_shows_the_built_in_functions_of_the_language(capsys):
+    code, out, _ = run_main(capsys, "terms")
+    functions = next(line for line in out.splitlines() if line.startswith("built-in functions: "))
+    listed = functions.split(": ", 1)[1].split(", ")
+    # DESIGN.md section 3.1 and 6: math, reductions, shape functions, schedules, balance
+    for name in ("abs", "where", "clamp", "mean", "logsumexp", "norm", "softmax", "size", "detach",
+                 "watch", "linear", "cyclic", "after", "balance"):
+        assert name in listed, name
+    code, out, _ = run_main(capsys, "terms", "mean")
+    assert code == 0 and out.splitlines()[0] == "mean  (built-in reduction function)"
+    assert "  dim = None" in out and "  keepdim = False" in out
+    code, out, _ = run_main(capsys, "terms", "balance")
+    assert code == 0 and out.startswith("balance  (built-in balance function)")
+    for method in ("uncertainty", "ema", "dwa", "cov", "softadapt", "relobralo"):
+        assert method in out, method
 
 
 def test_gradcheck_passes_and_fails():

@@ -169,7 +169,7 @@ def test_plot_without_matplotlib_names_the_extra_when_it_starts(tmp_path, capsys
 
 
 def test_the_python_plot_function_names_the_extra_too(tmp_path, monkeypatch):
-    from lossdsl.plot import plot_log
+    from lossdsl.tools.plot import plot_log
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     log = tmp_path / "run.jsonl"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import lossdsl
-from lossdsl import demo
+from lossdsl.cli import demo
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -49,7 +49,7 @@ def test_demo_config_is_found_or_embedded(tmp_path, monkeypatch):
     assert yaml.safe_load(example.read_text()) == yaml.safe_load(demo.DEFAULT_CONFIG)
     monkeypatch.chdir(tmp_path)
     assert demo.find_config() in (None, example)  # the source checkout's file, if any
-    monkeypatch.setattr(demo, "__file__", str(tmp_path / "site-packages" / "lossdsl" / "demo.py"))
+    monkeypatch.setattr(demo, "__file__", str(tmp_path / "site-packages" / "lossdsl" / "cli" / "demo.py"))
     assert demo.find_config() is None  # installed without the examples: the embedded copy
     history = demo.run_demo(steps=3, out_dir=None, quiet=True)
     assert len(history) == 3 and all(math.isfinite(v) for v in history)

@@ -3,6 +3,7 @@ program's text, not with the number of paths through the program."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import lossdsl
-from lossdsl.explain import explain, weight_descriptions
+from lossdsl.tools.explain import explain, weight_descriptions
 
 
 def chain(first: str, op: str, n: int, top: str = "mae + a{last}") -> str:
@@ -22,7 +23,7 @@ def chain(first: str, op: str, n: int, top: str = "mae + a{last}") -> str:
 
 _SCRIPT = """
 import sys, time, lossdsl
-from lossdsl.explain import explain
+from lossdsl.tools.explain import explain
 crit = lossdsl.compile(sys.stdin.read())
 start = time.perf_counter()
 text = explain(crit)
@@ -114,3 +115,68 @@ def test_constant_weights_of_shared_bindings_are_numbers():
     text = explain(lossdsl.compile(chain("mse", "+", 6)))
     rows = {line.split()[0]: line.split() for line in text.split("\n\n")[2].splitlines()}
     assert rows["a0"][2] == "32" and rows["a5"][2] == "1" and rows["a3"][2] == "4"
+
+
+def sections(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The tree's lines and the table's rows (split on whitespace, keyed by term name)."""
+    parts = text.split("\n\n")
+    return parts[1].splitlines(), {line.split()[0]: line.split() for line in parts[2].splitlines()}
+
+
+def test_every_node_shows_its_kind():
+    source = "d = pred - target\nmse + linear(0, 1, steps=10)*mean(abs(d)) + 0.1*mean(d^2) - 2*l1"
+    tree, rows = sections(explain(lossdsl.compile(source)))
+    assert tree[0] == "add (+ + + -) : loss"
+    for line in (
+        "|-- mse  (term mse) : loss",
+        "|   |-- linear(start=0, end=1, steps=10, delay=0) : schedule",
+        "|   `-- mean  (logged as mean) : loss",
+        "|       `-- abs : tensor",
+        "|   |-- 0.1 : const",
+        "    `-- l1  (term l1) : loss",
+        # d is a tensor binding used twice: drawn once, under its own heading
+        "d =  (binding, used 2 times)",
+        "`-- add (+ -) : tensor",
+        "    |-- pred  (input) : tensor",
+        "    `-- target  (input) : tensor",
+    ):
+        assert line in tree, line
+    assert sum(line.endswith("-- d  (shared, shown below)") for line in tree) == 2
+    kinds = {line.rsplit(" : ", 1)[1] for line in tree if " : " in line}
+    assert kinds == {"const", "schedule", "loss", "tensor"}
+    # the inline terms: d total / d mean = the schedule, d total / d mean_2 = 0.1; l1: -2
+    assert rows["mean"][1] == "(expression)" and rows["mean"][2].startswith("linear(start=0,")
+    assert rows["mean_2"][1:3] == ["(expression)", "0.1"] and rows["mean_2"][-2:] == ["pred,", "target"]
+    assert rows["l1"][1:3] == ["l1", "-2"]
+
+
+def test_a_deep_program_is_drawn_without_recursion():
+    # 80 bindings, each used once inside the next: drawn in place, 240 operations deep
+    lines = ["a0 = mse"] + [f"a{i} = log(a{i - 1}) + mae" for i in range(1, 80)]
+    crit = lossdsl.compile("\n".join(lines + ["a79"]))
+    depth = len(inspect.stack(0))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 40)  # far fewer frames than the program has levels
+    try:
+        text = explain(crit)
+    finally:
+        sys.setrecursionlimit(limit)
+    tree, rows = sections(text)
+    assert sum(" =  (named) : loss" in line for line in tree) == 79
+    (deepest,) = [line for line in tree if line.endswith("`-- a0  (term mse) : loss")]
+    # a1 is 3 * 78 operations below the top (a Named, an add and a log a level); a0 3 more
+    assert len(deepest) - len(deepest.lstrip(" |`-")) == 4 * (3 * 78 + 3)
+    # mae (in a1) weighs what a1 weighs, and a1 sits inside a log
+    assert rows["mae"][2] == "w(a1)" and " ".join(rows["a1"][2:7]) == "depends on the term values"
+    assert rows["a79"][2] == "1" and rows["mae_79"][2] == "1"
+
+
+def test_divided_weights_are_written_as_numbers_or_reciprocals():
+    # d total / d mae = -1/2 (by hand); d total / d mae_2 = 1 / linear(...)
+    crit = lossdsl.compile("size(pred, 0)*mse - mae/2 + mae/linear(1, 2, steps=4)")
+    _, rows = sections(explain(crit))
+    assert rows["mae"][2] == "-0.5"
+    assert rows["mae_2"][2] == "1/linear(start=1,"
+    crit(torch.zeros(3), torch.ones(3), step=2)
+    assert crit.weights["mae"].item() == pytest.approx(-0.5)
+    assert crit.weights["mae_2"].item() == pytest.approx(1 / 1.5)  # linear(1, 2) halfway

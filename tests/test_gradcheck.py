@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import lossdsl
-from lossdsl.catalogue import builtin_specs
+from lossdsl.tools.catalogue import builtin_specs
 from lossdsl.cli import main
-from lossdsl.gradcheck import DOCUMENTED
+from lossdsl.tools.gradcheck import DOCUMENTED
 
 # Values for hyperparameters that have no default (the program must compile).
 REQUIRED = {"lower": "-1", "upper": "1"}
@@ -85,7 +85,7 @@ def test_a_wrong_gradient_next_to_a_documented_term_fails(capsys):
 def test_a_term_with_shapes_of_its_own(capsys, monkeypatch):
     import torch
 
-    from lossdsl import gradcheck
+    from lossdsl.tools import gradcheck
 
     def rows_term(pred, target):
         """Squared distance of rows: needs 2-d inputs of 5 columns."""

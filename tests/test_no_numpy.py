@@ -28,13 +28,14 @@ else:
     raise SystemExit("numpy could still be imported")
 """
 
-# lossdsl first: a script that imports torch itself gets torch's own warning from torch.
+# lossdsl first: torch comes in through lossdsl.compile (``import lossdsl`` alone imports no
+# torch). A script that imports torch itself before that gets torch's own warning from torch.
 USE_LOSSDSL = """
 import lossdsl
-import torch
-from lossdsl.cli import main
 
 crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)")
+import torch
+
 pred = torch.randn(2, 5, 3, requires_grad=True)
 target = torch.randn(2, 5, 3)
 crit(pred, target).backward()
@@ -44,16 +45,35 @@ smooth = (e[:, 1:] - e[:, :-1]).abs().mean()
 assert torch.allclose(crit.terms["huber"], huber) and torch.allclose(crit.terms["temporal_diff"], smooth)
 assert pred.grad is not None
 crit.monitor.summary()
+assert "numpy" not in sys.modules or sys.modules["numpy"] is None
+"""
+
+# the command line as the console script runs it: its first import brings in torch
+USE_CLI = """
+from lossdsl.cli import main
+
 assert main(["check", "mse + mae"]) == 0
+assert main(["explain", "0.7*huber + 0.3*mae"]) == 0
 assert "numpy" not in sys.modules or sys.modules["numpy"] is None
 """
 
 
-def test_import_and_use_without_numpy_is_quiet():
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_NUMPY + USE_LOSSDSL],
+def run_without_numpy(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_NUMPY + script],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
+
+
+def test_import_and_use_without_numpy_is_quiet():
+    result = run_without_numpy(USE_LOSSDSL)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_the_command_line_without_numpy_is_quiet():
+    result = run_without_numpy(USE_CLI)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.startswith("ok: mse + mae")
+    assert "huber  (term huber) : loss" in result.stdout

@@ -38,7 +38,11 @@ def test_wheel_installs_alone_and_compiles(tmp_path):
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)])
     (wheel,) = wheels.glob("lossdsl-*.whl")
-    assert "lossdsl/grammar/lossdsl.lark" in zipfile.ZipFile(wheel).namelist()
+    shipped = zipfile.ZipFile(wheel).namelist()
+    assert "lossdsl/grammar/lossdsl.lark" in shipped
+    # every package of the source tree, every module of each
+    modules = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "lossdsl").rglob("*.py"))
+    assert [m for m in modules if m not in shipped] == []
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -58,10 +62,14 @@ def test_wheel_installs_alone_and_compiles(tmp_path):
         print(lossdsl.unparse(program))
         crit = lossdsl.compile("0.7*huber(delta=1) + 0.3*temporal_diff")
         print(float(crit(torch.zeros(2, 5, 1), torch.ones(2, 5, 1))))
+        from lossdsl.cli import main
+        sys.exit(main(["explain", "0.7*huber + 0.3*mae"]))
         """
     )
     # cwd outside the repository, so the working tree's lossdsl/ cannot be imported by accident
-    location, canonical, value = run([str(python), "-c", check], cwd=tmp_path).split("\n")[:3]
+    out = run([str(python), "-c", check], cwd=tmp_path)
+    location, canonical, value = out.split("\n")[:3]
+    assert "huber  (term huber) : loss" in out  # the command line and its tools shipped too
     assert Path(location).is_relative_to(venv.resolve()), location
     assert canonical == "0.7 * huber(delta=1) + 0.3 * temporal_diff"
     # huber of e = 1 with delta = 1 is 0.5; the target is constant in time, so temporal_diff is 0

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from .configtext import FORMATS, Places, json_duplicate_offset, positions, yaml_places
-from .errors import LossDSLError
+from ..errors import LossDSLError
+from .positions import FORMATS, Places, json_duplicate_offset, positions, yaml_places
 
 __all__ = ["ConfigError", "MAX_CONFIG_BYTES", "read_config_file"]
 
@@ -69,7 +69,7 @@ def _rebuild_config_error(message, path, key, kwargs):
 
 def read_config_file(path: str) -> tuple[str, Any, str, Places]:
     """``(text, data, format, places)`` of a ``.yaml``/``.yml``/``.json``/``.toml`` config file
-    (``places``: where its keys stand, see :func:`lossdsl.configtext.positions`)."""
+    (``places``: where its keys stand, see :func:`lossdsl.config.positions.positions`)."""
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise ConfigError(

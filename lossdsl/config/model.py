@@ -33,9 +33,12 @@ import pydantic
 from annotated_types import Gt, Lt
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from .configfile import MAX_CONFIG_BYTES, ConfigError, read_config_file
-from .configtext import program_offsets
-from .errors import LossDSLError, did_you_mean
+from ..compiler import check as check_program
+from ..compiler import compile as compile_program
+from ..errors import LossDSLError, did_you_mean
+from ..monitor import JsonlWriter, TensorBoardWriter
+from .files import MAX_CONFIG_BYTES, ConfigError, read_config_file
+from .positions import program_offsets
 
 __all__ = [
     "LossConfig", "MonitorSettings", "ConfigError", "from_config", "load_config", "make_sink",
@@ -111,16 +114,12 @@ class LossConfig(BaseModel):
 
     def compile(self, *, terms: Mapping[str, Callable] | None = None):
         """Compile ``expr`` with these settings into a :class:`~lossdsl.Loss`."""
-        from .compile import compile as compile_program
-
         crit = self._located(compile_program, terms=terms, strict=self.strict, nonfinite=self.nonfinite)
         apply_monitor_settings(crit, self.monitor)
         return crit
 
     def check(self, *, terms: Mapping[str, Callable] | None = None):
         """Parse and resolve ``expr`` without building a module (nor opening any sink)."""
-        from .compile import check as check_program
-
         return self._located(check_program, terms=terms)
 
     def _located(self, build: Callable, **kwargs: Any) -> Any:
@@ -228,8 +227,6 @@ def make_sink(target: str, append: bool = False):
     >>> type(make_sink("runs/terms.jsonl")).__name__
     'JsonlWriter'
     """
-    from .sinks import JsonlWriter, TensorBoardWriter
-
     if str(target).endswith(".jsonl"):
         return JsonlWriter(target, append=append)
     return TensorBoardWriter(target)

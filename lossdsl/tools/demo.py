@@ -1,21 +1,19 @@
-"""``lossdsl demo``: train a small LSTM forecaster with a loss read from a config file.
+"""The demo's forecasting task: synthetic sensor data, an LSTM forecaster and its training loop.
 
-The data are synthetic multivariate sensor sequences (a few coupled oscillations with drift,
-noise and sudden spikes), generated from a seed, so the demo needs no download. The loss comes
-from ``examples/configs/forecast.yaml`` when that file is there (a source checkout) and from
-the same text embedded here otherwise (an installed package), so ``lossdsl demo`` works
-anywhere. It writes ``<out>/terms.jsonl`` (per-term statistics) and ``<out>/terms.png``, and
-prints the per-term table every few steps and suggested weights at the end.
+The data are multivariate sensor sequences (a few coupled oscillations with drift, noise and
+sudden spikes), generated from a seed, so the demo needs no download. :func:`train` trains the
+forecaster with any compiled loss, printing the per-term table every few steps and suggested
+weights at the end; ``lossdsl demo`` (:mod:`lossdsl.cli.demo`) gives it the loss of a config.
 
->>> history = run_demo(steps=4, out_dir=None, progress=False, quiet=True)
+>>> import lossdsl
+>>> history = train(lossdsl.compile("huber + 0.1*temporal_diff"), steps=3, quiet=True)
 >>> len(history)
-4
+3
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,35 +21,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_CONFIG", "find_config", "make_sensor_data", "Forecaster", "run_demo"]
+from .plot import plot_log
 
-CONFIG_NAME = "examples/configs/forecast.yaml"
-
-# The same text as examples/configs/forecast.yaml (a test keeps the two equal).
-DEFAULT_CONFIG = """\
-# The loss of `lossdsl demo`: a robust fit (huber ignores most of the spikes' pull), a penalty
-# on step-to-step changes that differ from the target's, and mse only watched (logged, weight 0).
-expr: |
-  0.7*huber(delta=1) + 0.3*temporal_diff + watch(mse)
-monitor:
-  probe_every: 10          # gradient norm of each weighted term w.r.t. pred, every 10 steps
-  log_every: 10            # one line of per-term statistics every 10 steps
-  sink: runs/demo/terms.jsonl
-"""
+__all__ = ["make_sensor_data", "windows", "Forecaster", "train"]
 
 CONTEXT, HORIZON, CHANNELS = 48, 12, 3
-
-
-def find_config(path: str | Path | None = None) -> Path | None:
-    """The demo's config file: ``path`` if given, else ``examples/configs/forecast.yaml`` in
-    the working directory or the source checkout; ``None`` means the embedded copy."""
-    if path is not None:
-        return Path(path)
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        candidate = base / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def make_sensor_data(n_series: int, length: int, *, seed: int = 0, spike_rate: float = 0.01) -> Tensor:
@@ -141,55 +115,38 @@ class _Progress:
             self.bar.close()
 
 
-def run_demo(
-    steps: int | None = None,
-    out_dir: str | Path | None = "runs/demo",
+
+
+def train(
+    crit: nn.Module,
+    steps: int = 300,
     *,
-    config: str | Path | None = None,
     seed: int = 0,
     batch: int = 64,
     print_every: int | None = None,
     progress: bool = True,
     quiet: bool = False,
+    log_path: str | Path | None = None,
+    png_path: str | Path | None = None,
 ) -> list[float]:
-    """Train the forecaster; returns the training loss of every step.
+    """Train the forecaster with the loss ``crit``; returns the training loss of every step.
 
-    ``out_dir=None`` writes no files (no log, no plot); otherwise the config's sink is
-    replaced by ``<out_dir>/terms.jsonl`` and the plot goes to ``<out_dir>/terms.png``.
+    ``log_path``: the JSONL log that ``crit``'s monitor writes, drawn to ``png_path`` at the
+    end (when matplotlib is installed).
     """
-    steps = 300 if steps is None else int(steps)
     threads = torch.get_num_threads()
     # A model this small runs fastest on one thread; more threads only add waiting, a lot of
     # it on a busy machine. The caller's setting is restored at the end.
     torch.set_num_threads(1)
     try:
-        return _train(steps, out_dir, config, seed, batch, print_every, progress, quiet)
+        return _train(crit, int(steps), seed, batch, print_every, progress, quiet, log_path, png_path)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) -> list[float]:
-    import yaml
-
-    from .config import LossConfig, load_config
-
+def _train(crit, steps, seed, batch, print_every, progress, quiet, log_path, png_path) -> list[float]:
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     torch.manual_seed(seed)
-    path = find_config(config)
-    cfg: LossConfig = load_config(yaml.safe_load(DEFAULT_CONFIG) if path is None else path)
-    where = "the built-in copy of " + CONFIG_NAME if path is None else _shown(path)
-    log_path = png_path = None
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        log_path, png_path = Path(out_dir) / "terms.jsonl", Path(out_dir) / "terms.png"
-        log_path.unlink(missing_ok=True)  # a fresh log per run
-        monitor = cfg.monitor.model_copy(update={"sink": str(log_path)})
-    else:
-        monitor = cfg.monitor.model_copy(update={"sink": None})
-    cfg = cfg.model_copy(update={"monitor": monitor})
-    crit = cfg.compile()
-    say(f"loss from {where}:\n  {crit.canonical}")
-
     series = make_sensor_data(48, 400, seed=seed)
     train_x, train_y = windows(series[:40], 4096, seed=seed + 1)
     val_x, val_y = windows(series[40:], 512, seed=seed + 2)
@@ -225,13 +182,12 @@ def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) ->
         f"(repeating the last value: {naive:.3f})")
     if log_path is not None:
         say(f"per-term log: {log_path}")
-        try:
-            from .plot import plot_log
-
-            plot_log(log_path, png_path)
-            say(f"plot: {png_path}")
-        except ImportError as err:  # matplotlib is an optional dependency; the error names the extra
-            say(f"no plot: {err}")
+        if png_path is not None:
+            try:
+                plot_log(log_path, png_path)
+                say(f"plot: {png_path}")
+            except ImportError as err:  # matplotlib is an optional dependency; the error names the extra
+                say(f"no plot: {err}")
     suggestion = crit.monitor.suggest_weights()
     say("suggested weights (equal share of the gradient norm): " + ", ".join(
         f"{name} {weight:.3g}" for name, weight in suggestion.weights.items()))
@@ -239,17 +195,6 @@ def _train(steps, out_dir, config, seed, batch, print_every, progress, quiet) ->
     return history
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 @torch.no_grad()
 def _validation_mae(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x) - y).abs().mean())
-
-
-if __name__ == "__main__":
-    run_demo(int(sys.argv[1]) if len(sys.argv) > 1 else None)

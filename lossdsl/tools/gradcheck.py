@@ -29,9 +29,9 @@ from typing import Any, Callable
 import torch
 from torch.autograd.gradcheck import GradcheckError, gradcheck
 
-from . import ir
-from .compile import compile as compile_program
-from .errors import LossDSLError
+from ..compiler import compile as compile_program
+from ..errors import LossDSLError
+from ..resolve import ir
 
 __all__ = [
     "DOMAINS", "SHAPED", "DOCUMENTED", "MAX_ELEMENTS", "GradcheckReport", "run_gradcheck", "check_shape",
@@ -152,12 +152,10 @@ def check_shape(name: str, shape: tuple[int, ...]) -> None:
             )
 
 
-def _domains(resolved: ir.Resolved) -> dict[tuple[str, ...], tuple[str, ir.Term]]:
+def _domains(terms: list[ir.Term]) -> dict[tuple[str, ...], tuple[str, ir.Term]]:
     """The narrowest domain asked of each input path, and a term that asked it."""
     out: dict[tuple[str, ...], tuple[str, ir.Term]] = {}
-    for term in resolved.logged:
-        if not isinstance(term, ir.Term):
-            continue
+    for term in terms:
         table = DOMAINS.get(term.spec.name, {})
         table = table(dict(term.hyper)) if callable(table) else table
         for route in term.routes:
@@ -181,29 +179,32 @@ def _class_index_shape(term: ir.Term, shapes: dict, default: tuple[int, ...]) ->
     return tuple(s for i, s in enumerate(pred_shape) if i != axis), pred_shape[axis]
 
 
-def _inputs(resolved: ir.Resolved, shape, shapes: dict, generator) -> tuple[list, list, dict]:
+def _inputs(nodes: list[ir.Node], shape, shapes: dict, generator) -> tuple[list, list, dict]:
     """Random inputs for every input the program reads: ``(paths, tensors, other values)``.
 
     Floating tensors are float64 and take a gradient; class indices and lengths are int64.
     """
     paths: list[tuple[str, ...]] = []
-    for term in resolved.logged:
-        for route in getattr(term, "routes", ()):
-            if route.required and route.path[0] != "model" and route.path not in paths:
-                paths.append(route.path)
+    for node in nodes:
+        if isinstance(node, ir.Term):
+            read = [route.path for route in node.routes if route.required]
+        else:
+            read = [node.path] if isinstance(node, ir.Input) else []
+        paths += [path for path in read if path[0] != "model" and path not in paths]
     for path in (("pred",), ("target",)):
         if path not in paths:
             paths.append(path)
+    terms = [node for node in nodes if isinstance(node, ir.Term)]
     drawn: dict[tuple[str, ...], Any] = {}
     if shape is None:
-        for term in _terms(resolved):
+        for term in terms:
             build = SHAPED.get(term.spec.name)
             values = build(dict(term.hyper), generator) if build else {}
             for route in term.routes:
                 if route.param in values and ".".join(route.path) not in shapes:
                     drawn.setdefault(route.path, values[route.param])
     shape = shape or DEFAULT_SHAPE
-    domains = _domains(resolved)
+    domains = _domains(terms)
     names, tensors, others = [], [], {}
     for path in paths:
         size = shapes.get(".".join(path), shape)
@@ -228,8 +229,9 @@ def _inputs(resolved: ir.Resolved, shape, shapes: dict, generator) -> tuple[list
     return names, tensors, others
 
 
-def _terms(resolved: ir.Resolved) -> list[ir.Term]:
-    return [t for t in resolved.logged if isinstance(t, ir.Term)]
+def _logged_terms(resolved: ir.IR) -> list[tuple[str, ir.Term]]:
+    """``(log name, term)`` of every logged term call (not the composites and inline terms)."""
+    return [(item.name, item.node) for item in resolved.logged if isinstance(item.node, ir.Term)]
 
 
 def _first_failure(fn, tensors) -> str | None:
@@ -241,20 +243,9 @@ def _first_failure(fn, tensors) -> str | None:
     return None
 
 
-def _not_differentiable_as_written(node: Any) -> bool:
+def _not_differentiable_as_written(nodes: list[ir.Node]) -> bool:
     """Whether the program itself holds a detach or a balancer (weights from detached values)."""
-    pending, seen = [node], set()
-    while pending:
-        node = pending.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, ir.Balance) or (isinstance(node, ir.Apply) and node.fn == "detach"):
-            return True
-        pending.extend(getattr(node, "args", ()))
-        if isinstance(node, ir.Named):
-            pending.append(node.value)
-    return False
+    return any(isinstance(n, ir.Balance) or (isinstance(n, ir.Call) and n.name == "detach") for n in nodes)
 
 
 def run_gradcheck(source: str, shape=None, shapes: dict | None = None, seed: int = 0) -> GradcheckReport:
@@ -267,9 +258,10 @@ def run_gradcheck(source: str, shape=None, shapes: dict | None = None, seed: int
     for name, size in [("pred", shape or DEFAULT_SHAPE), *shapes.items()]:
         check_shape(name, size)
     crit = compile_program(source)
-    resolved: ir.Resolved = crit._resolved
+    resolved: ir.IR = crit.ir
+    nodes = resolved.nodes()
     generator = torch.Generator().manual_seed(seed)
-    names, tensors, others = _inputs(resolved, shape, shapes, generator)
+    names, tensors, others = _inputs(nodes, shape, shapes, generator)
     extra: dict[str, Any] = {}
     if "model" in resolved.inputs_read:
         extra["model"] = torch.nn.Linear((shape or DEFAULT_SHAPE)[-1], 2).double()
@@ -311,17 +303,17 @@ def run_gradcheck(source: str, shape=None, shapes: dict | None = None, seed: int
     if failure is None:
         return GradcheckReport(True, f"gradcheck passed: {crit.canonical}\n{head}")
     lines, failed, documented = [], [], []
-    for term in _terms(resolved):
+    for name, term in _logged_terms(resolved):
         alone = _first_failure(one_term(term), tensors)
         if alone is None:
-            lines.append(f"  {term.name}: passed")
+            lines.append(f"  {name}: passed")
         elif term.spec.name in DOCUMENTED:
-            documented.append(term.name)
-            lines.append(f"  {term.name}: differs, as documented: {DOCUMENTED[term.spec.name]}")
+            documented.append(name)
+            lines.append(f"  {name}: differs, as documented: {DOCUMENTED[term.spec.name]}")
         else:
-            failed.append(term.name)
-            lines.append(f"  {term.name}: FAILED ({alone})")
-    if documented and not failed and not _not_differentiable_as_written(resolved.root):
+            failed.append(name)
+            lines.append(f"  {name}: FAILED ({alone})")
+    if documented and not failed and not _not_differentiable_as_written(nodes):
         return GradcheckReport(True, "\n".join([
             f"gradcheck passed except where documented: {crit.canonical}", head,
             "finite differences disagree with the gradient only through terms that say so:", *lines,

@@ -11,7 +11,7 @@ Uses matplotlib's object API with the Agg canvas, so it needs no display and lea
 pyplot's global state alone.
 
 >>> import os, tempfile, torch, lossdsl
->>> from lossdsl.plot import plot_log
+>>> from lossdsl.tools.plot import plot_log
 >>> folder = tempfile.mkdtemp()
 >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
 >>> _ = crit.monitor.attach(os.path.join(folder, "run.jsonl"), every=1)
@@ -32,7 +32,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import LossDSLError
+from ..errors import LossDSLError
 from .suggest import log_names, log_terms
 
 __all__ = ["plot_log", "read_log", "require_matplotlib", "PLOT_EXTRA"]
@@ -157,7 +157,7 @@ def plot_log(
     share of the weighted magnitude, stacked. Bottom (when the log has gradient norms): each
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
-    terms exactly, else their shares do (:func:`lossdsl.suggest.log_terms`). Returns the
+    terms exactly, else their shares do (:func:`lossdsl.tools.suggest.log_terms`). Returns the
     PNG's path. A file that is not such a log raises :class:`~lossdsl.LossDSLError`.
     """
     require_matplotlib()

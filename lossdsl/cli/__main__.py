@@ -1,0 +1,7 @@
+"""``python -m lossdsl.cli``: the same as the ``lossdsl`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
