@@ -72,11 +72,40 @@ def chain(r, node: ast.Node, fn) -> ir.Node:
         items = ([] if folded == neutral else [(1 if is_sum else "*", ir.Const(folded, span=node.offsets))]) + rest
         if not is_sum and items[0][0] == "/":  # `1/mse`: keep the numerator
             items = [("*", ir.Const(1.0, span=node.offsets))] + items
+    if not is_sum and len(items) > len({id(o) for _, o in items}) + REPEATS_AS_POWERS:
+        items = _powers(r, items, node.offsets)
     if len(items) == 1 and items[0][0] in (1, "*"):
         return items[0][1]
     args = tuple(o for _, o in items)
     params = {"signs": tuple(m for m, _ in items)} if is_sum else {"ops": tuple(m for m, _ in items[1:])}
     return r.apply(fn, args, params, node.offsets)
+
+
+# A product that repeats operands this many times more than it has distinct ones
+# (`a*a*...*a`, a binding used thousands of times) is made of powers: one operation (and one
+# derivative) per distinct operand instead of one per operand.
+REPEATS_AS_POWERS = 8
+
+
+def _powers(r, items: list, span) -> list:
+    """``[(op, operand)]`` of a product as ``x^m`` times and ``x^d`` divided per distinct
+    ``x`` (``m``, ``d``: how often ``x`` multiplies and divides), in order of first use;
+    numerator and denominator apart, so ``0/0`` stays NaN as written."""
+    counts: dict[int, list] = {}
+    for op, operand in items:
+        entry = counts.setdefault(id(operand), [operand, 0, 0])
+        entry[1 if op == "*" else 2] += 1
+    out = []
+    for operand, up, down in counts.values():
+        for op, times in (("*", up), ("/", down)):
+            if times:
+                power = operand if times == 1 else r.apply(
+                    OPERATORS["pow"], (operand, ir.Const(float(times), span=span)), {}, span
+                )
+                out.append((op, power))
+    if out[0][0] == "/":
+        out.insert(0, ("*", ir.Const(1.0, span=span)))
+    return out
 
 
 # --- term calls ---------------------------------------------------------------------------
