@@ -52,7 +52,7 @@ _TERMINALS["COMPARE"] = st.sampled_from(["<", "<=", ">", ">=", "==", "!=", " < "
 _TERMINALS.update({"RPAR": st.sampled_from([")", ")", "\n)"]), "RSQB": st.sampled_from(["]", "]", "\n]"])})
 
 
-class _BoundedLark(LarkStrategy):
+class BoundedLark(LarkStrategy):
     """``from_lark``'s strategy, except that once a program has expanded ``budget`` rules,
     each further rule takes one of its shortest expansions.
 
@@ -88,7 +88,7 @@ class _BoundedLark(LarkStrategy):
         super().draw_symbol(data, symbol, draw_state)
 
 
-grammar_programs = _BoundedLark(Lark(grammar_text(), parser="lalr"), _TERMINALS, budget=80)
+grammar_programs = BoundedLark(Lark(grammar_text(), parser="lalr"), _TERMINALS, budget=80)
 
 # What the grammar accepts but the parser refuses, each documented in DESIGN.md §3/§8 or README.
 _DOCUMENTED_LIMITS = [
@@ -193,7 +193,8 @@ _VALID = [
     "mse(pred=out.depth, weight=w) + 1e-3*linear(0, 1, steps=100)*mae",
     "k = 2; clamp(mse, min=0.1) * log(mae + 1) ^ k + balance(mse, mae, method=\"ema\")",
     "input w\nd = pred[:, none] - pred[none, :]\n"
-    "mean(where(not d < 0 and target[..., 0:2] > 0 or true, w * d, 0)) + 0.1*mean([1, 2] * abs(pred[:, ::2]))",
+    "mean(where(not d < 0 and target[..., 0:2] > 0 or true, w * d, 0))"
+    " + 0.1*mean([1, 2] * abs(pred[:, ::2]))",
 ]
 
 

@@ -1,14 +1,12 @@
 """The syntax of tensor expressions (DESIGN.md §3.1): declarations, conditions, comparisons,
 indexing, list literals, reserved words. Expected trees are written out node by node; the
-§3.1 examples are also compiled and checked against the same formula written in PyTorch."""
+§3.1 examples are compiled and checked against PyTorch in ``test_tensor_examples.py``."""
 
 import pytest
-import torch
-import torch.nn.functional as F
-
 import lossdsl
-from lossdsl.syntax.ast import Binding, Bool, BoolOp, Call, Compare, Declaration, EllipsisItem, Index, InputRef
-from lossdsl.syntax.ast import ListValue, Neg, NewAxis, Not, Number, Power, Product, Program, Slice, Sum
+from lossdsl.syntax.ast import Binding, Bool, BoolOp, Call, Compare, Declaration, EllipsisItem, Index
+from lossdsl.syntax.ast import InputRef, ListValue, Neg, NewAxis, Not, Number, Power, Product, Program
+from lossdsl.syntax.ast import Slice, Sum
 
 # The examples of DESIGN.md §3.1, as written there.
 HINGE = """\
@@ -184,7 +182,8 @@ def test_declarations():
     assert [text[slice(*declaration.name_span(i))] for i in range(2)] == ["w", "mask"]
     assert text[slice(*declaration.offsets)] == "input  w,mask"
     # unparse writes the declarations first, each as one statement
-    assert lossdsl.unparse(lossdsl.parse("a = mse; input w\ninput k, j; a")) == "input w\ninput k, j\na = mse\na"
+    canonical = lossdsl.unparse(lossdsl.parse("a = mse; input w\ninput k, j; a"))
+    assert canonical == "input w\ninput k, j\na = mse\na"
 
 
 def test_operators_and_brackets_continue_a_line():
@@ -200,9 +199,8 @@ def test_operators_and_brackets_continue_a_line():
 
 
 def test_names_that_contain_reserved_words_are_names():
-    assert expr("truex + nota + inputs + order + android + none_") == S(
-        *[part for n in ("truex", "nota", "inputs", "order", "android", "none_") for part in (C(n), "+")][:-1]
-    )
+    for name in ("truex", "nota", "inputs", "order", "android", "none_"):
+        assert expr(f"{name} + 1") == S(C(name), "+", N(1))
 
 
 def _error(text):
@@ -289,6 +287,7 @@ def test_hints_of_the_new_errors():
     assert _error("a ! b").hint == "'!=' means not equal; to negate a condition write not"
     assert _error("mse\nand mae").hint.startswith("a new line ends the statement")
     assert "input w, mask" in _error("input 3").hint
+    assert _error("mse + out.depth(1)").hint.startswith("out.depth is an input path")
 
 
 @pytest.mark.parametrize(
@@ -327,65 +326,3 @@ def test_spans_of_the_new_nodes():
     assert [at(i) for i in compare.left.items] == ["...", "0:2"]
     assert at(cond.operands[1]) == "out.m"
     assert at(program.expr.args[0].args[1]) == "[1, 2]"
-
-
-# --- the §3.1 examples compiled, against the same formula written in PyTorch -------------
-
-D = torch.float64
-
-
-def _hinge(pred, target):
-    outside = (pred < 0) | (pred > 1)
-    return F.mse_loss(pred, target) + 0.5 * torch.where(outside, F.relu(1 - (pred - target).abs()), 0).mean()
-
-
-def _sequence(pred, target):
-    step_ce = F.cross_entropy(pred.permute(0, 2, 1), target, reduction="none").mean(dim=0)
-    return step_ce.mean() + 0.1 * step_ce.var(correction=0)
-
-
-def _huber(pred, target):
-    e = (pred - target).abs()
-    delta = 0.5 * e.mean()
-    return torch.where(e <= delta, 0.5 * e**2, delta * (e - 0.5 * delta)).mean()
-
-
-def _weights(pred, target, w):
-    channels = torch.tensor([1, 2, 0.5], dtype=D)
-    return (w * (pred - target) ** 2).mean() + 0.1 * (channels * (pred - target).abs()).mean()
-
-
-def _ranking(pred, target):
-    d = pred[:, None] - pred[None, :]
-    n = pred.shape[0]
-    return torch.where(target[:, None] > target[None, :], F.relu(1 - d), 0).sum() / (n * (n - 1) / 2)
-
-
-def _inputs(name, g):
-    if name == "sequence":
-        return {"pred": torch.randn(5, 7, 4, dtype=D, generator=g), "target": torch.randint(0, 4, (5, 7), generator=g)}
-    if name == "ranking":
-        return {"pred": torch.randn(9, dtype=D, generator=g), "target": torch.randn(9, dtype=D, generator=g)}
-    inputs = {"pred": 2 * torch.rand(6, 3, dtype=D, generator=g) - 0.5, "target": torch.rand(6, 3, dtype=D, generator=g)}
-    if name == "weights":
-        inputs["w"] = torch.rand(6, 3, dtype=D, generator=g)
-    return inputs
-
-
-REFERENCES = {"hinge": _hinge, "sequence": _sequence, "huber": _huber, "weights": _weights, "ranking": _ranking}
-
-
-@pytest.mark.parametrize("name", list(EXAMPLES))
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_design_examples_equal_their_pytorch_formula(name, seed):
-    g = torch.Generator().manual_seed(seed)
-    inputs = _inputs(name, g)
-    crit = lossdsl.compile(EXAMPLES[name])
-    mine = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
-    theirs = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
-    got, want = crit(**mine), REFERENCES[name](**theirs)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    # the gradient too: through where, indexing and (for huber) the threshold itself
-    got.backward()
-    want.backward()
-    torch.testing.assert_close(mine["pred"].grad, theirs["pred"].grad, rtol=1e-10, atol=1e-10)

@@ -60,7 +60,9 @@ signed_numbers = st.one_of(
 
 strings = st.text(st.characters(exclude_categories=()), max_size=12).map(lambda s: String(value=s))
 refs = st.builds(lambda head, rest: InputRef(path=(head, *rest)), names, st.lists(words, max_size=2))
-paths = st.builds(lambda head, rest: InputRef(path=(head, *rest)), names, st.lists(words, min_size=1, max_size=2))
+paths = st.builds(  # in an expression a dotted name has a dot
+    lambda head, rest: InputRef(path=(head, *rest)), names, st.lists(words, min_size=1, max_size=2)
+)
 number_lists = st.lists(signed_numbers, max_size=3).map(lambda items: ListValue(items=tuple(items)))
 values = st.recursive(
     st.one_of(

@@ -152,7 +152,10 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
     elif at_end and not stack:
         # every statement is complete, and no expression follows them
         want = "the loss expression after the last statement"
-        hint = "a program ends with the expression whose value is the loss, e.g. recon = huber; 0.7*recon + 0.3*mae"
+        hint = (
+            "a program ends with the expression whose value is the loss, "
+            "e.g. recon = huber; 0.7*recon + 0.3*mae"
+        )
     elif expected <= {"_SEP", "$END"} and _after_statement(text, pos):
         # `mse` then `mae` on the next line: only the last statement may be an expression.
         want = "the end of the program"
@@ -175,13 +178,19 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
             words = sorted({_words(name) for name in expected})
         want = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
         hint = _hint_for(expected, found, inner)
+        path = _trailing_path(text, pos) if found == "'('" else None
+        if path is not None:
+            hint = (
+                f"{_shortened(path)} is an input path (a key or attribute of an input); "
+                "only a term or function is called"
+            )
     return LossSyntaxError(f"expected {want}, found {found}", source=text, span=span, hint=hint)
 
 
 def _is_operator(token) -> bool:
-    return token is not None and (
-        token.value in ("+", "*", "/", "^", "and", "or") or token.value in _TWO_CHAR or token.type in _OPERATORS
-    )
+    if token is None:
+        return False
+    return token.value in ("+", "*", "/", "^", "and", "or", *_TWO_CHAR) or token.type in _OPERATORS
 
 
 def _shortened(text: str) -> str:
@@ -278,6 +287,26 @@ def _trailing_name(text: str) -> int | None:
     while start < len(text) and text[start].isdigit():  # a name starts with a letter or '_'
         start += 1
     return start if start < len(text) else None
+
+
+def _trailing_path(text: str, pos: int) -> str | None:
+    """The dotted name (``out.depth``) that ends just before ``pos``, or None.
+
+    One scan back over its characters (no slicing per segment: a long path stays linear)."""
+    end = len(text[:pos].rstrip())
+    start = end
+    while True:
+        i = start
+        while i > 0 and text[i - 1] in _NAME_CHARS:
+            i -= 1
+        if i == start:  # no name here: a dot without a name before it
+            return None
+        if i == 0 or text[i - 1] != ".":
+            start = i
+            break
+        start = i - 1
+    dotted = text[start:end]
+    return dotted if "." in dotted else None
 
 
 def _hint_for(expected: set[str], found: str, inner: str | None) -> str:
