@@ -288,6 +288,7 @@ def test_hints_of_the_new_errors():
     assert _error("mse\nand mae").hint.startswith("a new line ends the statement")
     assert "input w, mask" in _error("input 3").hint
     assert _error("mse + out.depth(1)").hint.startswith("out.depth is an input path")
+    assert _error("mean(w)\ninput w").hint.startswith("input statements stand before the expression")
 
 
 @pytest.mark.parametrize(

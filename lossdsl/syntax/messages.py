@@ -165,6 +165,8 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         )
         if _is_operator(token):
             hint = _HINTS["wrapped"]
+        elif token is not None and token.value == "input":
+            hint = "input statements stand before the expression, e.g. input w; mean(w * (pred - target)^2)"
     else:
         words = []
         if expected & _OPERATORS:
