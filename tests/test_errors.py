@@ -107,7 +107,8 @@ TABLE = [
         "unexpected character '$' (line 1, column 5)\n"
         "  mse $ mae\n"
         "      ^\n"
-        "hint: a program is made of names, numbers, + - * / ^, brackets, ',' '=' and ';'",
+        "hint: a program is made of names, numbers, operators (+ - * / ^ < <= > >= == != and or not), "
+        "brackets, ',' ':' '=' and ';'",
     ),
     (
         "balance(mse, mae, method='ema)",

@@ -22,8 +22,8 @@ import string
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.lark import from_lark
 from lark import Lark
+from test_grammar_fuzz import BoundedLark
 
 import lossdsl
 from lossdsl.syntax import grammar_text
@@ -93,11 +93,14 @@ _TERMINALS = {
     "COMMENT": st.just(""),
     "WS": st.sampled_from([" ", "\t"]),
 }
-grammar_programs = from_lark(Lark(grammar_text(), parser="lalr"), explicit=_TERMINALS)
+# reserved words with spaces, so that they do not run into a neighbouring name
+_RESERVED = ("true", "false", "none", "and", "or", "not", "input")
+_TERMINALS.update({word.upper(): st.just(f" {word} ") for word in _RESERVED})
+grammar_programs = BoundedLark(Lark(grammar_text(), parser="lalr"), _TERMINALS, budget=80)
 
 
-# from_lark draws every rule choice through hypothesis and discards draws that grow too
-# deep, so one example costs tenths of a second; the seeded grammar walk below gives volume.
+# from_lark draws every rule choice through hypothesis (BoundedLark keeps the programs
+# finite), so one example costs hundredths of a second; the seeded grammar walk gives volume.
 def ran(label: str, count: int, least: int) -> None:
     """Report how many inputs a fuzz test ran (shown by ``pytest -rP``) and that it ran enough."""
     print(f"{label}: {count} inputs")
@@ -175,7 +178,7 @@ _RULES: dict = {}
 for _rule in _PARSER.rules:
     _RULES.setdefault(_rule.origin.name, []).append([(s.is_term, s.name) for s in _rule.expansion])
 _LITERALS = {t.name: t.pattern.value for t in _PARSER.terminals if t.pattern.type == "str"}
-_LITERALS.update(TRUE="true", FALSE="false", NONE="none")
+_WORDS = {"TRUE", "FALSE", "NONE", "AND", "OR", "NOT", "INPUT"}
 
 
 def _heights() -> dict:
@@ -199,11 +202,14 @@ _NAMES_BY_RULE = {
     "call": TERM_NAMES * 2 + BUILTIN_NAMES + ["a", "b", "recon"] * 4 + HOSTILE_NAMES,
     "argument": PARAM_NAMES + HOSTILE_NAMES,
     "binding": ["a", "b", "recon"] * 3 + ["mse", "log", "_x"],
+    "declaration": ["w", "m", "depth"] * 3 + ["pred", "mse"],
 }
 _REFERENCE_NAMES = ["pred", "target", "w", "out", "depth", "model", "__class__", "_secret"]
 
 
 def _terminal(rng: random.Random, name: str, rule: str) -> str:
+    if name in _WORDS:  # a word, even where the tokens are joined without spaces
+        return f" {_LITERALS[name]} "
     if name in _LITERALS:
         return _LITERALS[name]
     if name == "NAME":
@@ -218,14 +224,24 @@ def _terminal(rng: random.Random, name: str, rule: str) -> str:
 
 
 # Weights of the alternatives (in the parser's order) where uniform choice would give
-# mostly numbers and minus signs; the other rules choose uniformly.
+# mostly numbers, minus signs and conditions; the other rules choose uniformly.
 _WEIGHTS = {
+    "_statement": [4, 1],
+    "disjunction": [12, 1],
+    "conjunction": [12, 1],
+    "negation": [12, 1],
+    "comparison": [12, 1],
     "sum": [2, 2, 1],
     "product": [3, 2, 1],
     "unary": [6, 1],
     "power": [6, 1, 1],
-    "atom": [1, 4, 1],
+    "postfix": [20, 1],
     "argument": [1, 2],
+}
+# Weights by an alternative's first symbol, for rules whose optional parts lark expands into
+# many alternatives.
+_FIRST_WEIGHTS = {
+    "atom": {"NUMBER": 1, "call": 4, "NAME": 1, "TRUE": 0.2, "FALSE": 0.2, "LSQB": 0.1, "LPAR": 1},
 }
 
 
@@ -236,7 +252,10 @@ def _walk(rng: random.Random, rule: str, budget: int, out: list) -> None:
     elif budget <= 0:  # out of budget: the shortest way to finish
         chosen = min(expansions, key=lambda e: max([0 if t else _HEIGHT[s] for t, s in e], default=0))
     else:
-        chosen = rng.choices(expansions, weights=_WEIGHTS.get(rule))[0]
+        weights = _WEIGHTS.get(rule)
+        if rule in _FIRST_WEIGHTS:
+            weights = [_FIRST_WEIGHTS[rule][e[0][1]] for e in expansions]
+        chosen = rng.choices(expansions, weights=weights)[0]
     for term, sym in chosen:
         if term:
             out.append(_terminal(rng, sym, rule))
@@ -247,7 +266,8 @@ def _walk(rng: random.Random, rule: str, budget: int, out: list) -> None:
 def grammar_walk(rng: random.Random) -> str:
     """A program from a random walk over the grammar's rules, sometimes damaged a little."""
     tokens: list = []
-    _walk(rng, "start", rng.randint(2, 10), tokens)
+    # the budget counts rule levels; or, and, not, comparisons and indexing stand above atoms
+    _walk(rng, "start", rng.randint(6, 12), tokens)
     for _ in range(rng.choice([0, 0, 0, 1, 2, 3])):
         i = rng.randrange(len(tokens) + 1)
         how = rng.random()

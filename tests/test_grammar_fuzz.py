@@ -11,21 +11,24 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.lark import from_lark
+from hypothesis.extra.lark import LarkStrategy
 from lark import Lark
+from lark.grammar import Terminal
 
 import lossdsl
 from lossdsl.syntax import grammar_text
 
 # from_lark joins terminals without the lexer's view of them, so a few terminals get explicit
-# strategies: names avoid the literals true/false/none (which lex as those literals where a
-# value may stand), numbers stay within double range, strings are JSON strings (the
-# documented escapes), and a statement separator may carry a comment (a comment runs to the
-# end of its line, so elsewhere it would swallow the tokens after it). Names that merely
-# start like a literal ("truex", "none_") are kept on purpose.
+# strategies: names avoid the reserved words (which lex as those words where one may stand),
+# reserved words carry spaces so that they do not run into a neighbouring name, numbers stay
+# within double range, strings are JSON strings (the documented escapes), and a statement
+# separator may carry a comment (a comment runs to the end of its line, so elsewhere it would
+# swallow the tokens after it). Names that merely start like a reserved word ("truex",
+# "none_", "inputs", "order") are kept on purpose.
 _NUMBERS = ["0", "1", "2.5", ".5", "1e-3", "007", "3.", "1E+2", "12345678901234567890", "9.99e300"]
 _TERMINALS = {
-    "NAME": st.sampled_from(["mse", "mae", "huber", "a", "_x", "out", "w1", "truex", "none_", "X_2"]),
+    "NAME": st.sampled_from(["mse", "mae", "huber", "a", "_x", "out", "w1", "truex", "none_", "X_2",
+                             "inputs", "order", "nota", "pred", "target"]),
     "NUMBER": st.sampled_from(_NUMBERS),
     "SIGNED_NUMBER": st.sampled_from(_NUMBERS + ["-" + n for n in _NUMBERS] + ["+1"]),
     "STRING": st.sampled_from(['"ema"', '""', r'"a\"b\\c"', r'"\u00e9\n"', '"é\t#;"', r'"\ud83d\ude00"',
@@ -33,27 +36,72 @@ _TERMINALS = {
     "_SEP": st.sampled_from([";", "\n", "\r\n", "  # a note; with (brackets\n", "\n\n"]),
     "COMMENT": st.just(""),
     "WS": st.sampled_from([" ", "  ", "\t", "\f", " \r"]),
+    "TRUE": st.just(" true "),
+    "FALSE": st.just(" false "),
+    "NONE": st.just(" none "),
+    "INPUT": st.just("input "),
 }
 # The post-lexer drops a new line inside brackets and after an operator, '=' or ','; the
 # operator terminals sometimes carry one (and a comment) to exercise that.
 _CONTINUED = {"PLUS": "+", "MINUS": "-", "STAR": "*", "SLASH": "/", "CIRCUMFLEX": "^", "EQUAL": "=",
-              "COMMA": ",", "LPAR": "(", "LSQB": "["}
+              "COMMA": ",", "LPAR": "(", "LSQB": "[", "AND": " and ", "OR": " or ", "NOT": " not "}
 _TERMINALS.update(
     {name: st.sampled_from([text, text, text + "\n", text + "  # more\n  "]) for name, text in _CONTINUED.items()}
 )
+_TERMINALS["COMPARE"] = st.sampled_from(["<", "<=", ">", ">=", "==", "!=", " < ", ">\n", "!=  # more\n  "])
 _TERMINALS.update({"RPAR": st.sampled_from([")", ")", "\n)"]), "RSQB": st.sampled_from(["]", "]", "\n]"])})
-grammar_programs = from_lark(Lark(grammar_text(), parser="lalr"), explicit=_TERMINALS)
+
+
+class BoundedLark(LarkStrategy):
+    """``from_lark``'s strategy, except that once a program has expanded ``budget`` rules,
+    each further rule takes one of its shortest expansions.
+
+    Hypothesis draws a rule's expansions uniformly; with eleven precedence levels, most of
+    them recursive, nearly every drawn tree would grow until it overran hypothesis's buffer
+    (a handful of programs per ten seconds). Bounding the size lets a program nest or chain
+    anything early on, and makes every drawn program end.
+    """
+
+    def __init__(self, grammar: Lark, explicit, budget: int) -> None:
+        super().__init__(grammar, None, explicit, st.characters(codec="utf-8"))
+        _, rules, _ = grammar.grammar.compile(grammar.options.start, ())
+        expansions: dict = {}
+        for rule in rules:
+            expansions.setdefault(rule.origin.name, []).append(tuple(rule.expansion))
+        self._shortest = {
+            name: st.sampled_from([e for e in options if len(e) == min(map(len, options))])
+            for name, options in expansions.items()
+        }
+        self._full = self.nonterminal_strategies
+        self._budget, self._expanded = budget, 0
+
+    def do_draw(self, data):
+        self._expanded = 0
+        self.nonterminal_strategies = self._full
+        return super().do_draw(data)
+
+    def draw_symbol(self, data, symbol, draw_state):
+        if not isinstance(symbol, Terminal):
+            self._expanded += 1
+            if self._expanded > self._budget:
+                self.nonterminal_strategies = self._shortest
+        super().draw_symbol(data, symbol, draw_state)
+
+
+grammar_programs = BoundedLark(Lark(grammar_text(), parser="lalr"), _TERMINALS, budget=80)
 
 # What the grammar accepts but the parser refuses, each documented in DESIGN.md §3/§8 or README.
 _DOCUMENTED_LIMITS = [
     r"positional argument after a keyword argument",
     r"keyword argument '\w+' is given twice",
     r"the program nests \d+ levels deep; the limit is 64",
+    r"comparisons cannot be chained",
 ]
 
 _TERMINAL_NAMES = re.compile(
     r"\b(RPAR|LPAR|LSQB|RSQB|COMMA|EQUAL|PLUS|MINUS|STAR|SLASH|CIRCUMFLEX|DOT|NAME|NUMBER"
-    r"|SIGNED_NUMBER|STRING|TRUE|FALSE|NONE|_SEP|COMMENT|WS)\b|\$END|__ANON|Token\("
+    r"|SIGNED_NUMBER|STRING|TRUE|FALSE|NONE|AND|OR|NOT|INPUT|COMPARE|COLON|ELLIPSIS|_SEP|COMMENT|WS)\b"
+    r"|\$END|__ANON|Token\("
 )
 
 
@@ -134,6 +182,8 @@ _FRAGMENTS = [
     "method", "steps", "balance", "linear", "watch", "detach", "clamp", "log", "min", "true",
     "none", "(", ")", "[", "]", ",", "=", "+", "-", "*", "/", "^", "**", ".", "0", "1", "0.5",
     "1e-3", "1e999", '"ema"', "'x'", '"', "\n", ";", " ", "\t", "# c\n", "$", "é", "\x00", "\\",
+    " and ", " or ", "not ", "input ", "<", "<=", "==", "!=", ">", "!", ":", "...", "[:, none]", "[..., 0]",
+    "pred", "target", "where", "mean", "[1, 2]", "false", "a < b < c",
 ]
 token_soup = st.lists(st.sampled_from(_FRAGMENTS), max_size=25).map("".join)
 
@@ -142,6 +192,9 @@ _VALID = [
     "recon = huber(delta=2)\nsmooth = temporal_diff(order=1)\n0.7*recon + 0.3*smooth + watch(mae)",
     "mse(pred=out.depth, weight=w) + 1e-3*linear(0, 1, steps=100)*mae",
     "k = 2; clamp(mse, min=0.1) * log(mae + 1) ^ k + balance(mse, mae, method=\"ema\")",
+    "input w\nd = pred[:, none] - pred[none, :]\n"
+    "mean(where(not d < 0 and target[..., 0:2] > 0 or true, w * d, 0))"
+    " + 0.1*mean([1, 2] * abs(pred[:, ::2]))",
 ]
 
 

@@ -33,8 +33,8 @@ def sentinel(tmp_path):
 HOSTILE = [
     ("__import__('os').system('touch {p}')", lossdsl.LossSyntaxError, "found the string 'os'"),
     ('__import__("os").system("touch {p}")', lossdsl.LossSyntaxError, "expected"),
-    ('os.system("touch {p}")', lossdsl.LossSyntaxError, "found '.'"),
-    ('mse + os.system("touch {p}")', lossdsl.LossSyntaxError, "found '.'"),
+    ('os.system("touch {p}")', lossdsl.LossSyntaxError, "os.system is an input path"),
+    ('mse + os.system("touch {p}")', lossdsl.LossSyntaxError, "os.system is an input path"),
     ("mse(pred=x.__class__)", lossdsl.LossArgumentError, "private name '__class__'"),
     ("mse(pred=__globals__)", lossdsl.LossArgumentError, "private name '__globals__'"),
     ("mse(pred=__builtins__)", lossdsl.LossArgumentError, "private name '__builtins__'"),

@@ -154,8 +154,8 @@ def test_single_quoted_strings_compile():
     )
 
 
-def test_keywords_that_look_like_literals_are_names_elsewhere():
-    # true/false/none are literals only as keyword values
+def test_names_that_start_like_reserved_words_are_names():
+    # a reserved word is the whole word; after a dot any word is a key of the input
     assert expr("truex + none_term") == Sum(operands=(C("truex"), C("none_term")), ops=("+",))
     assert expr("f(k=x.true)").kwargs[0].value == InputRef(path=("x", "true"))
 

@@ -2,7 +2,9 @@
 
 The strategy below builds AST nodes the way the parser produces them: numbers in expressions
 are non-negative (a minus sign is a ``Neg`` node) and at most 2**53 when integer, chains are
-flat unless an operand was bracketed, and reference paths are names.
+flat unless an operand was bracketed, reference paths are names, names are no reserved
+words (a key after a dot may be one), a list in an expression holds numbers, and a dotted
+name in an expression has at least one dot.
 """
 
 import string
@@ -15,27 +17,36 @@ import lossdsl
 from lossdsl.syntax.ast import (
     Binding,
     Bool,
+    BoolOp,
     Call,
+    Compare,
+    Declaration,
+    EllipsisItem,
+    Index,
     InputRef,
     Keyword,
     ListValue,
     Neg,
+    NewAxis,
     NoneValue,
+    Not,
     Number,
     Power,
     Product,
     Program,
+    Slice,
     String,
     Sum,
 )
 
-_LITERAL_WORDS = {"true", "false", "none"}
-names = st.builds(
+_RESERVED = {"true", "false", "none", "and", "or", "not", "input"}
+# any word, for the keys of a path after the first dot
+words = st.builds(
     lambda head, tail: head + tail,
     st.sampled_from(string.ascii_letters + "_"),
     st.text(string.ascii_letters + string.digits + "_", max_size=6),
-)
-plain_names = names.filter(lambda n: n not in _LITERAL_WORDS)
+) | st.sampled_from(sorted(_RESERVED))
+names = words.filter(lambda n: n not in _RESERVED)
 
 _MAX_EXACT_INT = 2**53
 expr_numbers = st.one_of(
@@ -48,9 +59,11 @@ signed_numbers = st.one_of(
 ).map(lambda v: Number(value=v))
 
 strings = st.text(st.characters(exclude_categories=()), max_size=12).map(lambda s: String(value=s))
-refs = st.builds(
-    lambda head, rest: InputRef(path=(head, *rest)), plain_names, st.lists(names, max_size=2)
+refs = st.builds(lambda head, rest: InputRef(path=(head, *rest)), names, st.lists(words, max_size=2))
+paths = st.builds(  # in an expression a dotted name has a dot
+    lambda head, rest: InputRef(path=(head, *rest)), names, st.lists(words, min_size=1, max_size=2)
 )
+number_lists = st.lists(signed_numbers, max_size=3).map(lambda items: ListValue(items=tuple(items)))
 values = st.recursive(
     st.one_of(
         signed_numbers, strings, st.builds(Bool, value=st.booleans()), st.just(NoneValue()), refs
@@ -80,10 +93,37 @@ def _chain(cls, symbols):
     return lambda inner: st.builds(build, st.lists(inner, min_size=2, max_size=4), st.data())
 
 
+def _index_items(inner):
+    parts = st.none() | inner
+    return st.lists(
+        st.one_of(
+            inner,
+            st.builds(Slice, start=parts, stop=parts, step=parts),
+            st.just(EllipsisItem()),
+            st.just(NewAxis()),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+
+
 def _extend(inner):
     return st.one_of(
         _chain(Sum, "+-")(inner),
         _chain(Product, "*/")(inner),
+        st.builds(
+            lambda op, operands: BoolOp(op=op, operands=tuple(operands)),
+            st.sampled_from(["and", "or"]),
+            st.lists(inner, min_size=2, max_size=3),
+        ),
+        st.builds(lambda x: Not(operand=x), inner),
+        st.builds(
+            lambda op, left, right: Compare(op=op, left=left, right=right),
+            st.sampled_from(["<", "<=", ">", ">=", "==", "!="]),
+            inner,
+            inner,
+        ),
+        st.builds(lambda base, items: Index(base=base, items=tuple(items)), inner, _index_items(inner)),
         st.builds(lambda b, e: Power(base=b, exponent=e), inner, inner),
         st.builds(lambda x: Neg(operand=x), inner),
         st.builds(
@@ -95,11 +135,18 @@ def _extend(inner):
     )
 
 
-exprs = st.recursive(
-    st.one_of(expr_numbers, st.builds(lambda n: Call(name=n), names)), _extend, max_leaves=10
+leaves = st.one_of(
+    expr_numbers,
+    st.builds(lambda n: Call(name=n), names),
+    st.builds(Bool, value=st.booleans()),
+    paths,
+    number_lists,
 )
+exprs = st.recursive(leaves, _extend, max_leaves=10)
+declarations = st.builds(lambda ns: Declaration(names=tuple(ns)), st.lists(names, min_size=1, max_size=3))
 programs = st.builds(
-    lambda bindings, e: Program(bindings=tuple(bindings), expr=e),
+    lambda declared, bindings, e: Program(declarations=tuple(declared), bindings=tuple(bindings), expr=e),
+    st.lists(declarations, max_size=2),
     st.lists(st.builds(lambda n, v: Binding(name=n, value=v), names, exprs), max_size=2),
     exprs,
 )
@@ -138,6 +185,25 @@ def test_round_trip_on_generated_asts(program):
         ('f(s="é\tx")', 'f(s="é\\tx")'),
         # single quotes are read, double quotes are written
         ("mse(reduction='sum')", 'mse(reduction="sum")'),
+        # tensor expressions (DESIGN.md §3.1)
+        ("not(pred<0)and x[:,none][...,0]<1", "not pred < 0 and x[:, none][..., 0] < 1"),
+        ("(a<b)==(c>d)", "(a < b) == (c > d)"),
+        ("a<(b<c)", "a < (b < c)"),
+        ("(a<b)+1", "(a < b) + 1"),
+        ("a or(b or c)", "a or (b or c)"),
+        ("(a and b)or c", "a and b or c"),
+        ("a and(b or c)", "a and (b or c)"),
+        ("not(a and b)", "not (a and b)"),
+        ("not(not a)", "not not a"),
+        ("-(not a)", "-(not a)"),
+        ("(a+b)[0]", "(a + b)[0]"),
+        ("(-x)[0]", "(-x)[0]"),
+        ("x[1:3,::2,1::,:,...,none,-1]", "x[1:3, ::2, 1:, :, ..., none, -1]"),
+        ("x[(a):(b+1):(2)]", "x[a:b + 1:2]"),
+        ("[1,-2,.5,]*x", "[1, -2, 0.5] * x"),
+        ("out.depth**2", "out.depth ^ 2"),
+        ("x**true+false", "x ^ true + false"),
+        ("a=mse;input w,k\ninput j;a", "input w, k\ninput j\na = mse\na"),
         ("""f(s='say "hi"', t='it\\'s', l=['a', 'b'])""", 'f(s="say \\"hi\\"", t="it\'s", l=["a", "b"])'),
     ],
 )

@@ -6,10 +6,13 @@ post-lexer drops it), so long expressions can be wrapped.
 
 from __future__ import annotations
 
-__all__ = ["CONTINUES", "NewlinesInBrackets"]
+__all__ = ["CONTINUES", "CONTINUING_WORDS", "NewlinesInBrackets"]
 
 # Tokens after which a newline continues the expression instead of ending the statement.
-CONTINUES = frozenset({"+", "-", "*", "/", "^", "**", "=", ","})
+CONTINUES = frozenset({"+", "-", "*", "/", "^", "**", "=", ",", "<", "<=", ">", ">=", "==", "!="})
+# Word operators continue a line only where the parser took them as operators: the same word
+# after a '.' is a key of an input path (`out.or`) and ends nothing.
+CONTINUING_WORDS = {"AND": "and", "OR": "or", "NOT": "not"}
 
 
 class NewlinesInBrackets:
@@ -24,7 +27,10 @@ class NewlinesInBrackets:
             kind = token.type
             if kind == "_SEP":
                 if token.value != ";" and (
-                    depth > 0 or previous is None or previous.value in CONTINUES
+                    depth > 0
+                    or previous is None
+                    or previous.value in CONTINUES
+                    or previous.type in CONTINUING_WORDS
                 ):
                     continue
             elif kind in ("LPAR", "LSQB"):

@@ -18,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ..errors import LossSyntaxError
 from .grammar import parser
 from .lexing import CONTINUES
+from .tokens import RESERVED, reserved_word_error
 
 __all__ = ["syntax_error"]
 # Lark terminal names in user words; literal terminals are shown as their text.
@@ -26,15 +27,29 @@ _TERMINAL_WORDS = {
     "NUMBER": "a number",
     "SIGNED_NUMBER": "a number",
     "STRING": "a string",
-    "TRUE": "true",
-    "FALSE": "false",
-    "NONE": "none",
+    "COMPARE": "a comparison",
     "_SEP": "a new line or ';'",
     "$END": "end of input",
 }
 _OPERAND_STARTS = {"NAME", "NUMBER"}
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "CIRCUMFLEX"}
-_VALUE_STARTS = {"SIGNED_NUMBER", "STRING", "TRUE", "FALSE", "NONE", "LSQB"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "CIRCUMFLEX", "COMPARE", "AND", "OR"}
+# what each word or symbol a line may end with expects after it (DESIGN.md §3.1)
+_OPERATOR_WORDS = ("and", "or", "not")
+_TWO_CHAR = ("**", "<=", ">=", "==", "!=")
+_CHARACTER_HINTS = {
+    "!": "'!=' means not equal; to negate a condition write not",
+    "&": "join conditions with and",
+    "|": "join conditions with or",
+    "~": "negate a condition with not",
+}
+_HINTS = {
+    "term": "a term is a name such as mse, a call such as huber(delta=1), or a number",
+    "value": 'a keyword value is a number, "string", true/false/none, [list] or an input name',
+    "number": "a list in an expression holds numbers, e.g. [1, 2, 0.5]",
+    "index": "an index holds integers, slices a:b:c, ... and none, e.g. x[..., 0], x[:, 1:3], x[:, none]",
+    "declaration": "an input statement names the call's inputs that expressions read: input w, mask",
+    "wrapped": "a new line ends the statement; to go on, end the line before with the operator",
+}
 
 
 def _words(name: str) -> str:
@@ -50,10 +65,30 @@ def _terminal_patterns() -> dict[str, str]:
 
 
 def _previous_symbol(text: str, pos: int) -> str:
+    """The operator, word or character just before ``pos``."""
     before = text[:pos].rstrip()
-    if before.endswith("**"):
-        return "**"
+    if before.endswith(_TWO_CHAR):
+        return before[-2:]
+    start = _trailing_name(before)
+    if start is not None and before[start:] in RESERVED:
+        return before[start:]
     return before[-1:] if before else ""
+
+
+def _misused_word(text: str, pos: int, expected: set[str], found: str) -> tuple[str, tuple[int, int]] | None:
+    """A reserved word just before ``pos`` that the parser took where a name stands.
+
+    ``true = 1``, ``f(true=1)``, ``true(x)``: a truth value cannot be named or called;
+    ``a + not b``: after an operator, ``not`` was read as a name (it binds looser than '+').
+    """
+    end = len(text[:pos].rstrip())
+    start = _trailing_name(text[:end])
+    if start is None or text[start:end] not in RESERVED or text[:start].rstrip().endswith("."):
+        return None
+    word = text[start:end]
+    named = found in ("'='", "'('", "'.'")
+    taken_as_name = word not in ("true", "false", "none") and "NAME" not in expected
+    return (word, (start, end)) if named or taken_as_name else None
 
 
 def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
@@ -62,7 +97,10 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         pos = err.pos_in_stream
         ch = text[pos]
         message = f"unexpected character {ch!r}"
-        hint = "a program is made of names, numbers, + - * / ^, brackets, ',' '=' and ';'"
+        hint = _CHARACTER_HINTS.get(
+            ch, "a program is made of names, numbers, operators (+ - * / ^ < <= > >= == != and or not), "
+            "brackets, ',' ':' '=' and ';'"
+        )
         if ch in "\"'":
             message = "unterminated string"
             hint = f"close the string with {ch} on the same line"
@@ -84,23 +122,40 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
             found = f"'{_shortened(token.value)}'"
         span = (token.start_pos, max(token.end_pos, token.start_pos + 1))
         pos = token.start_pos
+    misused = _misused_word(text, pos, expected, found)
+    if misused is not None:
+        err = reserved_word_error(*misused)
+        return err.located(text, err.span)
     previous = _previous_symbol(text, pos)
-    expected = _possible(text, pos, expected)
-    if expected & _VALUE_STARTS:
+    stack = _open_brackets(text, pos)
+    inner = stack[-1] if stack else None
+    expected = _possible(text, pos, expected, stack)
+    if "STRING" in expected:  # only a keyword value can be a string
         want = f"a value after '{previous}'" if previous == "=" else "a value"
-        hint = 'a keyword value is a number, "string", true/false/none, [list] or an input name'
+        hint = _HINTS["value"]
+    elif "SIGNED_NUMBER" in expected:
+        want, hint = "a number", _HINTS["number"]
     elif previous == "." and "NAME" in expected:
         want = "a name after '.'"
         hint = "an input reference is a dotted name such as out.depth"
+    elif expected - {"_SEP"} == {"NAME"} and previous in ("input", ","):
+        want, hint = f"a name after '{previous}'", _HINTS["declaration"]
     elif expected & _OPERAND_STARTS:
         want = "a term"
-        if previous in CONTINUES or previous in ("(", "["):
+        if previous in CONTINUES or previous in ("(", "[") or previous in _OPERATOR_WORDS:
             want = f"a term after '{previous}'"
-        hint = "a term is a name such as mse, a call such as huber(delta=1), or a number"
+        hint = _HINTS["index"] if inner == "index" else _HINTS["term"]
         if token is not None and token.type == "STRING":
             hint = 'a string can only be a keyword value, e.g. balance(a, b, method="ema")'
-        elif found in ("'+'", "'*'", "'/'", "'^'", "'**'") and _after_statement(text, pos):
-            hint = "a new line ends the statement; to go on, end the line before with the operator"
+        elif _is_operator(token) and _after_statement(text, pos):
+            hint = _HINTS["wrapped"]
+    elif at_end and not stack:
+        # every statement is complete, and no expression follows them
+        want = "the loss expression after the last statement"
+        hint = (
+            "a program ends with the expression whose value is the loss, "
+            "e.g. recon = huber; 0.7*recon + 0.3*mae"
+        )
     elif expected <= {"_SEP", "$END"} and _after_statement(text, pos):
         # `mse` then `mae` on the next line: only the last statement may be an expression.
         want = "the end of the program"
@@ -108,6 +163,10 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
             "statements before the last must be bindings such as recon = mse; "
             "join terms with an operator such as '+'"
         )
+        if _is_operator(token):
+            hint = _HINTS["wrapped"]
+        elif token is not None and token.value == "input":
+            hint = "input statements stand before the expression, e.g. input w; mean(w * (pred - target)^2)"
     else:
         words = []
         if expected & _OPERATORS:
@@ -120,8 +179,20 @@ def _syntax_error(text: str, err: UnexpectedInput) -> LossSyntaxError:
         if not words:
             words = sorted({_words(name) for name in expected})
         want = ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
-        hint = _hint_for(expected, found)
+        hint = _hint_for(expected, found, inner)
+        path = _trailing_path(text, pos) if found == "'('" else None
+        if path is not None:
+            hint = (
+                f"{_shortened(path)} is an input path (a key or attribute of an input); "
+                "only a term or function is called"
+            )
     return LossSyntaxError(f"expected {want}, found {found}", source=text, span=span, hint=hint)
+
+
+def _is_operator(token) -> bool:
+    if token is None:
+        return False
+    return token.value in ("+", "*", "/", "^", "and", "or", *_TWO_CHAR) or token.type in _OPERATORS
 
 
 def _shortened(text: str) -> str:
@@ -135,7 +206,8 @@ def _after_statement(text: str, pos: int) -> bool:
 
 
 def _open_brackets(text: str, pos: int) -> list[str]:
-    """The brackets open before ``pos``, innermost last: ``call``, ``group`` or ``list``."""
+    """The brackets open before ``pos``, innermost last: ``call``, ``group``, ``list`` or
+    ``index``."""
     stack: list[str] = []
     quote = ""  # the quote of the string we are in, if any
     escaped = in_comment = False
@@ -160,7 +232,7 @@ def _open_brackets(text: str, pos: int) -> list[str]:
         elif ch == "(":
             stack.append("call" if last.isalnum() or last == "_" else "group")
         elif ch == "[":
-            stack.append("list")
+            stack.append("index" if last.isalnum() or last in "_)]" else "list")
         elif ch in ")]" and stack:
             stack.pop()
         if not ch.isspace():
@@ -168,21 +240,20 @@ def _open_brackets(text: str, pos: int) -> list[str]:
     return stack
 
 
-def _possible(text: str, pos: int, expected: set[str]) -> set[str]:
+def _possible(text: str, pos: int, expected: set[str], stack: list[str]) -> set[str]:
     """Drop what LALR state merging lists but this place cannot take.
 
-    A ')' only closes an open call or group, a ']' an open list, ',' separates only inside a
-    call or list, the statement ends only outside brackets, and '=' follows only a name that
-    starts a statement or a call argument.
+    A ')' only closes an open call or group, a ']' an open list or index, ',' separates only
+    inside a call, list or index, the statement ends only outside brackets, and '=' follows
+    only a name that starts a statement or a call argument.
     """
-    stack = _open_brackets(text, pos)
     inner = stack[-1] if stack else None
     drop = set()
     if inner not in ("call", "group"):
         drop.add("RPAR")
-    if inner != "list":
+    if inner not in ("list", "index"):
         drop.add("RSQB")
-    if inner not in ("call", "list"):
+    if inner not in ("call", "list", "index"):
         drop.add("COMMA")
     if stack:
         drop |= {"_SEP", "$END"}
@@ -220,13 +291,35 @@ def _trailing_name(text: str) -> int | None:
     return start if start < len(text) else None
 
 
-def _hint_for(expected: set[str], found: str) -> str:
+def _trailing_path(text: str, pos: int) -> str | None:
+    """The dotted name (``out.depth``) that ends just before ``pos``, or None.
+
+    One scan back over its characters (no slicing per segment: a long path stays linear)."""
+    end = len(text[:pos].rstrip())
+    start = end
+    while True:
+        i = start
+        while i > 0 and text[i - 1] in _NAME_CHARS:
+            i -= 1
+        if i == start:  # no name here: a dot without a name before it
+            return None
+        if i == 0 or text[i - 1] != ".":
+            start = i
+            break
+        start = i - 1
+    dotted = text[start:end]
+    return dotted if "." in dotted else None
+
+
+def _hint_for(expected: set[str], found: str, inner: str | None) -> str:
     if found in ("')'", "']'") and not expected & {"RPAR", "RSQB"}:
         return f"this {found} has no opening bracket to close; remove it or add the opening one"
     if "RPAR" in expected and (found == "end of input" or "COMMA" not in expected):
         return "close the bracket with ')'"
     if "RPAR" in expected:
         return "separate arguments with ',' and close the call with ')'"
+    if "RSQB" in expected and inner == "index":
+        return "separate index items with ',' and close the index with ']'"
     if "RSQB" in expected:
         return "separate list items with ',' and close the list with ']'"
     if "_SEP" in expected:

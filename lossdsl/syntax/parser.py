@@ -18,6 +18,7 @@ from ..errors import LossDSLError, LossSyntaxError
 from . import ast
 from .grammar import grammar_text, parser
 from .messages import syntax_error as _syntax_error
+from .transform import MAX_DEPTH
 from .transform import node_depth as _depth
 from .transform import recording_depths as _recording_depths
 
@@ -25,7 +26,6 @@ __all__ = ["parse", "MAX_SOURCE_BYTES", "MAX_DEPTH", "grammar_text"]
 
 
 MAX_SOURCE_BYTES = 64 * 1024
-MAX_DEPTH = 64
 
 
 def parse(text: str) -> ast.Program:

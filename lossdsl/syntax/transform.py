@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import threading
 
 from lark import Token, Transformer
 
 from . import ast
 from ..errors import LossSyntaxError
+from .tokens import as_json_string, name_of, number, tok_span
+from .unparse import unparse
 
-__all__ = ["ToAST", "node_depth", "recording_depths"]
+__all__ = ["ToAST", "node_depth", "recording_depths", "MAX_DEPTH"]
+
+MAX_DEPTH = 64
 
 
 def _pos(item) -> tuple[int, int] | None:
@@ -54,15 +57,17 @@ class _PendingChain:
         self.cls, self.operands, self.ops = cls, operands, ops
         self.start, self.end, self.depth = start, end, depth
 
+    def extends(self, cls, op: str) -> bool:
+        # `and` and `or` are both BoolOp chains but never one chain
+        return self.cls is cls and (cls is not ast.BoolOp or self.ops[0] == op)
+
     def build(self) -> ast.Node:
-        node = self.cls(
-            operands=tuple(self.operands), ops=tuple(self.ops), span=ast.Span(start=self.start, end=self.end)
-        )
+        span = ast.Span(start=self.start, end=self.end)
+        if self.cls is ast.BoolOp:
+            node = ast.BoolOp(op=self.ops[0], operands=tuple(self.operands), span=span)
+        else:
+            node = self.cls(operands=tuple(self.operands), ops=tuple(self.ops), span=span)
         return _with_depth(node, self.depth)
-
-
-def _tok_span(token: Token) -> ast.Span:
-    return ast.Span(start=token.start_pos, end=token.end_pos)
 
 
 class _Depths(threading.local):
@@ -100,44 +105,21 @@ def _depth(node) -> int:
     return 0 if known is None else known[1]
 
 
-def _number(token: Token) -> ast.Number:
-    text = token.value
-    try:
-        value: int | float = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-        if isinstance(value, int) and abs(value) > 2**53:
-            value = float(value)
-        node = ast.Number(value=value, span=_tok_span(token))
-    except (ValueError, OverflowError):
-        shown = text if len(text) <= 24 else text[:20] + "..."
-        raise LossSyntaxError(
-            f"number '{shown}' is out of range",
-            span=(token.start_pos, token.end_pos),
-            hint="numbers must be finite double-precision values",
-        ) from None
-    return node
-
-
-def _as_json_string(quoted: str) -> str:
-    """A single-quoted string literal rewritten as the double-quoted JSON literal it means.
-
-    Both quote styles take JSON's escapes; inside single quotes ``\\'`` is a quote and ``"``
-    needs no escape. One pass over the text.
-    """
-    if quoted[0] == '"':
-        return quoted
-    out = ['"']
-    body, i, n = quoted[1:-1], 0, len(quoted) - 2
-    while i < n:
-        ch = body[i]
-        if ch == "\\" and i + 1 < n:
-            nxt = body[i + 1]
-            out.append("'" if nxt == "'" else "\\" + nxt)
-            i += 2
-            continue
-        out.append('\\"' if ch == '"' else ch)
-        i += 1
-    out.append('"')
-    return "".join(out)
+def _chained(operands: list, ops: list[Token]) -> LossSyntaxError:
+    """``a < b < c`` is refused (it reads as Python's chain and as C's nesting alike), with
+    the rewrite that means Python's ``a < b and b < c``."""
+    pairs = zip(operands, (t.value for t in ops), operands[1:])
+    rewrite = None
+    if max(_depth(o) for o in operands) <= MAX_DEPTH:  # unparse recurses
+        rewrite = " and ".join(f"{unparse(a)} {op} {unparse(b)}" for a, op, b in pairs)
+    if rewrite is None or len(rewrite) > 120:
+        rewrite = "a < b and b < c"
+    second = ops[1]
+    return LossSyntaxError(
+        "comparisons cannot be chained",
+        span=(second.start_pos, second.end_pos),
+        hint=f"join the comparisons with 'and': {rewrite}",
+    )
 
 
 class _Arguments:
@@ -157,21 +139,29 @@ class _ToAST(Transformer):
 
     def start(self, children):
         nodes = _nodes(children)
-        *bindings, expr = nodes
+        *statements, expr = nodes
+        declarations = tuple(s for s in statements if isinstance(s, ast.Declaration))
+        bindings = tuple(s for s in statements if isinstance(s, ast.Binding))
         depth = max([_depth(c) for c in nodes] + [0])
-        program = ast.Program(bindings=tuple(bindings), expr=expr, span=_span(nodes))
+        program = ast.Program(declarations=declarations, bindings=bindings, expr=expr, span=_span(nodes))
         return _with_depth(program, depth)
 
     def binding(self, children):
-        name, value = children[0], _nodes(children)[0]
-        node = ast.Binding(name=name.value, value=value, span=_span(children))
+        name, value = name_of(children[0]), _nodes(children)[0]
+        node = ast.Binding(name=name, value=value, span=_span(children))
         return _with_depth(node, _depth(value))
+
+    def declaration(self, children):
+        tokens = [t for t in children[1:] if isinstance(t, Token) and t.type == "NAME"]
+        node = ast.Declaration(names=tuple(name_of(t) for t in tokens), span=_span(children))
+        node._name_spans = tuple((t.start_pos, t.end_pos) for t in tokens)
+        return node
 
     def _chain(self, cls, op, children):
         left, right = [c for c in children if not isinstance(c, Token)]
         (right,) = _nodes([right])
         place = _span(children)
-        if isinstance(left, _PendingChain) and left.cls is cls:
+        if isinstance(left, _PendingChain) and left.extends(cls, op):
             left.operands.append(right)
             left.ops.append(op)
             left.end = place.end
@@ -193,6 +183,25 @@ class _ToAST(Transformer):
     def div(self, children):
         return self._chain(ast.Product, "/", children)
 
+    def or_(self, children):
+        return self._chain(ast.BoolOp, "or", children)
+
+    def and_(self, children):
+        return self._chain(ast.BoolOp, "and", children)
+
+    def not_(self, children):
+        (operand,) = _nodes(children)
+        return _with_depth(ast.Not(operand=operand, span=_span(children)), 1 + _depth(operand))
+
+    def compare(self, children):
+        operands = _nodes(children)
+        ops = [c for c in children if isinstance(c, Token)]
+        if len(ops) > 1:
+            raise _chained(operands, ops)
+        left, right = operands
+        node = ast.Compare(op=ops[0].value, left=left, right=right, span=_span(children))
+        return _with_depth(node, max(_depth(left), _depth(right)))
+
     def pow(self, children):
         base, exponent = _nodes(children)
         node = ast.Power(base=base, exponent=exponent, span=_span(children))
@@ -203,7 +212,7 @@ class _ToAST(Transformer):
         return _with_depth(ast.Neg(operand=operand, span=_span(children)), 1 + _depth(operand))
 
     def number(self, children):
-        return _number(children[0])
+        return number(children[0])
 
     def paren(self, children):
         (inner,) = _nodes(children)
@@ -211,13 +220,47 @@ class _ToAST(Transformer):
         return _with_depth(inner, 1 + _depth(inner))
 
     def call(self, children):
-        name = children[0]
+        name = name_of(children[0])
         found = [c for c in children[1:] if isinstance(c, _Arguments)]
         arguments = found[0] if found else None
         args, kwargs = (arguments.args, arguments.kwargs) if arguments else ((), ())
         depth = 1 + (arguments.depth if arguments else 0)
-        node = ast.Call(name=name.value, args=args, kwargs=kwargs, span=_span(children))
+        node = ast.Call(name=name, args=args, kwargs=kwargs, span=_span(children))
         return _with_depth(node, depth)
+
+    def path(self, children):
+        names = [t for t in children if isinstance(t, Token) and t.type == "NAME"]
+        # keys after the first may be any word: `out.none` reads inputs["out"]["none"]
+        path = (name_of(names[0]),) + tuple(t.value for t in names[1:])
+        return ast.InputRef(path=path, span=_span(children))
+
+    def numbers(self, children):
+        items = tuple(number(t) for t in children if isinstance(t, Token) and t.type == "SIGNED_NUMBER")
+        return _with_depth(ast.ListValue(items=items, span=_span(children)), 1)
+
+    def index(self, children):
+        base, *items = [c for c in _nodes(children) if c is not None]
+        node = ast.Index(base=base, items=tuple(items), span=_span(children))
+        return _with_depth(node, 1 + max(_depth(c) for c in (base, *items)))
+
+    def slice(self, children):
+        parts: list = [None, None, None]
+        part = 0
+        for child in children:
+            if isinstance(child, Token):
+                if child.type == "COLON":
+                    part += 1
+            elif child is not None:
+                (parts[part],) = _nodes([child])
+        start, stop, step = parts
+        node = ast.Slice(start=start, stop=stop, step=step, span=_span(children))
+        return _with_depth(node, max(_depth(p) for p in parts))
+
+    def ellipsis(self, children):
+        return ast.EllipsisItem(span=tok_span(children[0]))
+
+    def newaxis(self, children):
+        return ast.NewAxis(span=tok_span(children[0]))
 
     def arguments(self, children):
         items = [c for c in _nodes(children) if c is not None]
@@ -250,31 +293,31 @@ class _ToAST(Transformer):
         return _nodes(children)[0]
 
     def keyword(self, children):
-        name, value = children[0], _nodes(children)[0]
-        node = ast.Keyword(name=name.value, value=value, span=_span(children))
+        name, value = name_of(children[0]), _nodes(children)[0]
+        node = ast.Keyword(name=name, value=value, span=_span(children))
         return _with_depth(node, _depth(value))
 
     def string(self, children):
         token = children[0]
         try:
             # strict=False: a raw tab or other control character inside quotes is kept as is.
-            value = json.loads(_as_json_string(token.value), strict=False)
+            value = json.loads(as_json_string(token.value), strict=False)
         except ValueError:
             raise LossSyntaxError(
                 "bad escape in string",
                 span=(token.start_pos, token.end_pos),
                 hint='strings use JSON escapes: \\" \\\\ \\n \\t \\uXXXX',
             ) from None
-        return ast.String(value=value, span=_tok_span(token))
+        return ast.String(value=value, span=tok_span(token))
 
     def true(self, children):
-        return ast.Bool(value=True, span=_tok_span(children[0]))
+        return ast.Bool(value=True, span=tok_span(children[0]))
 
     def false(self, children):
-        return ast.Bool(value=False, span=_tok_span(children[0]))
+        return ast.Bool(value=False, span=tok_span(children[0]))
 
     def none(self, children):
-        return ast.NoneValue(span=_tok_span(children[0]))
+        return ast.NoneValue(span=tok_span(children[0]))
 
     def list(self, children):
         items = tuple(c for c in _nodes(children) if c is not None)
@@ -282,8 +325,7 @@ class _ToAST(Transformer):
         return _with_depth(node, 1 + max([_depth(i) for i in items] + [0]))
 
     def reference(self, children):
-        names = [t for t in children if isinstance(t, Token) and t.type == "NAME"]
-        return ast.InputRef(path=tuple(t.value for t in names), span=_span(children))
+        return self.path(children)
 
 
 ToAST = _ToAST
