@@ -93,8 +93,9 @@ class GradientStats(nn.Module):
             return ""
         sums, counts = self.sums.tolist()
         rows = [(c.rsplit("/", 1)[0], c.rsplit("/", 1)[1], s / n if n else math.nan) for c, s, n in zip(self.columns, sums, counts)]
-        width = max(len(r[0]) for r in rows)
-        lines = [f"{'gradients on shared':<{width}}  {'statistic':<16}  {'mean':>10}"]
+        head = "gradients on shared"
+        width = max(len(head), *(len(r[0]) for r in rows))
+        lines = [f"{head:<{width}}  {'statistic':<16}  {'mean':>10}"]
         lines.append("-" * len(lines[0]))
         lines += [f"{name:<{width}}  {what:<16}  {value:>10.4g}" for name, what, value in rows]
         return "\n\n" + "\n".join(lines)
