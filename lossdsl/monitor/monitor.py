@@ -288,10 +288,11 @@ class Monitor(nn.Module):
         """Means since this reader's previous read (or ``reset()``), as plain floats, for any
         logger (``self.log_dict(crit.monitor.as_dict())`` in Lightning). Keys: ``total``,
         ``<term>`` (raw), ``<term>/weight``, ``<term>/weighted``, ``<term>/share`` and
-        ``<term>/grad_norm`` (when probed), each after ``prefix``. A term never finite in the
-        window reads NaN. ``phase="eval"``: the validation calls, a window of its own; the
-        sinks have windows of their own too. ``sync=True`` adds up the windows of every rank
-        of ``torch.distributed``. Empty when nothing was recorded since the last read.
+        ``<term>/grad_norm`` (when probed), each after ``prefix``; under a gradient balancer
+        also ``<term>/shared_grad_norm`` and ``<a>~<b>/cos`` (:mod:`.gradients`, not summed over
+        ranks). A term never finite in the window reads NaN. ``phase="eval"``: the validation
+        calls, a window of its own; the sinks have windows of their own too. ``sync=True`` adds
+        up the windows of every rank. Empty when nothing was recorded since the last read.
 
         >>> import torch, lossdsl
         >>> crit = lossdsl.compile("2*mse")

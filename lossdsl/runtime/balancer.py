@@ -9,7 +9,9 @@ resumes a run exactly. State changes only on training calls, and is committed on
 term is finite (decided on the device, without a sync), so one bad batch cannot poison the
 statistics for the rest of the run; a validation call (eval mode or no gradients) reads the
 state without changing it and talks to no other rank. The forward has no data-dependent Python branch, so
-``torch.compile(crit, fullgraph=True)`` traces it in one graph.
+``torch.compile(crit, fullgraph=True)`` traces it in one graph. Methods that read the terms'
+gradients (§6.1) are run by :mod:`.gradients` (a training call of a weight producer, eagerly)
+and :mod:`.jacobian` (an aggregator: the plain sum here, the aggregation in ``crit.backward``).
 
 >>> import torch
 >>> from lossdsl.language.balancers import METHODS

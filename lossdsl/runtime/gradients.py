@@ -14,7 +14,7 @@ break); evaluation calls read the stored weights and take no gradient.
 >>> import torch
 >>> w = torch.tensor([3.0, -4.0], requires_grad=True)
 >>> grads = term_gradients([(w ** 2).sum() / 2, w.sum()], [w])
->>> stats = gradient_statistics(grads, [w])
+>>> stats = gradient_statistics(grads, [w], 2)
 >>> stats["abs_max"].tolist(), stats["norm"].tolist(), stats["gram"][0, 1].item()
 ([4.0, 1.0], [5.0, 1.4142135381698608], -1.0)
 """
@@ -69,39 +69,44 @@ def shared_tensors(shared: Any, owner: Any = None) -> list[Tensor]:
     return unique
 
 
-def term_gradients(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> list[list[Tensor | None]]:
-    """Each value's gradient with respect to ``tensors`` (None where it does not reach one);
-    the graph is kept for the backward that follows."""
-    grads = []
-    for value in values:
-        if not (isinstance(value, Tensor) and value.requires_grad):
-            grads.append([None] * len(tensors))
-            continue
-        grads.append(list(torch.autograd.grad(value, tensors, retain_graph=True, allow_unused=True)))
-    return grads
+def term_gradients(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> list[Tensor | None]:
+    """Each value's gradient with respect to each of ``tensors``: per tensor a ``(K, n)``
+    matrix (row ``i``: the flattened gradient of ``values[i]``), or None where no value
+    reaches it. One ``torch.autograd.grad`` per value (on the CPU a batched backward,
+    ``is_grads_batched``, measured slower); the graph is kept for the backward that follows."""
+    rows = [
+        torch.autograd.grad(v, tensors, retain_graph=True, allow_unused=True)
+        if isinstance(v, Tensor) and v.requires_grad else (None,) * len(tensors)
+        for v in values
+    ]
+    out: list[Tensor | None] = []
+    for j, t in enumerate(tensors):
+        column = [r[j] for r in rows]
+        if all(g is None for g in column):
+            out.append(None)
+        else:
+            out.append(torch.stack([(torch.zeros_like(t) if g is None else g).reshape(-1) for g in column]))
+    return out
 
 
-def gradient_statistics(grads: list[list[Tensor | None]], tensors: Sequence[Tensor]) -> dict[str, Tensor]:
+def gradient_statistics(grads: list[Tensor | None], tensors: Sequence[Tensor], k: int) -> dict[str, Tensor]:
     """Per term (over every entry of every shared tensor, a missing gradient counting as
     zeros): ``abs_max``, ``abs_mean`` and ``norm`` (K,), and the Gram matrix ``gram`` (K, K),
-    in float32 or wider, on the tensors' device."""
+    in float32 or wider, on the tensors' device. ``grads``: from :func:`term_gradients`."""
     first = tensors[0]
     dtype = torch.promote_types(first.dtype, torch.float32)
-    k, size = len(grads), sum(t.numel() for t in tensors)
+    size = sum(t.numel() for t in tensors)
     abs_max = torch.zeros(k, dtype=dtype, device=first.device)
     abs_sum = torch.zeros_like(abs_max)
     gram = torch.zeros(k, k, dtype=dtype, device=first.device)
-    for j in range(len(tensors)):
-        column = [g[j] for g in grads]
-        present = [i for i, g in enumerate(column) if g is not None]
-        if not present:
+    for rows in grads:
+        if rows is None:
             continue
-        rows = torch.stack([column[i].reshape(-1).to(dtype) for i in present])  # (k', n_j)
-        index = torch.tensor(present, device=first.device)
+        rows = rows.to(dtype)
         absolute = rows.abs()
-        abs_max[index] = torch.maximum(abs_max[index], absolute.amax(1))
-        abs_sum[index] += absolute.sum(1)
-        gram[index[:, None], index[None, :]] += rows @ rows.T
+        abs_max = torch.maximum(abs_max, absolute.amax(1))
+        abs_sum += absolute.sum(1)
+        gram += rows @ rows.T
     return {"abs_max": abs_max, "abs_mean": abs_sum / max(size, 1), "norm": gram.diagonal().sqrt(), "gram": gram}
 
 
@@ -159,7 +164,7 @@ def produce(balancer: Any, values: Sequence[Tensor], seen: Tensor, ok: Tensor | 
         commit(balancer, method.before(balancer._state(seen.dtype), p, torch))
     if count % p.every == 0:
         tensors = shared_tensors(shared, balancer)
-        stats = average_over_ranks(gradient_statistics(term_gradients(values, tensors), tensors))
+        stats = average_over_ranks(gradient_statistics(term_gradients(values, tensors), tensors, len(values)))
         new = method.update(balancer._state(seen.dtype), stats, seen, p, torch)
         accept = torch.isfinite(seen).all()
         for value in new.values():

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..language.counter_rng import counter_seed
 from ..errors import LossInputError
-from .gradients import average_over_ranks
+from .gradients import average_over_ranks, term_gradients
 
 __all__ = [
     "aggregate_forward", "jacobian", "aggregate", "outer_adjoint", "term_influence", "backward_with_aggregates",
@@ -56,14 +56,9 @@ def jacobian(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
     ``tensors`` (zeros where it does not reach them); the graph is kept."""
     if not tensors:
         raise ValueError("a Jacobian needs at least one tensor to differentiate by")
-    rows = []
-    for value in values:
-        grads = (
-            torch.autograd.grad(value, tensors, retain_graph=True, allow_unused=True)
-            if value.requires_grad else [None] * len(tensors)
-        )
-        rows.append(torch.cat([(torch.zeros_like(t) if g is None else g).reshape(-1) for g, t in zip(grads, tensors)]))
-    return torch.stack(rows)
+    k, like = len(values), tensors[0]
+    grads = term_gradients(values, tensors)
+    return torch.cat([like.new_zeros(k, t.numel()) if g is None else g for g, t in zip(grads, tensors)], 1)
 
 
 def _aggregator(balancer: Any) -> Any:
