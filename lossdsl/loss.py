@@ -31,8 +31,8 @@ from .resolve import ir
 from .resolve.naming import operand_names
 from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
-from .runtime.gradients import missing_shared, refuse_plain_backward, shared_tensors
-from .runtime.jacobian import aggregated_backward, feature_tensors
+from .runtime.gradients import refuse_plain_backward
+from .runtime.jacobian import aggregated_backward, cut_tensors
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import read_path
 from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
@@ -303,18 +303,8 @@ class Loss(nn.Module):
                 if self._aggregating else "back-propagate this loss with loss.backward()",
             )
         total, values, weights, pending = held
-        first = pending[0][0]
         try:
-            if shared is not None and features is not None:
-                raise LossDSLError("backward() takes shared= or features=, not both", span=first.span,
-                                   hint="shared= is exact; features= is cheaper")
-            if features is not None:
-                cut = feature_tensors(features, first)
-            else:
-                shared = shared if shared is not None else pending[0][1][2]
-                if shared is None:
-                    raise missing_shared(first, "aggregates the gradients of its terms: backward() needs them")
-                cut = shared_tensors(shared, first)
+            cut = cut_tensors(pending, shared, features)
         except LossDSLError as err:
             raise self._located(err) from err.__cause__
         self._backward_open = True

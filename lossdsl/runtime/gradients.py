@@ -122,13 +122,12 @@ def average_over_ranks(stats: dict[str, Tensor]) -> dict[str, Tensor]:
     return {n: part.reshape(stats[n].shape) for n, part in zip(names, parts)}
 
 
-def missing_shared(balancer: Any, needs: str) -> LossInputError:
-    name = balancer.method.name
+def missing_shared(balancer: Any, needs: str, how: str = "crit(pred, target, shared=model.trunk)") -> LossInputError:
+    """The error of a call that a gradient balancer needs ``shared`` for, without it."""
     return LossInputError(
-        f'balance(method="{name}") {needs}, but the call did not give shared=...',
+        f'balance(method="{balancer.method.name}") {needs}, but the call did not give shared=...',
         span=getattr(balancer, "span", None),
-        hint="pass the shared part of the model, a module or an iterable of parameters: "
-        "crit(pred, target, shared=model.trunk)",
+        hint=f"pass the shared part of the model, a module or an iterable of parameters: {how}",
     )
 
 

@@ -16,10 +16,9 @@ balancer's own counter-based generator (whose key and counter are buffers), so t
 RNG is left as it was and a resumed run draws the same numbers.
 
 >>> import torch
->>> j = jacobian([torch.tensor([1.0, 2.0], requires_grad=True).sum()], [])
-Traceback (most recent call last):
-...
-ValueError: a Jacobian needs at least one tensor to differentiate by
+>>> w = torch.tensor([3.0, -4.0], requires_grad=True)
+>>> jacobian([(w ** 2).sum() / 2, w.sum()], [w]).tolist()   # one row per term
+[[3.0, -4.0], [1.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -32,12 +31,12 @@ import torch
 from torch import Tensor
 
 from ..language.counter_rng import counter_seed
-from ..errors import LossInputError
-from .gradients import average_over_ranks, term_gradients
+from ..errors import LossDSLError, LossInputError
+from .gradients import average_over_ranks, missing_shared, shared_tensors, term_gradients
 
 __all__ = [
     "aggregate_forward", "jacobian", "aggregate", "outer_adjoint", "term_influence", "backward_with_aggregates",
-    "feature_tensors", "aggregated_backward", "mean_jacobian",
+    "feature_tensors", "cut_tensors", "aggregated_backward", "mean_jacobian",
 ]
 
 
@@ -166,6 +165,27 @@ def feature_tensors(features: Any, owner: Any = None) -> list[Tensor]:
             hint="pass the output of the shared part: h = model.trunk(x); ...; crit.backward(features=h)",
         )
     return found
+
+
+def cut_tensors(pending: list, shared: Any, features: Any) -> list[Tensor]:
+    """Where ``crit.backward`` aggregates: the features ``h`` when given, else the shared
+    parameters given to it or, failing that, to the call (``pending``: the aggregating
+    balancers of the call, the first of which errors name)."""
+    first = pending[0][0]
+    if shared is not None and features is not None:
+        raise LossDSLError(
+            "backward() takes shared= or features=, not both", span=first.span,
+            hint="shared= is exact; features= is cheaper",
+        )
+    if features is not None:
+        return feature_tensors(features, first)
+    shared = shared if shared is not None else pending[0][1][2]
+    if shared is None:
+        raise missing_shared(
+            first, "aggregates the gradients of its terms with respect to the shared parameters",
+            "crit.backward(shared=model.trunk), or crit.backward(features=h)",
+        )
+    return shared_tensors(shared, first)
 
 
 def _corrected(weights: Tensor, changes: list) -> Tensor:
