@@ -31,7 +31,7 @@ from ..errors import LossDSLError, LossInputError
 
 __all__ = [
     "shared_tensors", "term_gradients", "gradient_statistics", "average_over_ranks", "produce",
-    "missing_shared", "host_count", "commit",
+    "missing_shared", "host_count", "commit", "refuse_plain_backward",
 ]
 
 _STATS = ("abs_max", "abs_mean", "norm")
@@ -188,5 +188,3 @@ def refuse_plain_backward(name: str, span: Any) -> LossDSLError:
         "instead of loss.backward()",
     )
 
-
-__all__ += ["refuse_plain_backward"]
