@@ -25,10 +25,14 @@ from torch import Tensor, nn
 
 from .errors import LossDSLError, LossInputError, did_you_mean, location
 from .monitor import CallInputs, Monitor
+from .monitor.gradients import reporter
 from .program import Program, build_program
 from .resolve import ir
+from .resolve.naming import operand_names
 from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
+from .runtime.gradients import refuse_plain_backward
+from .runtime.jacobian import aggregated_backward, cut_tensors
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import read_path
 from .runtime.precision import values_row
@@ -86,6 +90,9 @@ class Loss(nn.Module):
         self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
         # training calls with schedules but no step ever given (warned about once); None: not watched
         self._stepless_calls: int | None = 0 if program.schedules else None
+        self._aggregating = self._wire_gradient_balancers(resolved)
+        self._held = None  # an aggregating program's last training call, for backward()
+        self._backward_open = False
 
     @property
     def term_names(self) -> list[str]:
@@ -132,6 +139,8 @@ class Loss(nn.Module):
             weights = self._constant_weights(row)
         last = self._last
         last.row, last.weights = row, weights
+        if self._aggregating:
+            self._hold(total, values, weights)
         monitor = self.monitor
         if monitor.enabled:
             monitor.record(row, weights, self.step, values, CallInputs(pred, target, inputs))
@@ -254,6 +263,73 @@ class Loss(nn.Module):
         """Set the stored optimizer step that schedules read."""
         self._store_step(step)
 
+    # --- balancing gradients (§6.1) --------------------------------------------------------
+
+    def _wire_gradient_balancers(self, resolved: ir.IR) -> bool:
+        """Give each balancer its place in the text, and each gradient balancer its reports
+        to the monitor; whether the program has an aggregator (it needs ``backward()``)."""
+        nodes = [n for n in resolved.nodes() if isinstance(n, ir.Balance)]  # the balancers' order
+        groups = []
+        for balancer, node in zip(self.balancers, nodes):
+            balancer.span = node.span
+            if node.method.gradients is not None:
+                balancer.report = reporter(self.monitor, len(groups))
+                groups.append(operand_names(node, resolved.logged))
+        if groups:
+            self.monitor.gradients.track(groups)
+        return any(node.method.gradients == "aggregate" for node in nodes)
+
+    def _hold(self, total: Tensor, values: Any, weights: Tensor) -> None:
+        pending = [(b, b.__dict__.pop("pending")) for b in self.balancers if "pending" in b.__dict__]
+        if pending:  # a training call: kept for backward(), and loss.backward() refused
+            self._held = (total, list(values), weights, pending)
+            total.register_hook(self._refuse_plain_backward)
+
+    def _refuse_plain_backward(self, grad: Tensor) -> None:
+        if not self._backward_open:
+            first = next(b for b in self.balancers if b.method.gradients == "aggregate")
+            raise self._located(refuse_plain_backward(first.method.name, first.span))
+
+    def backward(self, shared: Any = None, *, features: Any = None, retain_graph: bool = False) -> None:
+        """Back-propagate the last training call of a program whose ``balance(...)`` aggregates
+        gradients (``method="upgrad"``, ...), in place of ``loss.backward()``.
+
+        ``shared`` (a module or an iterable of parameters; default: the ``shared=`` given to the
+        call): exact, one Jacobian row per term over the shared parameters, aggregated; every
+        other parameter gets the gradient of the plain sum of the terms, and terms outside the
+        balance add their ordinary gradient. ``features`` (the shared part's output ``h``):
+        cheaper, the Jacobian with respect to ``h`` is aggregated and back-propagated once.
+        Afterwards ``weights`` holds the weights the aggregator gave each term.
+
+        >>> import torch, lossdsl
+        >>> w = torch.tensor([1.0, 1.0], requires_grad=True)
+        >>> crit = lossdsl.compile('balance(mse(pred=a), mse(pred=b), method="mean")')
+        >>> _ = crit(a=w[0] * torch.ones(1), b=-w[1] * torch.ones(1), target=torch.zeros(1))
+        >>> crit.backward(shared=[w])
+        >>> w.grad.tolist(), crit.weights["mse"].item()
+        ([1.0, 1.0], 0.5)
+        """
+        held = self._held
+        if held is None:
+            raise LossDSLError(
+                "backward() has no training call to back-propagate" if self._aggregating else
+                "backward() is for programs whose balance(...) aggregates gradients",
+                hint="call the loss in training mode with gradients enabled, then crit.backward(shared=...)"
+                if self._aggregating else "back-propagate this loss with loss.backward()",
+            )
+        total, values, weights, pending = held
+        try:
+            cut = cut_tensors(pending, shared, features)
+        except LossDSLError as err:
+            raise self._located(err) from err.__cause__
+        self._backward_open = True
+        try:
+            aggregated_backward(total, pending, cut, features is not None, values, weights, retain_graph)
+        finally:
+            self._backward_open = False
+        if not retain_graph:
+            self._held = None
+
     # --- the step -------------------------------------------------------------------------
 
     def _store_step(self, step: Any) -> None:
@@ -305,6 +381,7 @@ class Loss(nn.Module):
         state = self.__dict__.copy()
         # the program is generated code: rebuilt from the IR when loaded
         state["program"] = None
+        state["_held"] = None  # a call's graph is not part of the loss
         state["_constant"] = {}
         return state
 

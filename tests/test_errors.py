@@ -214,7 +214,8 @@ TABLE = [
         '  balance(mse, mae, method="emma")\n'
         "                    ^^^^^^^^^^^^^\n"
         "hint: did you mean 'ema'? methods: \"uncertainty\", \"ema\", \"dwa\", \"cov\", "
-        '"softadapt", "relobralo"',
+        '"softadapt", "relobralo", "gradnorm", "lra", "upgrad", "mgda", "pcgrad", "cagrad", '
+        '"imtl_g", "aligned_mtl", "nash_mtl", "dualproj", "graddrop", "mean"',
     ),
     (
         "mse(pred=x._y)",

@@ -92,6 +92,16 @@ def test_image_restoration_example():
     assert_trains(load_example("image_restoration").main(steps=60))
 
 
+def test_multitask_gradients_example():
+    pytest.importorskip("torchjd")
+    pytest.importorskip("lightning")
+    histories = load_example("multitask_gradients").main(steps=60)
+    assert set(histories) == {"upgrad", "lra"}
+    for history in histories.values():
+        assert len(history) == 60
+        assert_trains(history)
+
+
 def test_custom_term_example():
     try:
         module = load_example("custom_term")

@@ -50,11 +50,17 @@ def test_names_imported_by_name_come_from_fixed_tables():
     assert all(module.startswith("lossdsl.") for module in lossdsl._LAZY.values())
     from lossdsl.language.functions import FUNCTIONS, OPERATORS
 
-    # every lazy name of the tables hangs off the one root, torch itself
-    assert lazy.T.path == "torch"
+    # every lazy name of the tables hangs off one of two fixed roots: torch itself, and the
+    # optional TorchJD whose aggregators the gradient balancers name
+    from lossdsl.language.balancers import METHODS
+
+    assert lazy.T.path == "torch" and lazy.TORCHJD.path == "torchjd"
     runs = [row.run for row in [*FUNCTIONS.values(), *OPERATORS.values()]]
     named = [run.path for run in runs if isinstance(run, lazy.LazyAttribute)]
     assert named and all(path.startswith("torch.") for path in named)
+    classes = [m.aggregation.make for m in METHODS.values() if m.aggregation is not None]
+    assert classes and all(isinstance(c, lazy.LazyAttribute) for c in classes)
+    assert all(c.path.startswith("torchjd.aggregation.") for c in classes)
 
 
 @pytest.mark.parametrize(

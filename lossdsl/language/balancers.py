@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from .params import STRICT, Positive, Unit
 from .counter_rng import counter_uniform, seed_key
+from . import gradient_methods as G
 
 __all__ = ["Method", "METHODS", "MAX_WINDOW", "MAX_BALANCED"]
 
@@ -44,6 +45,11 @@ class Method:
     guard); a refused call weighs with the stored state;
     ``extra(state, p, t)``: a term added to the total that does not depend on the losses.
     ``t`` is the torch module, given by the runtime (the table itself imports no torch).
+
+    Methods that read the terms' gradients (§6.1, :mod:`~lossdsl.language.gradient_methods`)
+    set ``gradients``: ``"weights"`` for a weight producer, with ``before`` (every training
+    call) and ``update`` (update calls); ``"aggregate"`` for an aggregator, with its
+    ``aggregation``.
     """
 
     name: str
@@ -54,6 +60,10 @@ class Method:
     learnable: Callable[[int, Any, Any], dict] = lambda k, p, t: {}
     extra: Callable[[dict, Any, Any], Any] | None = None
     reads_losses: bool = True  # False: the weights do not depend on the losses (no all-reduce)
+    gradients: str | None = None  # None, "weights" or "aggregate"
+    before: Callable[[dict, Any, Any], dict] | None = None
+    update: Callable[..., dict] | None = None
+    aggregation: Any = None  # gradient_methods.Aggregation
 
     def __reduce__(self):
         return (_method_named, (self.name,))
@@ -249,6 +259,48 @@ METHODS: dict[str, Method] = dict(
         ),
     ]
 )
+
+
+# --- methods that read the terms' gradients (§6.1) -----------------------------------------
+
+
+def _held(name):
+    def weigh(state, seen, p, update, t):
+        return state[name].detach(), {}  # between updates the weights are constants
+
+    return weigh
+
+
+METHODS["gradnorm"] = Method(
+    "gradnorm", G.GradNormParams, _held("weights"), "GradNorm: weights that equalise the gradient norms' training rates (Chen et al. 2018)",
+    state=lambda k, p, t: {"initial": t.zeros(k), "push": t.zeros(k), "count": _long(t)},
+    learnable=lambda k, p, t: {"weights": t.ones(k)},
+    extra=G.gradnorm_extra, gradients="weights", before=G.gradnorm_before, update=G.gradnorm_update,
+)
+METHODS["lra"] = Method(
+    "lra", G.LraParams, _held("lambdas"), "learning-rate annealing from gradient statistics (Wang, Teng & Perdikaris 2021)",
+    state=lambda k, p, t: {"lambdas": t.ones(k), "count": _long(t)},
+    reads_losses=False, gradients="weights", update=G.lra_update,
+)
+
+
+def _aggregator_state(aggregation):
+    def state(k, p, t):
+        made = {"weights": t.ones(k)}  # the weights of the last crit.backward (1: none yet)
+        if aggregation.random:
+            made.update(rng_key=seed_key(p.seed, t), rng_counter=_long(t))
+        if aggregation.carried:
+            made["carried"] = t.ones(k)
+        return made
+
+    return state
+
+
+for _name, (_params, _aggregation, _summary) in G.AGGREGATIONS.items():
+    METHODS[_name] = Method(
+        _name, _params, _held("weights"), _summary, state=_aggregator_state(_aggregation),
+        reads_losses=False, gradients="aggregate", aggregation=_aggregation,
+    )
 
 
 def _method_named(name: str) -> Method:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 
-__all__ = ["counter_uniform", "seed_key"]
+__all__ = ["counter_uniform", "counter_seed", "seed_key"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -40,7 +40,12 @@ def seed_key(seed: int, t: Any) -> Any:
     return _mix32(t.tensor(int(seed) & _MASK32, dtype=t.long))
 
 
+def counter_seed(key: Any, counter: Any) -> Any:
+    """A 32-bit integer from a key and a counter (int64 tensors): the seed of one draw of a
+    library that takes its random numbers from torch's own generators (seeded, then restored)."""
+    return _mix32(_mix32(counter & _MASK32) ^ (key & _MASK32))
+
+
 def counter_uniform(key: Any, counter: Any) -> Any:
     """A uniform number in ``[0, 1)`` from a key and a counter (int64 tensors), in float32."""
-    x = _mix32(_mix32(counter & _MASK32) ^ (key & _MASK32))
-    return (x >> 8).float() * (1.0 / (1 << 24))
+    return (counter_seed(key, counter) >> 8).float() * (1.0 / (1 << 24))

@@ -7,7 +7,8 @@ through :data:`T`, a stand-in that imports torch on first use: ``T.log`` in a ro
 resolved to ``torch.log`` when a program is built, and a derivative rule called on graph
 proxies records ``torch.sign`` into the graph. Nothing the language defines calls ``T`` while
 a loss runs: code that runs per call (balancer methods, schedules on tensors) is given torch
-by the runtime. This is the only place the language reaches torch.
+by the runtime. This is the only place the language reaches torch (and :data:`TORCHJD`, the
+optional library whose aggregators the gradient balancers name).
 
 >>> from lossdsl.language.lazy import T
 >>> T.nn.functional.softplus            # doctest: +ELLIPSIS
@@ -21,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["LazyAttribute", "T", "resolve"]
+__all__ = ["LazyAttribute", "T", "TORCHJD", "resolve"]
 
 
 class LazyAttribute:
@@ -80,6 +81,8 @@ class LazyAttribute:
 
 
 T = LazyAttribute("torch")
+# the optional TorchJD (``lossdsl[mtl]``): the gradient aggregators of ``balance`` are its classes
+TORCHJD = LazyAttribute("torchjd")
 
 
 def resolve(value: Any) -> Any:

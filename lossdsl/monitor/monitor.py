@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LossDSLError, did_you_mean
+from .gradients import GradientStats
 from .readers import PHASES, Windows, format_table, phase_index, stats_table, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, PendingRows, fold_rows, probe_norms
@@ -76,6 +77,7 @@ class Monitor(nn.Module):
         self.ema = float(ema)
         self._pending = PendingRows()
         self._windows = Windows()
+        self.gradients = GradientStats(self._windows)  # the terms' gradients on `shared` (§6.1)
         self._sinks = AttachedSinks()
         self._probe_every = 0
         self._probe_inputs = ("pred",)
@@ -229,6 +231,7 @@ class Monitor(nn.Module):
             if key not in self._windows:  # a window loaded from a resumed state is kept
                 self._flush()
                 self._windows.mark(key, self.sums[0])
+                self.gradients.mark(key)
         return sink
 
     def write(self, step: int | None = None) -> None:
@@ -250,8 +253,8 @@ class Monitor(nn.Module):
             return
         windows, stored = self._read_windows([(key, 0) for key, _ in due], sync=False)
         label = stored if step is None else int(step)
-        for (_, sink), window in zip(due, windows):
-            scalars = window_scalars(window, self.names, "loss/")
+        for (key, sink), window in zip(due, windows):
+            scalars = {**window_scalars(window, self.names, "loss/"), **self.gradients.scalars(key, "loss/")}
             if scalars:
                 sink.write(scalars, label)
 
@@ -285,10 +288,11 @@ class Monitor(nn.Module):
         """Means since this reader's previous read (or ``reset()``), as plain floats, for any
         logger (``self.log_dict(crit.monitor.as_dict())`` in Lightning). Keys: ``total``,
         ``<term>`` (raw), ``<term>/weight``, ``<term>/weighted``, ``<term>/share`` and
-        ``<term>/grad_norm`` (when probed), each after ``prefix``. A term never finite in the
-        window reads NaN. ``phase="eval"``: the validation calls, a window of its own; the
-        sinks have windows of their own too. ``sync=True`` adds up the windows of every rank
-        of ``torch.distributed``. Empty when nothing was recorded since the last read.
+        ``<term>/grad_norm`` (when probed), each after ``prefix``; under a gradient balancer
+        also ``<term>/shared_grad_norm`` and ``<a>~<b>/cos`` (:mod:`.gradients`, not summed over
+        ranks). A term never finite in the window reads NaN. ``phase="eval"``: the validation
+        calls, a window of its own; the sinks have windows of their own too. ``sync=True`` adds
+        up the windows of every rank. Empty when nothing was recorded since the last read.
 
         >>> import torch, lossdsl
         >>> crit = lossdsl.compile("2*mse")
@@ -301,7 +305,7 @@ class Monitor(nn.Module):
         9.0
         """
         (window,), _ = self._read_windows([(phase, phase_index(phase))], sync)
-        return window_scalars(window, self.names, prefix)
+        return {**window_scalars(window, self.names, prefix), **self.gradients.scalars(phase, prefix)}
 
     def stats(self, sync: bool = False, phase: str = "train") -> dict[str, dict[str, float]]:
         """Statistics since ``reset()`` for every name and ``"total"``: ``mean`` ``ema``
@@ -330,7 +334,7 @@ class Monitor(nn.Module):
     def summary(self, sync: bool = False, phase: str = "train") -> str:
         """A readable table of :meth:`stats`: weight, raw mean/EMA/min/max, weighted mean,
         share %, share of the gradient norm % (when probed) and the non-finite count."""
-        return format_table(self.stats(sync, phase), self.is_term)
+        return format_table(self.stats(sync, phase), self.is_term) + (self.gradients.table() if phase == "train" else "")
 
     def reset(self) -> None:
         """Clear every statistic of both phases and start every reader's window anew (the
@@ -342,6 +346,7 @@ class Monitor(nn.Module):
                 buf.zero_()
             self.low.fill_(math.inf)
             self.high.fill_(-math.inf)
+            self.gradients.reset()
 
     def suggest_weights(self, target: dict[str, float] | None = None) -> Suggestion:
         """Weights that give every term an equal share (or the ``target`` shares of the whole;

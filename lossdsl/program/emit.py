@@ -31,9 +31,10 @@ from .weights import sweep, whole_vector
 __all__ = ["Emitted", "emit", "run_balancer"]
 
 
-def run_balancer(balancers: Any, index: int, values: list, ok: Any = None) -> tuple:
-    """Call balancer ``index`` of the loss on the term values: ``(total, weights)``."""
-    return balancers[index](values, ok)
+def run_balancer(balancers: Any, index: int, values: list, ok: Any = None, *shared: Any) -> tuple:
+    """Call balancer ``index`` of the loss on the term values: ``(total, weights)``. A method
+    that reads the terms' gradients is also given the call input ``shared`` (§6.1)."""
+    return balancers[index](values, ok, *shared)
 
 
 def all_finite(*gated: Any) -> Any:
@@ -145,7 +146,9 @@ class _Emitter:
             args = [self.value[id(a)] for a in node.args]
             gates = [self.gates[id(n)] for n in ir.walk(*node.args) if id(n) in self.gates]
             ok = self.call(all_finite, tuple(gates), name="terms_ok") if gates else None
-            both = self.call(run_balancer, (self.slots["balancers"], index, args, ok), name=f"balance_{node.method.name}")
+            shared = (self.input(("shared",), required=False),) if node.method.gradients is not None else ()
+            call_args = (self.slots["balancers"], index, args, ok, *shared)
+            both = self.call(run_balancer, call_args, name=f"balance_{node.method.name}")
             self.value[key] = self.call(operator.getitem, (both, 0), name="balanced")
             weights = self.call(operator.getitem, (both, 1), name="balance_weights")
             weights.node.meta["entries"] = len(node.args)

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import LossArgumentError, LossTypeError, did_you_mean
 from ..language.balancers import MAX_BALANCED, METHODS
 from ..language.functions import FUNCTIONS, OPERATORS, KindError
+from ..language.gradient_methods import MTL_EXTRA, missing_modules
 from ..language.names import BALANCE
 from ..language.registry import TermSpec
 from ..language.schedules import SCHEDULES
@@ -274,7 +275,20 @@ def _balance(r, node: ast.Call) -> ir.Balance:
         places[kw.name] = kw.offsets
     params = validate("balance", model, values, places, node.offsets)
     params.pop("method", None)
+    _check_installed(row, method_kw)
     return r.node(ir.Balance, row, operands, tuple(params.items()), span=node.offsets)
+
+
+def _check_installed(row, method_kw: ast.Keyword) -> None:
+    """An aggregator of the optional TorchJD needs it (and the solvers it uses) installed:
+    said when compiling, not at the first ``crit.backward``."""
+    missing = missing_modules(row.aggregation.modules) if row.aggregation is not None else []
+    if missing:
+        raise LossArgumentError(
+            f'balance(method="{row.name}") needs TorchJD and the solvers it uses; not installed: {", ".join(missing)}',
+            span=method_kw.offsets,
+            hint=f"install the multi-task extra: {MTL_EXTRA}",
+        )
 
 
 # --- argument values ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from . import ir
 
-__all__ = ["logged_items"]
+__all__ = ["logged_items", "operand_names"]
 
 
 def logged_items(order: Iterable[tuple[str, ir.Node, bool]], bindings: set[str]) -> tuple[ir.Logged, ...]:
@@ -38,3 +38,17 @@ def logged_items(order: Iterable[tuple[str, ir.Node, bool]], bindings: set[str])
         taken.add(name)
         out.append(ir.Logged(name, node))
     return tuple(out)
+
+
+def operand_names(node: ir.Balance, logged: Iterable[ir.Logged]) -> list[str]:
+    """The log name of each operand of a ``balance``: its own where it is logged (a term or a
+    named composite), else the names of the logged terms inside it joined by ``+``."""
+    by_node = {id(item.node): item.name for item in logged}
+    names = []
+    for k, arg in enumerate(node.args, 1):
+        if id(arg) in by_node:
+            names.append(by_node[id(arg)])
+        else:
+            inner = [by_node[id(n)] for n in ir.walk(arg) if id(n) in by_node]
+            names.append("+".join(inner) or f"operand_{k}")
+    return names

@@ -88,6 +88,8 @@ class Resolver:
                 read.update(route.path[0] for route in node.routes)
             elif isinstance(node, ir.Input):
                 read.add(node.path[0])
+            elif isinstance(node, ir.Balance) and node.method.gradients is not None:
+                read.add("shared")  # the parameters whose gradients it reads (§6.1)
         canonical = unparse(program)
         return ir.IR(
             source=source if source is not None else canonical,

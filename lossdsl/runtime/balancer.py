@@ -9,7 +9,9 @@ resumes a run exactly. State changes only on training calls, and is committed on
 term is finite (decided on the device, without a sync), so one bad batch cannot poison the
 statistics for the rest of the run; a validation call (eval mode or no gradients) reads the
 state without changing it and talks to no other rank. The forward has no data-dependent Python branch, so
-``torch.compile(crit, fullgraph=True)`` traces it in one graph.
+``torch.compile(crit, fullgraph=True)`` traces it in one graph. Methods that read the terms'
+gradients (§6.1) are run by :mod:`.gradients` (a training call of a weight producer, eagerly)
+and :mod:`.jacobian` (an aggregator: the plain sum here, the aggregation in ``crit.backward``).
 
 >>> import torch
 >>> from lossdsl.language.balancers import METHODS
@@ -27,6 +29,9 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from .gradients import produce
+from .jacobian import aggregate_forward
 
 __all__ = ["Balancer", "mean_over_ranks"]
 
@@ -96,11 +101,14 @@ class Balancer(nn.Module):
             state[name] = value
         return state
 
-    def forward(self, values: Sequence[Tensor], ok: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, values: Sequence[Tensor], ok: Tensor | None = None, shared: Any = None) -> tuple[Tensor, Tensor]:
         """``(total, weights)`` of ``values``. ``ok``: under ``zero_term``/``skip_batch``,
         false when the loss's guard replaced one of these terms by 0 (the call then leaves
-        the state as it was, as if it had not been made)."""
+        the state as it was, as if it had not been made). ``shared``: the call input that
+        methods reading the terms' gradients differentiate by (§6.1)."""
         losses = _stack(values)
+        if self.method.gradients == "aggregate":  # the plain sum; crit.backward aggregates
+            return aggregate_forward(self, values, losses, shared)
         seen = losses.detach()
         if seen.dtype in _HALF:
             seen = seen.float()  # statistics in at least single precision
@@ -109,6 +117,8 @@ class Balancer(nn.Module):
         update = self.training and torch.is_grad_enabled()
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
+        if update and self.method.gradients == "weights":
+            produce(self, values, seen, ok, shared)  # updates the weights before use
         state = self._state(seen.dtype)
         weights, new = self.method.weigh(state, seen, self.params, update, torch)
         if update and new:
@@ -128,6 +138,15 @@ class Balancer(nn.Module):
         if self.method.extra is not None:
             total = total + self.method.extra(self._state(), self.params, torch)
         return total, weights.detach()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_count = None  # the count of training calls is read again from the state
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_aggregator", None)  # a solver's objects: made again at the next use
+        return state
 
     def extra_repr(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in vars(self.params).items())
