@@ -121,9 +121,11 @@ class _Emitter:
             weight_out = None
         else:
             # `balance(a, b)` at the top: its own weight vector is the program's
-            weight_out = whole_vector(weights)
-            if weight_out is None:
+            whole = whole_vector(weights)
+            if whole is None:
                 weight_out = self.call(weight_vector, (total, *weights), name="weights")
+            else:  # a copy: the balancer may keep (and later change) the tensor it returned
+                weight_out = self.call(_copied, (whole,), name="weights")
         self.graph.output(fx.node.map_aggregate((total, raws, weight_out), _unwrap))
         # derivative rules compute every partial; those of numbers are never used
         self.graph.eliminate_dead_code()
@@ -245,6 +247,10 @@ class _Emitter:
             self.native[id(node)] = out  # an inline term: combined (and logged) in float32+
             out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
         self.value[id(node)] = out
+
+
+def _copied(x: Any) -> Any:
+    return x.detach().clone()
 
 
 def _describe(node: ir.Node) -> str:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .gradients import produce
+from .gradients import produce, uncompiled
 from .jacobian import aggregate_forward
 
 __all__ = ["Balancer", "mean_over_ranks"]
@@ -80,6 +80,8 @@ class Balancer(nn.Module):
         # validated again here, so a balancer made directly gets the method's defaults
         validated = method.params.model_validate({key: v for key, v in params.items() if key != "method"})
         self.params = _Params({name: getattr(validated, name) for name in type(validated).model_fields if name != "method"})
+        if getattr(method, "gradients", None) == "weights":
+            uncompiled(produce)  # made now, outside any compiled call
         self._buffer_names = []
         for name, value in method.state(k, self.params, torch).items():
             self.register_buffer(name, value)
@@ -118,7 +120,7 @@ class Balancer(nn.Module):
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
         if update and self.method.gradients == "weights":
-            produce(self, values, seen, ok, shared)  # updates the weights before use
+            uncompiled(produce)(self, values, seen, ok, shared)  # updates the weights before use
         state = self._state(seen.dtype)
         weights, new = self.method.weigh(state, seen, self.params, update, torch)
         if update and new:

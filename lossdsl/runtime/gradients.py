@@ -149,7 +149,6 @@ def commit(balancer: Any, new: dict[str, Tensor], accept: Tensor | None = None) 
             held.copy_(value if accept is None else torch.where(accept, value, held))
 
 
-@torch.compiler.disable
 def produce(balancer: Any, values: Sequence[Tensor], seen: Tensor, ok: Tensor | None, shared: Any) -> None:
     """One training call of a weight producer: ``before`` (every call), then on an update
     call (the first, then every ``every``) the terms' gradient statistics and ``update``,
@@ -188,3 +187,16 @@ def refuse_plain_backward(name: str, span: Any) -> LossDSLError:
         "instead of loss.backward()",
     )
 
+
+
+_UNCOMPILED: dict[str, Any] = {}
+
+
+def uncompiled(fn: Any) -> Any:
+    """``fn`` marked for ``torch.compile`` to run eagerly (a graph break), made once. Made
+    when a loss with a gradient balancer is built, so the compiler is imported only by the
+    programs that need it (importing it costs a second)."""
+    found = _UNCOMPILED.get(fn.__name__)
+    if found is None:
+        found = _UNCOMPILED[fn.__name__] = torch.compiler.disable(fn)
+    return found
