@@ -76,7 +76,6 @@ _BOOL_ARITHMETIC = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="program: a boolean in '-' or a reduction is not taken as 0/1 (§3.1)")
 @pytest.mark.parametrize("text, reference", _BOOL_ARITHMETIC, ids=[t for t, _ in _BOOL_ARITHMETIC])
 def test_conditions_in_arithmetic_count_as_zero_or_one(text, reference):
     g = torch.Generator().manual_seed(0)

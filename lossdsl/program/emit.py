@@ -14,6 +14,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
@@ -239,6 +240,12 @@ class _Emitter:
         args = tuple(
             self.scalar(a) if a.kind == "schedule" and not safe else self._operand(a, node.args) for a in node.args
         )
+        if fn.group != "logical":  # a condition in arithmetic counts as 0/1
+            keep = 0 if fn.name == "where" else -1
+            args = tuple(
+                self.call(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and _is_condition(a) else v
+                for i, (a, v) in enumerate(zip(node.args, args))
+            )
         if fn.inline:
             out = fn.run(*args, **params)
         else:
@@ -247,6 +254,18 @@ class _Emitter:
             self.native[id(node)] = out  # an inline term: combined (and logged) in float32+
             out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
         self.value[id(node)] = out
+
+
+def _is_condition(node: ir.Node) -> bool:
+    return isinstance(node, ir.Call) and getattr(node.fn, "boolean", False) and node.kind != "const"
+
+
+def as_number(condition: Any, like: Any) -> Any:
+    """A condition as 0/1, in the floating dtype of ``like`` (float32 when it has none)."""
+    if not hasattr(condition, "dtype") or condition.dtype != torch.bool:
+        return condition
+    dtype = like.dtype if hasattr(like, "is_floating_point") and like.is_floating_point() else torch.float32
+    return condition.to(dtype)
 
 
 def _copied(x: Any) -> Any:

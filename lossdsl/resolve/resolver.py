@@ -134,7 +134,14 @@ class Resolver:
         return cls(*fields, span=span, depth=depth, **kw)
 
     def apply(self, fn, args: tuple, params: dict, span) -> ir.Node:
-        """A call of a function row: folded when every operand is a number."""
+        """A call of a function row: folded when every operand is a number. A condition in
+        arithmetic counts as 0/1 (``true - mse`` is ``1 - mse``)."""
+        if fn.group != "logical":
+            keep = 0 if fn.name == "where" else -1  # where's condition stays a condition
+            args = tuple(
+                ir.Const(float(a.value), span=a.span) if i != keep and isinstance(a, ir.Const) and isinstance(a.value, bool) else a
+                for i, a in enumerate(args)
+            )
         if fn.name != "add":
             calls.refuse_watch_inside(self, args)
         kinds = tuple(a.kind for a in args)
