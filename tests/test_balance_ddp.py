@@ -3,7 +3,6 @@ its own batch, must compute the same weights, namely those of the ranks' average
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lossdsl
+from rendezvous import rendezvous
 from lossdsl.language.balancers import METHODS as BALANCER_METHODS
 from lossdsl.runtime.balancer import Balancer
 
@@ -24,20 +24,15 @@ STATEFUL = {
 STEPS = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _source(method: str, params: dict) -> str:
     extra = "".join(f", {k}={v}" for k, v in params.items())
     return f'balance(mse, mae, method="{method}"{extra})'
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, meet: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=world)
     try:
         gen = torch.Generator().manual_seed(100 + rank)  # each rank its own local batches
         results = {}
@@ -59,7 +54,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, rendezvous(out), str(out)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

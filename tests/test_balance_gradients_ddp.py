@@ -5,7 +5,6 @@ statistics (``lra``, ``gradnorm``) or of the ranks' averaged Jacobian (``upgrad`
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -15,15 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossdsl
+from rendezvous import rendezvous
 
 TWO = 'balance(mse(pred=a, target=ya), mse(pred=b, target=yb), method="{m}")'
 STEPS = 3
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> nn.Module:
@@ -38,9 +33,9 @@ def _local_jacobian(model, x, ya, yb) -> torch.Tensor:
     return torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(t, shared, retain_graph=True)]) for t in terms])
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, meet: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=world)
     try:
         results = {}
         for method in ("lra", "gradnorm", "upgrad"):
@@ -74,7 +69,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_gradients")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, rendezvous(out), str(out)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

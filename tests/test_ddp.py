@@ -8,7 +8,6 @@ statistics, and the run must match one process that sees the concatenated batch.
 """
 
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -18,6 +17,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import lossdsl
+from rendezvous import rendezvous
 
 SOURCE = 'recon = mse\n0.5*temporal_diff + balance(recon, mae, method="ema", beta=0.9)'
 STEPS, BATCH, WORLD = 5, 16, 2
@@ -56,10 +56,10 @@ def _train(rank: int, world: int) -> dict:
     }
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
+def worker(rank: int, meet: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        "gloo", init_method=meet, rank=rank, world_size=WORLD,
         timeout=timedelta(seconds=60),
     )
     try:
@@ -68,16 +68,11 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(rendezvous(out), str(out)), nprocs=WORLD, join=True)
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
     return ranks, _train(0, 1)
 

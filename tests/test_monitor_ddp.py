@@ -4,7 +4,6 @@ on both ranks and equal to the statistics of both ranks' values computed by hand
 import json
 import math
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import lossdsl
+from rendezvous import rendezvous
 
 BETA = 0.99
 
@@ -30,10 +30,10 @@ def rank_batches(rank):
     return batches
 
 
-def worker(rank, port, out_dir):
+def worker(rank, meet, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+        "gloo", init_method=meet, rank=rank, world_size=2, timeout=timedelta(seconds=60)
     )
     try:
         crit = lossdsl.compile("0.7*mse + 0.3*mae", nonfinite="zero_term")
@@ -51,15 +51,10 @@ def worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
 def test_synced_statistics_are_global_and_equal_on_both_ranks(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(worker, args=(rendezvous(tmp_path), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0]["summary"] == results[1]["summary"]
     assert results[0]["stats"] == results[1]["stats"]

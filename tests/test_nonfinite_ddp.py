@@ -11,7 +11,6 @@ processes (gloo).
 """
 
 import os
-import socket
 import time
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import lossdsl
+from rendezvous import rendezvous
 
 WORLD, STEPS, BAD_STEP, BAD_RANK = 2, 5, 2, 1
 SHORT_TIMEOUT = 3.0  # seconds: the process group of the rank-local part
@@ -113,17 +113,16 @@ def _alone(rank: int) -> dict:
     return out
 
 
-def worker(rank: int, ports: tuple[int, int], out_dir: str) -> None:
+def worker(rank: int, meets: tuple[str, str], out_dir: str) -> None:
     torch.set_num_threads(1)
-    address = "tcp://127.0.0.1:{}"
-    dist.init_process_group("gloo", init_method=address.format(ports[0]), rank=rank, world_size=WORLD,
+    dist.init_process_group("gloo", init_method=meets[0], rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
     try:
         result = {"raising": _raising(rank), "zeroing": _zeroing(rank)}
     finally:
         dist.destroy_process_group()
     # a second group with a short timeout, for the call made on one rank alone
-    dist.init_process_group("gloo", init_method=address.format(ports[1]), rank=rank, world_size=WORLD,
+    dist.init_process_group("gloo", init_method=meets[1], rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=SHORT_TIMEOUT))
     try:
         result["alone"] = _alone(rank)
@@ -135,11 +134,6 @@ def worker(rank: int, ports: tuple[int, int], out_dir: str) -> None:
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
 
@@ -147,7 +141,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built wit
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_nonfinite")
-    mp.spawn(worker, args=((_free_port(), _free_port()), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=((rendezvous(out), rendezvous(out)), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
