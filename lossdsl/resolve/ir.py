@@ -19,7 +19,7 @@ time, without gradient), ``loss`` (a 0-dim differentiable tensor) and ``tensor``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "KINDS",
@@ -187,11 +187,13 @@ class IR:
         return walk(self.root, *(item.node for item in self.logged))
 
 
-def walk(*roots: Node) -> list[Node]:
+def walk(*roots: Node, descend: Callable[[Node], bool] | None = None) -> list[Node]:
     """The nodes under ``roots`` in topological order (children before parents), each once.
 
     Iterative, so a program whose bindings nest thousands deep cannot overflow the stack;
     a node shared by many parents is visited once, so the walk is linear in the DAG.
+    ``descend(node)``: whether to go below ``node`` (default: always); a node it stops at is
+    still in the walk, its children only if reached another way.
 
     >>> from lossdsl.resolve.ir import Const, Call, walk
     >>> one = Const(1.0)
@@ -205,13 +207,14 @@ def walk(*roots: Node) -> list[Node]:
         if id(root) in done:
             continue
         done.add(id(root))
-        stack.append((root, iter(root.children)))
+        stack.append((root, iter(root.children if descend is None or descend(root) else ())))
         while stack:
             node, pending = stack[-1]
             for child in pending:
                 if id(child) not in done:
                     done.add(id(child))
-                    stack.append((child, iter(child.children)))
+                    below = child.children if descend is None or descend(child) else ()
+                    stack.append((child, iter(below)))
                     break
             else:
                 stack.pop()

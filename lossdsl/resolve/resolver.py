@@ -48,7 +48,7 @@ class Resolver:
         self.order: list[tuple[str, ir.Node, bool]] = []  # (label, node, named by a binding)
         self.term_count = 0
         self.declared: dict[str, Any] = {}  # input name -> where it is declared
-        self._watch_only: dict[int, bool] = {}
+        self._watch_only: dict[ir.Node, bool] = {}  # by identity: IR nodes compare by identity
 
     # --- program --------------------------------------------------------------------------
 
@@ -131,7 +131,9 @@ class Resolver:
                 span=span,
                 hint="use fewer levels of bindings inside bindings, or flatten the expression",
             )
-        return cls(*fields, span=span, depth=depth, **kw)
+        made = cls(*fields, span=span, depth=depth, **kw)
+        self._watch_only[made] = self._is_watch_only(made)
+        return made
 
     def apply(self, fn, args: tuple, params: dict, span) -> ir.Node:
         """A call of a function row: folded when every operand is a number. A condition in
@@ -160,20 +162,21 @@ class Resolver:
         return made
 
     def watch_only(self, node: ir.Node) -> bool:
-        """Whether ``node`` is a watch, or a sum of watches only (memoised: shared nodes)."""
-        key = id(node)
-        known = self._watch_only.get(key)
-        if known is None:
-            if isinstance(node, ir.Named):
-                known = self.watch_only(node.value)
-            elif isinstance(node, ir.Call) and node.name == "watch":
-                known = True
-            elif isinstance(node, ir.Call) and node.name == "add":
-                known = all(self.watch_only(a) for a in node.args)
-            else:
-                known = False
-            self._watch_only[key] = known
+        """Whether ``node`` is a watch, or a sum of watches only. Known for every node when it
+        is made (its operands were made before it), so this is a lookup, never a descent."""
+        known = self._watch_only.get(node)
+        if known is None:  # a node made outside node(): a constant, an input
+            known = self._watch_only[node] = self._is_watch_only(node)
         return known
+
+    def _is_watch_only(self, node: ir.Node) -> bool:
+        if isinstance(node, ir.Named):
+            return self._watch_only.get(node.value, False)
+        if isinstance(node, ir.Call) and node.name == "watch":
+            return True
+        if isinstance(node, ir.Call) and node.name == "add":
+            return all(self._watch_only.get(a, False) for a in node.args)
+        return False
 
     # --- expressions ----------------------------------------------------------------------
 

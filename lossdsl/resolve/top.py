@@ -3,7 +3,7 @@
 The terms that ``crit.terms``, ``crit.weights`` and the monitor show live here: catalogue
 term calls, loss bindings, and inline terms (a call of kind loss whose operands include a
 tensor, such as ``mean(...)``). A loss used inside a tensor operation is part of that
-computation, not a term. Both questions are answered with the one walk's idea, iteratively.
+computation, not a term. Both questions are answered with the one walk (``resolve.ir.walk``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,10 @@ def is_leaf(node: ir.Node) -> bool:
 
 def scalar_top(root: ir.Node) -> set[int]:
     """The ids of the nodes of the scalar top under ``root``."""
-    top: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in top or node.kind not in SCALAR_KINDS:
-            continue
-        top.add(id(node))
-        if not is_leaf(node):
-            stack.extend(node.children)
-    return top
+    if root.kind not in SCALAR_KINDS:
+        return set()
+    within = ir.walk(root, descend=lambda n: n.kind in SCALAR_KINDS and not is_leaf(n))
+    return {id(node) for node in within if node.kind in SCALAR_KINDS}
 
 
 def check_root(r, root: ir.Node, expr: ast.Node) -> None:
@@ -58,15 +52,10 @@ def check_root(r, root: ir.Node, expr: ast.Node) -> None:
             span=expr.offsets,
             hint="a program needs at least one term, e.g. mse or 0.5*huber(delta=1)",
         )
-    stack, seen, contributes = [root], set(), False
-    while stack and not contributes:
-        node = stack.pop()
-        if id(node) in seen or r.watch_only(node):
-            continue
-        seen.add(id(node))
-        contributes = isinstance(node, (ir.Term, ir.Balance)) or is_leaf(node)
-        stack.extend(node.children)
-    if not contributes:
+    outside_watch = ir.walk(root, descend=lambda n: not r.watch_only(n))
+    if not any(
+        not r.watch_only(node) and (isinstance(node, (ir.Term, ir.Balance)) or is_leaf(node)) for node in outside_watch
+    ):
         raise LossTypeError(
             "every term is inside watch(...), so the loss is always 0",
             span=expr.offsets,
