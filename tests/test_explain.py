@@ -131,18 +131,18 @@ def test_every_node_shows_its_kind():
         "|-- mse  (term mse) : loss",
         "|   |-- linear(start=0, end=1, steps=10, delay=0) : schedule",
         "|   `-- mean  (logged as mean) : loss",
-        "|       `-- abs : tensor",
+        "|       `-- abs : tensor, shaped by pred, target at the call",
         "|   |-- 0.1 : const",
         "    `-- l1  (term l1) : loss",
         # d is a tensor binding used twice: drawn once, under its own heading
         "d =  (binding, used 2 times)",
-        "`-- add (+ -) : tensor",
+        "`-- add (+ -) : tensor, shaped by pred, target at the call",
         "    |-- pred  (input) : tensor",
         "    `-- target  (input) : tensor",
     ):
         assert line in tree, line
     assert sum(line.endswith("-- d  (shared, shown below)") for line in tree) == 2
-    kinds = {line.rsplit(" : ", 1)[1] for line in tree if " : " in line}
+    kinds = {line.rsplit(" : ", 1)[1].split(",")[0] for line in tree if " : " in line}
     assert kinds == {"const", "schedule", "loss", "tensor"}
     # the inline terms: d total / d mean = the schedule, d total / d mean_2 = 0.1; l1: -2
     assert rows["mean"][1] == "(expression)" and rows["mean"][2].startswith("linear(start=0,")

@@ -149,10 +149,19 @@ class _Tree:
         for node in self.nodes:
             if node.children and self.uses[id(node)] > 1:
                 name = self.logged.get(id(node)) or spans.get(node.span)
+                if name is None and isinstance(node, ir.Named):
+                    name = node.label
                 if name is None:
                     unnamed += 1
                     name = f"#{unnamed}"
                 self.names[id(node)] = name
+        # where a tensor's shape is decided: the call inputs under it (sets: a few names each)
+        self.shaped_by: dict[int, frozenset] = {}
+        for node in self.nodes:
+            own = {".".join(node.path)} if isinstance(node, ir.Input) else set()
+            if isinstance(node, ir.Term):
+                own = {".".join(r.path) for r in node.routes if r.required}
+            self.shaped_by[id(node)] = frozenset(own).union(*(self.shaped_by[id(c)] for c in node.children))
         self.blocks: dict[int, list[list]] = {}
         for node in self.nodes:  # children first: a node's children's lines are ready
             if node.children:
@@ -160,6 +169,8 @@ class _Tree:
 
     def _line(self, node: ir.Node) -> list:
         text = f"{label(node, self.logged.get(id(node)))} : {node.kind}"
+        if node.kind == "tensor" and not isinstance(node, (ir.Input, ir.ListConst)) and self.shaped_by[id(node)]:
+            text += f", shaped by {', '.join(sorted(self.shaped_by[id(node)]))} at the call"
         return [text, ("term", node) if isinstance(node, ir.Term) else None, []]
 
     def _block(self, node: ir.Node) -> list[list]:
