@@ -103,6 +103,15 @@ def _elementwise() -> Callable:
     return loss
 
 
+def _hinge() -> Callable:
+    def loss(p: Tensor, t: Tensor, step: int) -> Tensor:
+        outside = (p < 0) | (p > 1)
+        hinge = torch.where(outside, F.relu(1 - (p - t).abs()), 0).mean()
+        return F.mse_loss(p, t) + 0.5 * hinge
+
+    return loss
+
+
 PROGRAMS = {
     p.key: p
     for p in (
@@ -120,6 +129,13 @@ PROGRAMS = {
             " + 0.05*charbonnier + 0.15*log_cosh",
             _elementwise,
             elementwise=True,
+        ),
+        Program(
+            "tensor",
+            "lower = 0; upper = 1; "
+            "hinge = mean(where(pred < lower or pred > upper, relu(1 - abs(pred - target)), 0)); "
+            "mse + 0.5*hinge",
+            _hinge,
         ),
     )
 }
