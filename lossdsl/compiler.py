@@ -19,7 +19,7 @@ import warnings
 from typing import Callable, Mapping
 
 from .errors import LossDSLError
-from .language.names import BUILTIN_NAMES
+from .language.registry import BUILTIN_NAMES
 from .language.registry import TermSpec, registry, spec_from_function
 from .loss import Loss
 from .program import Program

@@ -28,7 +28,7 @@ from .monitor import CallInputs, Monitor
 from .monitor.gradients import reporter
 from .program import Program, build_program
 from .resolve import ir
-from .resolve.naming import operand_names
+from .resolve.logged import operand_names
 from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
 from .runtime.gradients import refuse_plain_backward

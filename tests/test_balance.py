@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import lossdsl
 from lossdsl.language.balancers import METHODS as BALANCER_METHODS
-from lossdsl.language.counter_rng import counter_uniform
+from lossdsl.language.balancers import counter_uniform
 from lossdsl.runtime.balancer import Balancer
 
 METHODS = ["uncertainty", "ema", "dwa", "cov", "softadapt", "relobralo"]

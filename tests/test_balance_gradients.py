@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossdsl
-from lossdsl.language.counter_rng import counter_seed
+from lossdsl.language.balancers import counter_seed
 
 torchjd = pytest.importorskip("torchjd")
 from torchjd import aggregation as A  # noqa: E402

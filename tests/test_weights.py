@@ -9,7 +9,7 @@ import torch
 import lossdsl
 from lossdsl.language.functions import OPERATORS
 from lossdsl.language.schedules import SCHEDULES
-from lossdsl.runtime.schedules import TENSOR, ScheduleValue
+from lossdsl.runtime.steps import TENSOR, ScheduleValue
 
 F64 = torch.float64
 

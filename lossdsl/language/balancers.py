@@ -25,10 +25,9 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel
 
 from .params import STRICT, Positive, Unit
-from .counter_rng import counter_uniform, seed_key
 from . import gradient_methods as G
 
-__all__ = ["Method", "METHODS", "MAX_WINDOW", "MAX_BALANCED"]
+__all__ = ["Method", "METHODS", "MAX_WINDOW", "MAX_BALANCED", "counter_uniform", "counter_seed", "seed_key"]
 
 MAX_WINDOW = 10_000  # dwa keeps 2 * window rows of losses
 MAX_BALANCED = 256  # terms in one balance(...)
@@ -305,3 +304,45 @@ for _name, (_params, _aggregation, _summary) in G.AGGREGATIONS.items():
 
 def _method_named(name: str) -> Method:
     return METHODS[name]
+
+
+# --- a counter-based random generator ------------------------------------------------
+# A counter-based random generator: plain integer maths on tensors, no global RNG.
+#
+# Balancers that draw random numbers (``relobralo``'s ``rho``) keep the generator's whole
+# state, a key and a counter, in their buffers: a resumed run draws the same numbers, on any
+# device, under ``torch.compile``, and the global RNG is never touched.
+#
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: Any, c: int) -> Any:
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` in int64 without overflow (16-bit halves)."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * c + (((high * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: Any) -> Any:
+    # a 32-bit integer finaliser (xorshift-multiply rounds): every input bit affects every output bit
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int, t: Any) -> Any:
+    """The generator's key for ``seed``: an int64 0-dim tensor (``t``: the torch module)."""
+    return _mix32(t.tensor(int(seed) & _MASK32, dtype=t.long))
+
+
+def counter_seed(key: Any, counter: Any) -> Any:
+    """A 32-bit integer from a key and a counter (int64 tensors): the seed of one draw of a
+    library that takes its random numbers from torch's own generators (seeded, then restored)."""
+    return _mix32(_mix32(counter & _MASK32) ^ (key & _MASK32))
+
+
+def counter_uniform(key: Any, counter: Any) -> Any:
+    """A uniform number in ``[0, 1)`` from a key and a counter (int64 tensors), in float32."""
+    return (counter_seed(key, counter) >> 8).float() * (1.0 / (1 << 24))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
@@ -40,7 +40,7 @@ from .params import (
     VarianceParams,
 )
 
-__all__ = ["Function", "FUNCTIONS", "OPERATORS", "KindError"]
+__all__ = ["Function", "FUNCTIONS", "OPERATORS", "KindError", "KINDS", "SCALAR_KINDS", "join_kinds"]
 
 
 class KindError(Exception):
@@ -82,7 +82,7 @@ class Function:
 
     def result_kind(self, kinds: tuple[str, ...], params: dict) -> str:
         """The kind of a call on operands of ``kinds``; :class:`KindError` when not allowed."""
-        widest = max(kinds, key=_ORDER.index) if kinds else "const"
+        widest = join_kinds(kinds)
         if self.group in ("reduction", "shape", "size"):
             for i, kind in enumerate(kinds):
                 if kind in ("const", "schedule"):
@@ -107,7 +107,24 @@ class Function:
         return widest
 
 
-_ORDER = ("const", "schedule", "loss", "tensor")
+# Kinds of values (DESIGN.md §3.1): const (a number known when compiling) < schedule (a
+# number known at call time, no gradient) < loss (a 0-dim differentiable tensor) < tensor
+# (any shape). An operation on several operands has the widest of their kinds.
+KINDS = ("const", "schedule", "loss", "tensor")
+# the kinds of the program's scalar top: where only losses and numbers meet
+SCALAR_KINDS = frozenset({"const", "schedule", "loss"})
+
+
+def join_kinds(kinds: Iterable[str]) -> str:
+    """The kind of an operation on operands of these kinds: the widest of them.
+
+    >>> join_kinds(["const", "loss"]), join_kinds(["loss", "tensor"]), join_kinds([])
+    ('loss', 'tensor', 'const')
+    """
+    best = 0
+    for kind in kinds:
+        best = max(best, KINDS.index(kind))
+    return KINDS[best]
 
 
 def _article(kind: str) -> str:

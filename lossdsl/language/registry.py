@@ -33,11 +33,17 @@ from typing import Any, Callable, Iterator, Mapping
 import pydantic
 from pydantic import ConfigDict, create_model
 
-from .names import BUILTIN_NAMES, RESERVED_WORDS
+from .functions import FUNCTIONS
+from .schedules import SCHEDULES
 
 __all__ = [
-    "InputParam", "HyperParam", "TermSpec", "Registry", "registry", "term", "spec_from_function", "type_words",
+    "InputParam", "HyperParam", "TermSpec", "Registry", "registry", "term", "spec_from_function", "type_words", "BALANCE", "BUILTIN_NAMES", "RESERVED_WORDS",
 ]
+
+# The names the language keeps for itself: no term, binding or declared input may take them.
+BALANCE = "balance"
+BUILTIN_NAMES = frozenset(FUNCTIONS) | frozenset(SCHEDULES) | {BALANCE}
+RESERVED_WORDS = frozenset({"true", "false", "none", "and", "or", "not", "input"})
 
 ENTRY_POINT_GROUP = "lossdsl.terms"
 _REQUIRED = inspect.Parameter.empty

@@ -24,7 +24,7 @@ from ..language.schedules import Schedule
 from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
 from ..runtime.precision import list_tensor, narrow, weight_vector, widen
-from ..runtime.schedules import ScheduleValue, scalar_tensor
+from ..runtime.steps import ScheduleValue, scalar_tensor
 from .sums import addends, weighted_sum
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
 from .weights import sweep, whole_vector

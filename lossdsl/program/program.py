@@ -13,16 +13,18 @@ live in the ``Loss``). Its generated ``forward`` is straight-line code:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
+from torch import Tensor
 
+from ..errors import LossDSLError, LossInputError
 from ..resolve import ir
-from .checking import CheckedRun
 from .emit import emit
 
-__all__ = ["Program", "build_program"]
+__all__ = ["Program", "build_program", "CheckedRun", "both_enlarged"]
 
 
 class Program:
@@ -65,3 +67,88 @@ class Program:
 
 def build_program(resolved: ir.IR, policy: str) -> Program:
     return Program(resolved, policy)
+
+
+# --- running the graph node by node --------------------------------------------------
+# Running a program's graph node by node, to check its tensor expressions (DESIGN.md §3.1).
+#
+# A program with tensor expressions runs its generated code on every call; this slower run is
+# for the calls that need to know more: the first call with new input shapes (under
+# ``strict=True``, an operation between tensors of different ranks whose broadcasting enlarges
+# *both* operands is refused: ``(N, 1)`` with ``(N,)`` gives ``(N, N)``, the classic silent bug),
+# and a call whose fast run failed, to say which operation failed, where it stands in the text
+# and on which shapes. Errors carry the IR index of the operation (``err.node_index``); the
+# ``Loss`` turns it into a span of its own source.
+
+_SYMBOLS = {
+    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.pow: "^",
+    operator.neg: "unary -", operator.lt: "<", operator.le: "<=", operator.gt: ">", operator.ge: ">=",
+    operator.eq: "==", operator.ne: "!=", operator.getitem: "[...]",
+}
+
+
+def both_enlarged(a: Any, b: Any) -> tuple | None:
+    """The broadcast shape when ``a`` and ``b`` (tensors of different ranks) both grow in it."""
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.dim() == b.dim():
+        return None
+    if a.dim() == 0 or b.dim() == 0:
+        return None
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    if shape != a.shape and shape != b.shape:
+        return tuple(shape)
+    return None
+
+
+def _shapes(args: Any) -> str:
+    shapes = []
+    for a in args:
+        if isinstance(a, Tensor):
+            shapes.append(str(tuple(a.shape)))
+        elif isinstance(a, (list, tuple)):
+            shapes.extend(str(tuple(x.shape)) for x in a if isinstance(x, Tensor))
+    return " and ".join(shapes) or "no tensors"
+
+
+class CheckedRun(fx.Interpreter):
+    """``CheckedRun(module, strict).run(*args)``: the program's outputs, each node checked."""
+
+    def __init__(self, module: fx.GraphModule, strict: bool) -> None:
+        super().__init__(module)
+        self.strict = strict
+
+    def run_node(self, n: fx.Node) -> Any:
+        index = n.meta.get("ir_index")
+        symbol = _SYMBOLS.get(n.target) if n.op == "call_function" else None
+        what = f"operator '{symbol}'" if symbol else n.meta.get("what", str(n.target))
+        if self.strict and n.meta.get("broadcasts"):
+            args = fx.node.map_arg(n.args, lambda a: self.env[a])
+            tensors = [a for a in args if isinstance(a, Tensor)]
+            if len(tensors) >= 2:
+                grown = both_enlarged(tensors[0], tensors[1])
+                if grown is not None:
+                    raise self._error(
+                        f"{what} broadcasts shapes {tuple(tensors[0].shape)} and {tuple(tensors[1].shape)} "
+                        f"to {grown}, enlarging both",
+                        "give both operands the same rank with explicit axes (x[:, none] - y[none, :]) "
+                        "for an outer operation, or reshape one of them; strict=False allows it",
+                        index,
+                    )
+        try:
+            return super().run_node(n)
+        except LossDSLError:
+            raise
+        except Exception as exc:
+            if index is None:
+                raise
+            args = fx.node.map_arg(n.args, lambda a: self.env[a])
+            raise self._error(
+                f"{what} failed on shapes {_shapes(args)}: {exc}",
+                "check the shapes of the inputs this operation reads",
+                index,
+            ) from exc
+
+    @staticmethod
+    def _error(message: str, hint: str, index: int | None) -> LossInputError:
+        err = LossInputError(message, hint=hint)
+        err.node_index = index
+        return err

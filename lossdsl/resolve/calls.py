@@ -11,7 +11,7 @@ from ..errors import LossArgumentError, LossTypeError, did_you_mean
 from ..language.balancers import MAX_BALANCED, METHODS
 from ..language.functions import FUNCTIONS, OPERATORS, KindError
 from ..language.gradient_methods import MTL_EXTRA, missing_modules
-from ..language.names import BALANCE
+from ..language.registry import BALANCE
 from ..language.registry import TermSpec
 from ..language.schedules import SCHEDULES
 from ..syntax import ast

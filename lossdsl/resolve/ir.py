@@ -38,7 +38,7 @@ __all__ = [
     "walk",
 ]
 
-from ..language.kinds import KINDS, join_kinds
+from ..language.functions import KINDS, join_kinds
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,14 +17,13 @@ from typing import Any, Mapping
 
 from ..errors import LossDSLError, LossNameError, LossTypeError, did_you_mean
 from ..language.functions import OPERATORS
-from ..language.names import BUILTIN_NAMES
+from ..language.registry import BUILTIN_NAMES
 from ..language.registry import Registry, TermSpec
 from ..syntax import ast
 from ..syntax.unparse import unparse
 from . import calls, ir, tensors
 from .arguments import fold
-from .naming import logged_items
-from .top import check_root, scalar_top
+from .logged import check_root, logged_items, scalar_top
 
 __all__ = ["Resolver", "MAX_TERMS", "MAX_OPERATION_DEPTH"]
 

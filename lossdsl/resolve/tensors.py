@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import LossArgumentError, LossNameError, LossTypeError, did_you_mean
 from ..language.functions import OPERATORS
-from ..language.names import BUILTIN_NAMES
+from ..language.registry import BUILTIN_NAMES
 from ..syntax import ast
 from . import ir
 from .arguments import is_int_literal

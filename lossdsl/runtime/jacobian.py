@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..language.counter_rng import counter_seed
+from ..language.balancers import counter_seed
 from ..errors import LossDSLError, LossInputError
 from .gradients import average_over_ranks, missing_shared, shared_tensors, term_gradients
 

@@ -1,5 +1,5 @@
-"""The optimizer step a loss stores: what ``step=`` and ``set_step`` accept, and the warning
-for schedules that never get one.
+"""The optimizer step a loss stores: what ``step=`` and ``set_step`` accept, the warning for
+schedules that never get one, and the value of a schedule at the step.
 
 A step is a whole number from 0 to 2**63 - 1 (the step buffer is an int64): an int, an
 integer-valued float, a numpy integer, or a one-element tensor (pass one under
@@ -17,6 +17,7 @@ hint: pass the optimizer step as an int, e.g. crit(pred, target, step=global_ste
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ..errors import LossInputError
+from ..language.schedules import HOST
 
-__all__ = ["STEP_LIMIT", "checked_step", "stepless_warning"]
+__all__ = ["STEP_LIMIT", "checked_step", "stepless_warning", "ScheduleValue", "TENSOR", "scalar_tensor"]
 
 STEP_LIMIT = 2**63
 
@@ -83,3 +85,85 @@ def stepless_warning(schedules: list) -> str:
         "crit.set_step(step) after each optimizer step (with gradient accumulation, "
         "crit.set_step(0) before the first call)."
     )
+
+
+# --- evaluating a schedule (``language.schedules``) at the stored step ------------------
+# In an eager call with the step on the CPU the value is a Python float computed on the host
+# in double precision (a weight then costs one multiplication by a number, as in hand-written
+# code; the program turns it into a tensor where an operation could raise on numbers, see
+# :func:`scalar_tensor`); otherwise (``torch.compile``, another device) it is computed as a
+# float64 tensor on the step's device (float32 where the device has no float64), traced
+# without recompiling as the step changes.
+
+
+class _TensorMath:
+    """The schedules' math on a step tensor: float64 where the device has it, and exact
+    integer comparisons and remainders however large the step grows."""
+
+    cos = staticmethod(torch.cos)
+
+    @staticmethod
+    def real(step: Tensor) -> Tensor:
+        return step.to(torch.float64 if step.device.type in ("cpu", "cuda") else torch.float32)
+
+    @staticmethod
+    def clamp(x: Tensor, low: float, high: float) -> Tensor:
+        return x.clamp(low, high)
+
+    @staticmethod
+    def minimum(x: Tensor, bound: float) -> Tensor:
+        return x.clamp(max=bound)
+
+    @staticmethod
+    def reached(step: Tensor, boundary: float) -> Tensor:
+        hit = step >= math.ceil(boundary) if not step.is_floating_point() else step >= boundary
+        return _TensorMath.real(hit)
+
+    @staticmethod
+    def phase(step: Tensor, period: float) -> Tensor:
+        if not step.is_floating_point() and float(period).is_integer():
+            return _TensorMath.real(torch.remainder(step, int(period))) / period
+        return torch.remainder(_TensorMath.real(step), period) / period
+
+    @staticmethod
+    def piecewise(step: Tensor, boundaries: list, values: list) -> Tensor:
+        out = torch.full_like(_TensorMath.real(step), float(values[0]))
+        for boundary, value in zip(boundaries, values[1:]):
+            # boundaries increase, so a later boundary that is passed overrides the earlier
+            out = torch.where(_TensorMath.reached(step, boundary) > 0, value, out)
+        return out
+
+
+TENSOR = _TensorMath()
+
+
+class ScheduleValue:
+    """``at(step)``: the value of one schedule with validated parameters.
+
+    >>> from lossdsl.language.schedules import SCHEDULES
+    >>> at = ScheduleValue(SCHEDULES["linear"], {"start": 0.0, "end": 1.0, "steps": 4.0, "delay": 0.0})
+    >>> at(torch.tensor(1)), float(SCHEDULES["linear"].value(torch.tensor(1), at.params, TENSOR))
+    (0.25, 0.25)
+    """
+
+    def __init__(self, row: Any, params: dict) -> None:
+        self.row, self.params = row, dict(params)
+        self.__name__ = f"schedule_{row.name}"
+        self.__qualname__ = self.__name__
+        self.__module__ = __name__
+
+    def __call__(self, step: Tensor) -> Any:
+        if step.is_cpu and not torch.compiler.is_compiling():
+            try:
+                return float(self.row.value(step.item(), self.params, HOST))
+            except (ArithmeticError, ValueError):
+                return math.nan
+        return self.row.value(step, self.params, TENSOR)
+
+
+def scalar_tensor(x: Any) -> Any:
+    """A schedule's value as a tensor: Python arithmetic raises where tensors give inf or NaN
+    (``1 / 0.0``, ``0.0 ** -1``), and torch functions need tensors. A tensor passes as it is."""
+    if isinstance(x, Tensor):
+        return x
+    return torch.tensor(x, dtype=torch.float64)

@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..errors import LossSyntaxError
 from .grammar import parser
-from .lexing import CONTINUES
+from .grammar import CONTINUES
 from .tokens import RESERVED, reserved_word_error
 
 __all__ = ["syntax_error"]

@@ -23,7 +23,7 @@ from ..compiler import registry
 from ..errors import did_you_mean
 from ..language.balancers import METHODS
 from ..language.functions import FUNCTIONS
-from ..language.names import BALANCE
+from ..language.registry import BALANCE
 from ..language.registry import TermSpec
 from ..language.schedules import SCHEDULES
 from ..terms import CATALOGUE

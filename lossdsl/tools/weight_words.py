@@ -25,7 +25,7 @@ from ..errors import LossDSLError
 from ..language.schedules import Schedule
 from ..resolve import ir
 from ..resolve.ir import walk
-from ..resolve.top import is_leaf
+from ..resolve.logged import is_leaf
 from ..syntax import parse
 
 __all__ = ["weight_descriptions", "binding_names", "logged_names", "number", "value_text", "params_text"]
