@@ -29,8 +29,8 @@ from ..errors import LossDSLError, did_you_mean
 from .gradients import GradientStats
 from .readers import PHASES, Windows, format_table, phase_index, stats_table, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
-from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, PendingRows, fold_rows, probe_norms
-from .stats import stack_rows, stat_dtype
+from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, Increment, PendingRows, fold_row
+from .stats import fold_rows, probe_norms, stack_rows, stat_dtype
 from .suggest import Rewrite, Suggestion, suggest
 
 __all__ = ["Monitor"]
@@ -108,7 +108,7 @@ class Monitor(nn.Module):
             pending.step = step
         if torch.compiler.is_compiling():
             # one row, folded inside the graph; the probe and the sinks need the host
-            self._fold(torch.cat([row, weights.to(row.dtype), row.new_ones(1)])[None], phase)
+            self._add(fold_row(row, weights, self._leaf, self.ema), phase)
             return
         with pending.lock:
             if row.device != pending.device:
@@ -126,7 +126,9 @@ class Monitor(nn.Module):
                 self._after_training_call(calls)
 
     def _fold(self, rows: Tensor, phase: int) -> None:
-        inc = fold_rows(rows, self._leaf, self.ema)
+        self._add(fold_rows(rows, self._leaf, self.ema), phase)
+
+    def _add(self, inc: Increment, phase: int) -> None:
         self.sums[phase, : inc.sums.shape[0]].add_(inc.sums)
         self.ema_acc[phase].mul_(inc.decay).add_(inc.ema_add)
         self.ema_norm[phase].mul_(inc.decay).add_(inc.norm_add)

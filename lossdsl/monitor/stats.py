@@ -140,6 +140,40 @@ def fold_rows(rows: Tensor, leaf: Tensor, beta: float) -> Increment:
     )
 
 
+def fold_row(row: Tensor, weights: Tensor, leaf: Tensor, beta: float) -> Increment:
+    """``fold_rows`` of one call, from its ``row`` ``[raw (K), total]`` and ``weights`` (K,).
+
+    With one row the cumulative counts are the finite mask itself, so there is no cumsum and
+    no power: under ``torch.compile`` this is one fused kernel with few buffers, which is
+    what keeps monitoring cheap there (see BENCHMARKS.md).
+
+    >>> leaf = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    >>> one = fold_row(torch.tensor([2.0, 8.0, 3.0]), torch.tensor([0.5, 0.25]), leaf, 0.9)
+    >>> [round(x, 4) for x in one.sums[3, :2].tolist()]
+    [0.3333, 0.6667]
+    """
+    acc, c = leaf.dtype, leaf.numel()
+    r = row.to(acc)
+    w = torch.cat([weights.to(acc), r.new_ones(c - weights.numel())])
+    x = r * w
+    fin = torch.isfinite(x)
+    a = torch.where(fin, x.abs(), 0)
+    share = a / (a @ leaf).clamp_min(torch.finfo(acc).tiny)
+    vals = torch.stack([r, w, x, share])  # (Q, C)
+    clean = torch.where(fin, vals, 0)
+    count = fin.to(acc)
+    gain = count * (1 - beta)
+    sums = torch.cat([clean, count[None], torch.ones_like(count)[None]])
+    return Increment(
+        sums,
+        torch.pow(beta, count),
+        gain * clean,
+        gain,
+        torch.where(fin, vals, math.inf),
+        torch.where(fin, vals, -math.inf),
+    )
+
+
 def ratio(num: float, den: float) -> float:
     """``num / den``, NaN when nothing was counted."""
     return num / den if den > 0 else math.nan
