@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 import lossdsl  # noqa: E402
 from benchmarks.measure import interleaved, keep_freed_memory, median_ratio  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 
 START, END = "<!-- gradients:start -->", "<!-- gradients:end -->"
 BATCH, INPUT, WIDTH, OUTPUT = 128, 32, 256, 16
@@ -117,17 +118,6 @@ def section(rows, rounds: int, threads: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the gradients section of ``path`` (other sections stay), or append it."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -154,7 +144,7 @@ def main() -> None:
         print(f"{k:5d}  {name:<{width}}  {ms:11.3f}  {c:11.2f}  {w:12.2f}")
     if not args.no_write:
         path = ROOT / "BENCHMARKS.md"
-        write_section(path, section(rows, args.rounds, args.threads))
+        write_section(path, section(rows, args.rounds, args.threads), START, END)
         print(f"wrote the gradients section of {path.name}")
 
 

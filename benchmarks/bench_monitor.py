@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 import lossdsl  # noqa: E402
 from lossdsl.monitor import CallInputs  # noqa: E402
 from benchmarks.measure import interleaved, keep_freed_memory, median_ratio  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 
 SOURCE = "0.7*huber(delta=1) + 0.3*temporal_diff"
 SHAPE = (64, 128, 16)
@@ -104,17 +105,6 @@ def section(rows, record_s: float, base_s: float, rounds: int, threads: int) -> 
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the monitor section of ``path`` (other sections stay), or append it."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -150,7 +140,7 @@ def main() -> None:
     print(f"Monitor.record alone: {record_s * 1e6:.1f} us/call ({share:.2f} % of monitor off)")
     if not args.no_write:
         path = ROOT / "BENCHMARKS.md"
-        write_section(path, section(rows, record_s, base_s, args.rounds, args.threads))
+        write_section(path, section(rows, record_s, base_s, args.rounds, args.threads), START, END)
         print(f"wrote the monitor section of {path.name}")
 
 

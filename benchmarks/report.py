@@ -1,11 +1,14 @@
-"""Tables of the benchmark results, and the section of BENCHMARKS.md they replace.
+r"""Tables of the benchmark results, and the section of BENCHMARKS.md they replace.
 
 The section lies between ``<!-- bench:start -->`` and ``<!-- bench:end -->``; everything
 else in the file (the monitor section, the notes written by hand) is left as it is.
 
->>> text = write_section.__doc__
->>> "bench:start" in text
-True
+>>> import tempfile
+>>> path = Path(tempfile.mkdtemp()) / "B.md"
+>>> _ = path.write_text("# Benchmarks\n\nby hand\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n")
+>>> write_section(path, "<!-- bench:start -->\nnew\n<!-- bench:end -->")
+>>> path.read_text().split("\n")[2:6]
+['by hand', '', '<!-- bench:start -->', 'new']
 """
 
 from __future__ import annotations
@@ -157,13 +160,13 @@ def _targets(rows: list[Row], setup: dict, by_cpu: bool) -> list[str]:
     return lines
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in
-    ``path`` with ``text`` (which carries the markers); append it when the file has none."""
+def write_section(path: Path, text: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the markers ``start`` and ``end`` in ``path`` with ``text``
+    (which carries them); append it when the file has none. Other sections stay."""
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     if pattern.search(old):
-        new = pattern.sub(lambda _: text, old, count=1)
+        new = pattern.sub(lambda _: text if text.endswith("\n") else text + "\n", old, count=1)
     else:
         new = old.rstrip("\n") + "\n\n" + text
     path.write_text(new, encoding="utf-8")

@@ -149,14 +149,7 @@ def reduce_elementwise(
         loss = loss * weight.to(loss.dtype)
     if mask is not None:
         _check_broadcast(mask, loss.shape, "mask")
-        m = mask.to(loss.dtype)
-        if reduction == "none":
-            return loss * m
-        masked = (loss * m).sum()
-        if reduction == "sum":
-            return masked
-        count = torch.broadcast_to(m, loss.shape).sum()
-        return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
+        return _reduce_masked(loss, mask, reduction)
     return reduce(loss, reduction)
 
 
@@ -170,6 +163,19 @@ def reduce(loss: Tensor, reduction: Reduction = "mean") -> Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def _reduce_masked(loss: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
+    """``loss`` reduced over the positions where ``mask`` is 1: the mean divides by the mask's
+    sum (0 when it is all zero), ``"none"`` is ``loss * mask``."""
+    m = mask.to(loss.dtype)
+    if reduction == "none":
+        return loss * m
+    masked = (loss * m).sum()
+    if reduction == "sum":
+        return masked
+    count = torch.broadcast_to(m, loss.shape).sum()
+    return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
 
 
 def kept_positions(weight: Tensor | None, mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -202,14 +208,7 @@ def reduce_kept(
             loss = torch.where(keep, loss, 0.0)
     if mask is None:
         return reduce(loss, reduction)
-    m = mask.to(loss.dtype)
-    if reduction == "none":
-        return loss * m
-    masked = (loss * m).sum()
-    if reduction == "sum":
-        return masked
-    count = torch.broadcast_to(m, loss.shape).sum()
-    return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
+    return _reduce_masked(loss, mask, reduction)
 
 
 def elementwise(
