@@ -116,24 +116,7 @@ class Loss(nn.Module):
             if unread:
                 raise self._unread_error(sorted(unread))
         args = (pred, target, inputs, self.step, self.balancers)
-        try:
-            if self.program.tensor_paths and self._new_shapes(pred, target, inputs):
-                total, values, weights = self.program.checked_run(self.strict).run(*args)
-            else:
-                total, values, weights = self.program.forward(*args)
-        except LossDSLError as err:
-            located = self._located(err)
-            raise located from located.__cause__
-        except Exception:
-            if not self.program.tensor_paths:
-                raise
-            # run again node by node: the error names the operation, its place and shapes
-            try:
-                self.program.checked_run(False).run(*args)
-            except LossDSLError as err:
-                located = self._located(err)
-                raise located from located.__cause__
-            raise
+        total, values, weights = self._run(args)
         row, finite = values_row(values, total)
         if weights is None:
             weights = self._constant_weights(row)
@@ -147,6 +130,35 @@ class Loss(nn.Module):
         if self.nonfinite in CHECKED_POLICIES:
             self._check(row, finite)  # after recording: a call that raises still shows in the logs
         return total
+
+    def _run(self, args: tuple) -> tuple:
+        """The program's outputs; an error names the term or the operation and its place."""
+        # the checked run interprets the graph node by node, which torch.compile cannot
+        # trace: compiled calls run the graph as it is (README, "Shapes and gradients")
+        checks = bool(self.program.tensor_paths) and not torch.compiler.is_compiling()
+        try:
+            if checks and self._new_shapes(*args[:3]):
+                return self.program.checked_run(self.strict).run(*args)
+            return self.program.forward(*args)
+        except LossDSLError as err:
+            error = err
+            if checks and err.span is None and err.term is None and getattr(err, "node_index", None) is None:
+                error = self._checked_error(args) or err  # the checked run knows the node
+        except Exception:
+            if not checks:
+                raise
+            error = self._checked_error(args)  # it names the operation, its place and shapes
+            if error is None:
+                raise
+        located = self._located(error)
+        raise located from located.__cause__
+
+    def _checked_error(self, args: tuple) -> LossDSLError | None:
+        try:
+            self.program.checked_run(False).run(*args)
+        except LossDSLError as err:
+            return err
+        return None
 
     def _new_shapes(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> bool:
         """Whether the tensors that tensor expressions read have shapes not seen before (the

@@ -92,8 +92,6 @@ def test_a_keyword_routed_path_into_a_tensor_is_refused_at_the_term():
     _at(err, text, text)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a path into a tensor refused at call time "
-                   "(mean(out.grad) with out a tensor) has no span: no caret under out.grad")
 def test_a_path_into_a_tensor_is_refused_at_call_time_with_a_caret():
     text = "mean(out.grad)"
     err = _error(lossdsl.LossInputError, text, out=_randn(3))
@@ -113,9 +111,6 @@ def test_a_tensor_function_of_a_number_or_a_loss_is_refused(text, part, word):
     assert word in err.message and err.hint
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a declared input missing from the call gives "
-                   "\"operator '*' failed on shapes (3,): unsupported operand type(s) for *: 'Absent' and 'Tensor'\" "
-                   "instead of naming the missing input")
 def test_a_declared_input_missing_from_the_call_is_named():
     err = _error(lossdsl.LossInputError, "input w\nmean(w * pred)", _randn(3))
     assert "'w'" in err.message

@@ -100,6 +100,8 @@ class Monitor(nn.Module):
         A call in eval mode or with gradients disabled is a validation call. The statistics
         follow the inputs' device (under ``torch.compile``, move the loss there first).
         """
+        if row.device.type == "meta":
+            return  # a shape-checking call: no numbers, and the statistics stay where they are
         phase = 0 if self.training and torch.is_grad_enabled() else 1
         if weights.requires_grad:
             weights = weights.detach()  # a kept weight must not keep the call's graph alive
@@ -151,14 +153,23 @@ class Monitor(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self._flush()  # the pending rows are on the old device
+        # statistics on meta (a module moved there whole) hold no numbers: wherever they
+        # go next, they start anew
+        from_meta = self.sums.device.type == "meta"
         for name, buf in self._buffers.items():
             if buf is None:
                 continue
+            if from_meta:
+                buf = torch.empty(buf.shape, dtype=buf.dtype)
             moved = fn(buf)
             wanted = stat_dtype(moved.device) if buf.is_floating_point() else buf.dtype
             # `.half()` moves nothing and must not round the sums: convert from the original
             self._buffers[name] = moved if moved.dtype == wanted else buf.to(moved.device, wanted)
         self._pending.device = self.sums.device
+        if from_meta and self.sums.device.type != "meta":
+            with torch.no_grad():
+                self._leaf.copy_(torch.tensor(self.is_term + [False]))
+            self.reset()
         return self
 
     # --- gradient-norm probe --------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import LossDSLError, LossInputError
 from ..resolve import ir
+from ..runtime.inputs import Absent, missing_input
 from .emit import emit
 
 __all__ = ["Program", "build_program", "CheckedRun", "both_enlarged"]
@@ -134,8 +135,10 @@ class CheckedRun(fx.Interpreter):
                         index,
                     )
         try:
-            return super().run_node(n)
-        except LossDSLError:
+            value = super().run_node(n)
+        except LossDSLError as err:
+            if err.span is None and err.term is None and getattr(err, "node_index", None) is None:
+                err.node_index = index  # e.g. a path into a tensor: the caret goes under it
             raise
         except Exception as exc:
             if index is None:
@@ -146,6 +149,13 @@ class CheckedRun(fx.Interpreter):
                 "check the shapes of the inputs this operation reads",
                 index,
             ) from exc
+        if isinstance(value, Absent) and n.meta.get("what") == "input":
+            # an input of an expression the call did not give: named here, not as a
+            # failure of the operation that meets it
+            err = missing_input(value, value.path[0], None)
+            err.node_index = index
+            raise err
+        return value
 
     @staticmethod
     def _error(message: str, hint: str, index: int | None) -> LossInputError:

@@ -145,7 +145,11 @@ def term(r, node: ast.Call, spec: TermSpec, label: str) -> ir.Term:
     hyper = validate(spec.name, spec.model, values, places, node.offsets, spec.hyper)
     for p in spec.inputs:
         routes.setdefault(p.name, ir.Route(p.name, (p.name,), required=p.required))
-    made = ir.Term(label, spec, tuple(hyper.items()), tuple(routes[p.name] for p in spec.inputs), span=node.offsets)
+    # reduction="none" makes a tensor of per-element losses: a term only once reduced (§3.1)
+    kind = "tensor" if hyper.get("reduction") == "none" else "loss"
+    made = ir.Term(
+        label, spec, tuple(hyper.items()), tuple(routes[p.name] for p in spec.inputs), span=node.offsets, kind=kind
+    )
     r.add_term(label, made, named=label != spec.name or label in r.all_bindings)
     return made
 

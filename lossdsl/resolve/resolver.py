@@ -23,7 +23,7 @@ from ..syntax import ast
 from ..syntax.unparse import unparse
 from . import calls, ir, tensors
 from .arguments import fold
-from .logged import check_root, logged_items, scalar_top
+from .logged import check_root, is_leaf, logged_items, scalar_top
 
 __all__ = ["Resolver", "MAX_TERMS", "MAX_OPERATION_DEPTH"]
 
@@ -107,9 +107,13 @@ class Resolver:
             # a binding that is exactly one term call: the term is logged under the binding's name
             return self.call(value, label=binding.name)
         node = self.expr(value)
-        # `w = watch(mae)` is an alias: the watched term is logged already, and the watch
-        # itself has no value to log
-        if node.kind == "loss" and not isinstance(node, (ir.Term, ir.Named)) and not self.watch_only(node):
+        if isinstance(value, ast.Call) and self.order and self.order[-1][1] is node and not self.order[-1][2]:
+            # a binding that is exactly one inline term (`s = mean(pred)`): one term, its name
+            self.order[-1] = (binding.name, node, True)
+            return node
+        # `w = watch(mae)` and `t = s` (s one term) are aliases: the term is logged already,
+        # and a watch itself has no value to log
+        if node.kind == "loss" and not isinstance(node, ir.Named) and not is_leaf(node) and not self.watch_only(node):
             node = self.node(ir.Named, binding.name, node, span=binding.offsets)
             self.order.append((binding.name, node, True))
         return node

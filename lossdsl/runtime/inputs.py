@@ -95,9 +95,10 @@ def unreadable_input(path: tuple[str, ...], err: Exception) -> LossInputError:
     return error
 
 
-def missing_input(absent: Any, param: str, term: str, path: tuple[str, ...] | None = None) -> LossInputError:
-    """The error for a required input the call did not give; a nested path (``out.seg``)
-    says where it broke off, what is there, and the nearest name."""
+def missing_input(absent: Any, param: str, term: str | None, path: tuple[str, ...] | None = None) -> LossInputError:
+    """The error for a required input the call did not give (to ``term``'s ``param``, or to
+    an expression when ``term`` is None); a nested path (``out.seg``) says where it broke
+    off, what is there, and the nearest name."""
     path = absent.path if isinstance(absent, Absent) else path or (param,)
     head = absent.head if isinstance(absent, Absent) else None
     why, cause = "but the call did not give it", None
@@ -111,7 +112,9 @@ def missing_input(absent: Any, param: str, term: str, path: tuple[str, ...] | No
         except Exception as err:  # the objects read differently this time: say what raised
             why, cause = f"but reading it raised {type(err).__name__}: {err}", err
             how = f"check the object passed as {path[0]}=..."
-    error = LossInputError(f"term '{term}' needs input '{'.'.join(path)}' for its '{param}', {why}", hint=how, term=term)
+    who = f"term '{term}' needs" if term is not None else "the program reads"
+    whose = f" for its '{param}'" if term is not None else ""
+    error = LossInputError(f"{who} input '{'.'.join(path)}'{whose}, {why}", hint=how, term=term)
     error.__cause__ = cause
     return error
 
