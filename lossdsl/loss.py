@@ -16,7 +16,6 @@ last call saw for ``terms`` and ``weights``.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Any, Mapping
 

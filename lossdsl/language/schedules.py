@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable
 
-from annotated_types import Ge, Gt, Le
+from annotated_types import Gt, Le
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from .params import STRICT, NonNegative, Positive

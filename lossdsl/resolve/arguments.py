@@ -13,13 +13,16 @@ from typing import Any
 
 import pydantic
 
-from ..errors import LossArgumentError
+from ..errors import LossArgumentError, LossInputError
 from ..language.lazy import T
 from ..language.registry import type_words
 from ..syntax import ast
 from ..syntax.unparse import unparse
 
-__all__ = ["validate", "fold", "is_int_literal", "show", "as_written"]
+__all__ = ["validate", "fold", "is_int_literal", "show", "as_written", "check_input_path", "TENSOR_INPUTS"]
+
+# the inputs that are always tensors: a path never reads into them
+TENSOR_INPUTS = ("pred", "target")
 
 
 def is_int_literal(arg: ast.Node) -> bool:
@@ -109,3 +112,21 @@ def fold(fn, values: list, params: dict, span) -> float | bool:
             hint="check for division by zero, log of a negative number or overflow",
         ) from None
     return float(result)
+
+
+def check_input_path(path: tuple[str, ...], span: Any) -> None:
+    """An input path reads mapping keys or public attributes of the call's objects: never a
+    private name, never an attribute of a tensor (``pred.grad``)."""
+    for part in path:
+        if part.startswith("_"):
+            raise LossArgumentError(
+                f"input reference '{'.'.join(path)}' reads a private name '{part}'",
+                span=span,
+                hint="input references read mapping keys or public attributes only",
+            )
+    if len(path) > 1 and path[0] in TENSOR_INPUTS:
+        raise LossInputError(
+            f"'{'.'.join(path)}' reads an attribute of the tensor '{path[0]}'",
+            span=span,
+            hint="a path reads keys or attributes of the objects passed to the loss, not of tensors",
+        )

@@ -16,7 +16,7 @@ from ..language.registry import TermSpec
 from ..language.schedules import SCHEDULES
 from ..syntax import ast
 from . import ir
-from .arguments import fold, is_int_literal, show, validate
+from .arguments import check_input_path, fold, is_int_literal, show, validate
 
 __all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError"]
 
@@ -161,13 +161,7 @@ def _route_path(kw: ast.Keyword, spec: TermSpec) -> tuple[str, ...]:
             span=kw.offsets,
             hint=f"name the input to read, e.g. {kw.name}={kw.name} or {kw.name}=outputs.{kw.name}",
         )
-    for part in kw.value.path:
-        if part.startswith("_"):
-            raise LossArgumentError(
-                f"input reference '{'.'.join(kw.value.path)}' reads a private name '{part}'",
-                span=kw.value.offsets,
-                hint="input references read mapping keys or public attributes only",
-            )
+    check_input_path(kw.value.path, kw.value.offsets)
     return kw.value.path
 
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import LossArgumentError, LossNameError, LossTypeError, did_you_mean
+from ..errors import LossNameError, LossTypeError, did_you_mean
 from ..language.functions import OPERATORS
 from ..language.registry import BUILTIN_NAMES
 from ..syntax import ast
 from . import ir
-from .arguments import is_int_literal
+from .arguments import TENSOR_INPUTS, check_input_path, is_int_literal
 
 __all__ = ["IMPLICIT_INPUTS", "declare", "input_node", "list_const", "index", "compare", "boolop", "negation"]
 
 # always the call's inputs, never declared
-IMPLICIT_INPUTS = ("pred", "target")
+IMPLICIT_INPUTS = TENSOR_INPUTS
 
 
 def declare(r, program: ast.Program) -> None:
@@ -46,19 +46,7 @@ def declare(r, program: ast.Program) -> None:
 
 def input_node(r, path: tuple[str, ...], span) -> ir.Input:
     """A call input read by an expression: ``pred``, a declared name, or a dotted path."""
-    for part in path:
-        if part.startswith("_"):
-            raise LossArgumentError(
-                f"input reference '{'.'.join(path)}' reads a private name '{part}'",
-                span=span,
-                hint="input references read mapping keys or public attributes only",
-            )
-    if len(path) > 1 and path[0] in IMPLICIT_INPUTS:
-        raise LossNameError(
-            f"'{'.'.join(path)}' reads an attribute of the tensor '{path[0]}'",
-            span=span,
-            hint="a path reads keys or attributes of the objects passed to the loss, not of tensors",
-        )
+    check_input_path(path, span)
     if len(path) > 1 and path[0] in r.bindings:
         raise LossNameError(
             f"'{'.'.join(path)}' reads into the binding '{path[0]}'",
