@@ -311,3 +311,45 @@ def test_the_canonical_text_compiles_to_the_same_values(text):
     assert list(a.terms) == list(b.terms)
     for name in a.terms:
         assert torch.equal(a.terms[name], b.terms[name]) and torch.equal(a.weights[name], b.weights[name])
+
+
+# --- found by the random programs of test_tensor_evaluator.py ------------------------------
+
+def test_min_and_max_take_a_schedule_beside_a_loss_or_a_tensor():
+    p, t = _randn(4, 3), _randn(4, 3, seed=1)
+    for step, floor in ((5, 0.5), (10, 1.0)):
+        crit = lossdsl.compile("max(mse, linear(0, 4, steps=10))")
+        leaf = p.clone().requires_grad_(True)
+        got = crit(leaf, t, step=step)
+        want = max(F.mse_loss(p, t).item(), 4 * floor)
+        torch.testing.assert_close(got, torch.tensor(want, dtype=D), **TOL)
+        got.backward()
+        expected = 2 * (p - t) / p.numel() if F.mse_loss(p, t).item() > 4 * floor else torch.zeros_like(p)
+        torch.testing.assert_close(leaf.grad, expected, **TOL)
+    crit = lossdsl.compile("mean(min(linear(0, 1, steps=10), pred))")
+    torch.testing.assert_close(crit(p, t, step=3), torch.clamp(p, max=0.3).mean(), **TOL)
+
+
+def test_a_full_reduction_that_keeps_its_axes_is_a_tensor_not_a_loss():
+    with pytest.raises(lossdsl.LossTypeError, match="is a tensor, not a loss"):
+        lossdsl.compile("mean(pred, keepdim=true)")
+    p = _randn(4, 3)
+    crit = lossdsl.compile("sum(pred - mean(pred, keepdim=true))^2")
+    torch.testing.assert_close(crit(p, p), ((p - p.mean(dim=(0, 1), keepdim=True)).sum()) ** 2, **TOL)
+
+
+def test_numbers_and_lists_beside_a_condition_take_the_inputs_dtype():
+    p = _randn(4, 3)
+    crit = lossdsl.compile("mean(where(pred < 0, [1, 2, 3], 0.5)) + mean(where(pred < 0, 2, 0.5))")
+    got = crit(p, p)
+    assert got.dtype == D and all(v.dtype == D for v in crit.terms.values())
+    row = torch.tensor([1.0, 2.0, 3.0], dtype=D)
+    want = torch.where(p < 0, row, 0.5).mean() + torch.where(p < 0, 2.0, 0.5).to(D).mean()
+    torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_condition_of_another_rank_counts_as_numbers_under_strict():
+    p = _randn(2, 5, 3)
+    crit = lossdsl.compile("mean((pred[:, 0:1, 0] > 0) * 2) + mean(pred[0] * (pred[0, 0] > 0))", strict=True)
+    want = ((p[:, 0:1, 0] > 0) * 2.0).mean() + (p[0] * (p[0, 0] > 0)).mean()
+    torch.testing.assert_close(crit(p, p), want, **TOL)

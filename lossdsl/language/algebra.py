@@ -30,6 +30,8 @@ __all__ = [
     "signed_sum",
     "product",
     "extreme",
+    "smallest",
+    "largest",
     "clamp_within",
 ]
 
@@ -137,6 +139,18 @@ def extreme(*values: Any, smaller: bool) -> Any:
     for value in values[1:]:
         out = _pair_extreme(out, value, smaller)
     return out
+
+
+# min/max are calls of the program, not recorded operations: whether an operand is a number
+# (a schedule's value) is known only when the program runs.
+def smallest(*values: Any) -> Any:
+    """The smallest of the operands, elementwise: ``smallest(2.0, 3.0)`` is ``2.0``."""
+    return extreme(*values, smaller=True)
+
+
+def largest(*values: Any) -> Any:
+    """The largest of the operands, elementwise: ``largest(2.0, 3.0)`` is ``3.0``."""
+    return extreme(*values, smaller=False)
 
 
 # The operators of comparisons, by the symbol the language writes.

@@ -101,7 +101,8 @@ class Function:
                         operand=0,
                     )
                 return "tensor"
-            return "loss" if params.get("dim") is None else "tensor"
+            # keepdim keeps every reduced axis at length 1: a tensor, even with no dim
+            return "loss" if params.get("dim") is None and not params.get("keepdim") else "tensor"
         if self.name == "watch":
             return "loss"
         return widest
@@ -251,12 +252,12 @@ _ELEMENTWISE = [
         summary="clamp(x, min=, max=): x limited to [min, max]", inline=True,
     ),
     _row(
-        "min", "elementwise", lambda *xs: A.extreme(*xs, smaller=True), operands=(2, None), grad=_selected,
-        summary="smallest of its operands, elementwise", inline=True,
+        "min", "elementwise", A.smallest, operands=(2, None), grad=_selected,
+        summary="smallest of its operands, elementwise",
     ),
     _row(
-        "max", "elementwise", lambda *xs: A.extreme(*xs, smaller=False), operands=(2, None), grad=_selected,
-        summary="largest of its operands, elementwise", inline=True,
+        "max", "elementwise", A.largest, operands=(2, None), grad=_selected,
+        summary="largest of its operands, elementwise",
     ),
     _row(
         "where", "elementwise", T.where, operands=(3, 3), grad=_where_grad,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch import Tensor
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
 from ..language import algebra
@@ -92,6 +93,17 @@ class _Emitter:
 
     def call(self, target: Any, args: tuple, kwargs: dict | None = None, name: str | None = None) -> Proxy:
         return self.tracer.create_proxy("call_function", target, args, kwargs or {}, name=name)
+
+    def convert(self, target: Any, args: tuple, name: str) -> Proxy:
+        """A call that prepares an operand (a list or a condition as numbers): it takes the
+        operation's place in the text but none of its broadcasting, which the strict check
+        must not read off its arguments."""
+        meta = self.tracer.meta
+        self.tracer.meta = {**meta, "broadcasts": False}
+        try:
+            return self.call(target, args, name=name)
+        finally:
+            self.tracer.meta = meta
 
     def input(self, path: tuple[str, ...], required: bool = True) -> Any:
         if path in (("pred",), ("target",)):
@@ -201,7 +213,7 @@ class _Emitter:
             (self.value[id(s)] for s in siblings if s.kind == "tensor" and not isinstance(s, ir.ListConst)),
             self.slots["pred"],
         )
-        return self.call(list_tensor, (node.values, like), name="list")
+        return self.convert(list_tensor, (node.values, like, self.slots["pred"]), name="list")
 
     def scalar(self, node: ir.Node) -> Any:
         """A schedule's value as a tensor (made once per value)."""
@@ -243,9 +255,12 @@ class _Emitter:
         if fn.group != "logical":  # a condition in arithmetic counts as 0/1
             keep = 0 if fn.name == "where" else -1
             args = tuple(
-                self.call(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and _is_condition(a) else v
+                self.convert(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and _is_condition(a) else v
                 for i, (a, v) in enumerate(zip(node.args, args))
             )
+        if fn.name == "where" and node.kind == "tensor" and all(a.kind in ("const", "schedule") for a in node.args[1:]):
+            # torch.where of two numbers is in torch's default dtype, not the inputs'
+            args = (args[0], self.convert(number_tensor, (args[1], self.slots["pred"]), name="number"), args[2])
         if fn.inline:
             out = fn.run(*args, **params)
         else:
@@ -262,10 +277,20 @@ def _is_condition(node: ir.Node) -> bool:
 
 def as_number(condition: Any, like: Any) -> Any:
     """A condition as 0/1, in the floating dtype of ``like`` (float32 when it has none)."""
-    if not hasattr(condition, "dtype") or condition.dtype != torch.bool:
+    if not isinstance(condition, Tensor) or condition.dtype != torch.bool:
         return condition
-    dtype = like.dtype if hasattr(like, "is_floating_point") and like.is_floating_point() else torch.float32
-    return condition.to(dtype)
+    return condition.to(_floating(like))
+
+
+def number_tensor(value: Any, like: Any) -> Tensor:
+    """A number (or a condition) as a tensor in the floating dtype and on the device of ``like``."""
+    if isinstance(value, Tensor):
+        return value.to(_floating(like))
+    return torch.tensor(float(value), dtype=_floating(like), device=like.device if isinstance(like, Tensor) else None)
+
+
+def _floating(like: Any) -> torch.dtype:
+    return like.dtype if isinstance(like, Tensor) and like.is_floating_point() else torch.float32
 
 
 def _copied(x: Any) -> Any:

@@ -94,7 +94,10 @@ def both_enlarged(a: Any, b: Any) -> tuple | None:
         return None
     if a.dim() == 0 or b.dim() == 0:
         return None
-    shape = torch.broadcast_shapes(a.shape, b.shape)
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:  # the operation itself fails, and says so with both shapes
+        return None
     if shape != a.shape and shape != b.shape:
         return tuple(shape)
     return None

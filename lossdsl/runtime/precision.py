@@ -97,14 +97,17 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
         return torch.tensor(values, dtype=dtype, device=device)
 
 
-def list_tensor(values: tuple, like: Any) -> Tensor:
+def list_tensor(values: tuple, like: Any, pred: Any = None) -> Tensor:
     """A list literal of the program as a constant 1-d tensor in the dtype and on the device
-    of the tensor it meets (``like``); float32 on the CPU when it meets none."""
-    if isinstance(like, Tensor):
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        device = like.device
-    else:
-        dtype, device = torch.float32, torch.device("cpu")
+    of the tensor it meets (``like``), in ``pred``'s floating dtype when that one has none (a
+    condition), and float32 on the CPU when neither is a tensor.
+
+    >>> list_tensor((1, 2), torch.zeros(2) > 0, torch.zeros(2, dtype=torch.float64)).dtype
+    torch.float64
+    """
+    floating = [t for t in (like, pred) if isinstance(t, Tensor) and t.is_floating_point()]
+    dtype = floating[0].dtype if floating else torch.float32
+    device = like.device if isinstance(like, Tensor) else pred.device if isinstance(pred, Tensor) else torch.device("cpu")
     if torch.compiler.is_compiling():  # a constant of the traced graph: no cache to guard on
         return torch.tensor(values, dtype=dtype, device=device)
     return _constant(tuple(values), dtype, device)
