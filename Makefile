@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py --write BENCHMARKS.md
+	$(BIN)/python benchmarks/run.py --threads 1 --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

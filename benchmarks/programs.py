@@ -117,6 +117,15 @@ def _hinge() -> Callable:
     return loss
 
 
+def _adaptive_huber() -> Callable:
+    def loss(p: Tensor, t: Tensor, step: int) -> Tensor:
+        a = (p - t).abs()
+        delta = 0.5 * a.mean()  # differentiated too, as in the text
+        return torch.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta)).mean()
+
+    return loss
+
+
 PROGRAMS = {
     p.key: p
     for p in (
@@ -141,6 +150,12 @@ PROGRAMS = {
             "hinge = mean(where(pred < lower or pred > upper, relu(1 - abs(pred - target)), 0)); "
             "mse + 0.5*hinge",
             _hinge,
+        ),
+        Program(
+            "adaptive",
+            "a = abs(pred - target); delta = 0.5*mean(a); "
+            "mean(where(a <= delta, 0.5*a^2, delta*(a - 0.5*delta)))",
+            _adaptive_huber,
         ),
     )
 }

@@ -54,12 +54,6 @@ class LastCall:
         self.row: Tensor | None = None
         self.weights: Tensor | None = None
 
-    def __getstate__(self) -> tuple:
-        return (self.row, self.weights)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.row, self.weights = state
-
 
 class Loss(nn.Module):
     """A compiled loss program. Build one with :func:`lossdsl.compile`.

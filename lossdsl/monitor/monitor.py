@@ -25,13 +25,13 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import LossDSLError, did_you_mean
+from ..errors import LossDSLError
 from .gradients import GradientStats
 from .readers import PHASES, Windows, format_table, phase_index, stats_table, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, Increment, PendingRows, fold_row
-from .stats import fold_rows, probe_norms, stack_rows, stat_dtype
-from .suggest import Rewrite, Suggestion, suggest
+from .stats import fold_rows, probe_norms, probe_settings, stack_rows, stat_dtype
+from .suggest import Rewrite, Suggestion, suggest_from_stats
 
 __all__ = ["Monitor"]
 
@@ -191,17 +191,7 @@ class Monitor(nn.Module):
         >>> crit.monitor.as_dict()["loss/mse/grad_norm"]   # |2 e / n| * sqrt(n)
         1.0
         """
-        if every < 0:
-            raise LossDSLError(f"probe(every={every}): every must be >= 0", hint="0 turns the probe off")
-        known = {"pred", "target"} | set(inputs if self.inputs_read is None else self.inputs_read)
-        unknown = [n for n in inputs if n not in known]
-        if unknown:
-            raise LossDSLError(
-                f"probe(inputs=...): no term reads the input {unknown[0]!r}",
-                hint=did_you_mean(unknown[0], known) or "inputs: " + ", ".join(sorted(known)),
-            )
-        self._probe_every = int(every)
-        self._probe_inputs = tuple(inputs)
+        self._probe_every, self._probe_inputs = probe_settings(every, inputs, self.inputs_read)
         return self
 
     def _probe(self, weights: Tensor, values: Sequence[Tensor], inputs: CallInputs) -> None:
@@ -373,12 +363,8 @@ class Monitor(nn.Module):
         >>> crit.monitor.suggest_weights().source
         '0.55*mse + 5.5*mae  # two terms'
         """
-        table = self.stats()
-        probed = any(table[n]["grad_norm"] > 0 for n in self.names)
-        magnitude = {n: abs(table[n]["grad_norm" if probed else "weighted"]) for n in self.names}
-        weights = {n: table[n]["weight"] for n in self.names}
         terms = [n for n, term in zip(self.names, self.is_term) if term]
-        return suggest(weights, magnitude, target, terms=terms, rewrite=self.rewrite)
+        return suggest_from_stats(self.stats(), terms, target, self.rewrite)
 
     # --- state ----------------------------------------------------------------------------
 

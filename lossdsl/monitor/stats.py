@@ -18,9 +18,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..errors import LossDSLError, did_you_mean
+
 __all__ = [
     "QUANTITIES", "ROWS", "PENDING_ROWS", "Increment", "CallInputs", "PendingRows",
-    "fold_rows", "stack_rows", "stat_dtype", "ratio", "probe_norms", "all_reduce",
+    "fold_rows", "stack_rows", "stat_dtype", "ratio", "probe_norms", "probe_settings", "all_reduce",
 ]
 
 QUANTITIES = ("raw", "weight", "weighted", "share")
@@ -187,6 +189,24 @@ def _grad_norm(value: Any, wrt: list[Tensor], dtype: torch.dtype, device) -> Ten
     if not norms:
         return torch.zeros((), dtype=dtype, device=device)
     return torch.linalg.vector_norm(torch.stack(norms)).to(device)
+
+
+def probe_settings(every: int, inputs: Sequence[str], inputs_read: frozenset | None) -> tuple[int, tuple]:
+    """``Monitor.probe``'s arguments checked: ``every >= 0``, and inputs the program reads.
+
+    >>> probe_settings(5, ["pred"], frozenset({"pred", "target"}))
+    (5, ('pred',))
+    """
+    if every < 0:
+        raise LossDSLError(f"probe(every={every}): every must be >= 0", hint="0 turns the probe off")
+    known = {"pred", "target"} | set(inputs if inputs_read is None else inputs_read)
+    unknown = [n for n in inputs if n not in known]
+    if unknown:
+        raise LossDSLError(
+            f"probe(inputs=...): no term reads the input {unknown[0]!r}",
+            hint=did_you_mean(unknown[0], known) or "inputs: " + ", ".join(sorted(known)),
+        )
+    return int(every), tuple(inputs)
 
 
 def probe_norms(values: Sequence, weights: Tensor, wrt: list[Tensor], dtype: torch.dtype, device) -> Tensor:

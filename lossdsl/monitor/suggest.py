@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import LossDSLError
 
-__all__ = ["Suggestion", "Rewrite", "suggest", "target_shares"]
+__all__ = ["Suggestion", "Rewrite", "suggest", "suggest_from_stats", "target_shares"]
 
 # rewrite(scale, magnitude) -> (source, scale applied to each term)
 Rewrite = Callable[[Mapping[str, float], Mapping[str, float]], "tuple[str, Mapping[str, float]]"]
@@ -122,6 +122,26 @@ def suggest(
         source, scale = rewrite(scale, usable)
     new = {n: float(weights[n]) * scale.get(n, 1.0) if n in weights else math.nan for n in terms}
     return Suggestion(new, source)
+
+
+def suggest_from_stats(
+    table: Mapping[str, Mapping[str, float]],
+    terms: Sequence[str],
+    target: Mapping[str, float] | None,
+    rewrite: Rewrite | None,
+) -> Suggestion:
+    """:func:`suggest` over a monitor's ``stats()`` table: the magnitudes are the weighted
+    gradient norms where the probe ran, else the mean weighted values.
+
+    >>> table = {"a": {"weight": 1.0, "weighted": 1.0, "grad_norm": 0.0},
+    ...          "b": {"weight": 1.0, "weighted": 3.0, "grad_norm": 0.0}}
+    >>> suggest_from_stats(table, ["a", "b"], None, None).weights
+    {'a': 2.0, 'b': 0.6666666666666666}
+    """
+    probed = any(row["grad_norm"] > 0 for row in table.values())
+    magnitude = {n: abs(row["grad_norm" if probed else "weighted"]) for n, row in table.items()}
+    weights = {n: row["weight"] for n, row in table.items()}
+    return suggest(weights, magnitude, target, terms=terms, rewrite=rewrite)
 
 
 def _positive(x: Any) -> bool:
