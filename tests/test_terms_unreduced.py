@@ -18,7 +18,7 @@ from test_terms_boxes import torchvision_ciou, torchvision_diou, torchvision_gio
 
 import lossdsl
 from lossdsl.terms import (
-    boxes, classification, contrastive, ctc, distill, distribution, keras, ranking, regression,
+    boxes, classification, contrastive, distribution, keras, ranking, regression,
     regularisation, sequence,
 )
 
@@ -196,7 +196,7 @@ PER_SAMPLE = {
         _inputs(4, names=("pred",), target=lambda g, n: F.one_hot(torch.arange(n) % 4, 4).to(D)),
         lambda pred, target: F.relu(1 + ((1 - target) * pred).amax(-1) - (target * pred).sum(-1)), lambda n: (n,)),
     "distill_kl": Case(
-        distill.distill_kl, _inputs(4, 2, scale=3.0),
+        distribution.distill_kl, _inputs(4, 2, scale=3.0),
         lambda pred, target: 4.0 * F.kl_div(F.log_softmax(pred / 2, 1), F.log_softmax(target / 2, 1),
                                             reduction="none", log_target=True).sum(1),
         lambda n: (n, 2), {"temperature": 2.0}, grad=("pred", "target")),
@@ -209,7 +209,7 @@ PER_SAMPLE = {
         contrastive.info_nce, _inputs(5, names=PAIRS), lambda **i: _info_nce_ref(**i, symmetric=True),
         lambda n: (n,), {"temperature": 0.2, "symmetric": True}, grad=PAIRS),
     "nt_xent": Case(contrastive.nt_xent, _inputs(5, names=PAIRS), _nt_xent_ref, lambda n: (2 * n,), grad=PAIRS),
-    "ctc": Case(ctc.ctc, _ctc_inputs,
+    "ctc": Case(sequence.ctc, _ctc_inputs,
                 lambda pred, target, **lengths: F.ctc_loss(pred.log_softmax(-1), target, **lengths, reduction="none"),
                 lambda n: (n,), mean_of=lambda values, target_lengths, **_: (values / target_lengths).mean()),
 }
