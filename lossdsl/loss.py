@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import LossDSLError, LossInputError, did_you_mean, location
+from .errors import LossDSLError, location
 from .monitor import CallInputs, Monitor
 from .monitor.gradients import reporter
 from .program import Program, build_program
@@ -33,7 +33,7 @@ from .runtime.balancer import Balancer
 from .runtime.gradients import refuse_plain_backward
 from .runtime.jacobian import aggregated_backward, cut_tensors
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
-from .runtime.inputs import read_path
+from .runtime.inputs import devices_error, missing_input, read_path, unread_error
 from .runtime.precision import values_row
 from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
 
@@ -107,10 +107,13 @@ class Loss(nn.Module):
         if inputs and self.strict:
             unread = inputs.keys() - self.program.inputs_read
             if unread:
-                raise self._unread_error(sorted(unread))
+                raise unread_error(sorted(unread), sorted(self.program.inputs_read - {"pred", "target"}))
         args = (pred, target, inputs, self.step, self.balancers)
         total, values, weights = self._run(args)
-        row, finite = values_row(values, total)
+        try:
+            row, finite = values_row(values, total)
+        except RuntimeError as err:  # terms on two devices meet here first
+            raise self._devices_error(args) or err
         if weights is None:
             weights = self._constant_weights(row)
         last = self._last
@@ -129,40 +132,55 @@ class Loss(nn.Module):
         # the checked run interprets the graph node by node, which torch.compile cannot
         # trace: compiled calls run the graph as it is (README, "Shapes and gradients")
         checks = bool(self.program.tensor_paths) and not torch.compiler.is_compiling()
+        if checks and (args[0] is None or args[1] is None):
+            self._refuse_missing_tensor(args[0], args[1])
         try:
-            if checks and self._new_shapes(*args[:3]):
-                return self.program.checked_run(self.strict).run(*args)
+            signature = self._new_shapes(*args[:3]) if checks else None
+            if signature is not None:
+                outputs = self.program.checked_run(self.strict).run(*args)
+                if len(self._shapes_seen) < 64:  # seen once they passed: a refused call refuses again
+                    self._shapes_seen.add(signature)
+                return outputs
             return self.program.forward(*args)
         except LossDSLError as err:
             error = err
             if checks and err.span is None and err.term is None and getattr(err, "node_index", None) is None:
                 error = self._checked_error(args) or err  # the checked run knows the node
         except Exception:
-            if not checks:
-                raise
-            error = self._checked_error(args)  # it names the operation, its place and shapes
+            # the checked run names the operation, its place and shapes; inputs on two devices
+            # meet where no operation of the text stands (the sum of the terms)
+            error = (self._checked_error(args) if checks else None) or self._devices_error(args)
             if error is None:
                 raise
         located = self._located(error)
         raise located from located.__cause__
+
+    def _devices_error(self, args: tuple) -> LossDSLError | None:
+        error = devices_error(args[:3])  # the whole program meets them: the caret under all of it
+        return None if error is None else error.located(self.source, self.ir.root.span, None)
+
+    def _refuse_missing_tensor(self, pred: Any, target: Any) -> None:
+        """``pred`` or ``target`` left out of a call although an expression reads it."""
+        for name, value in (("pred", pred), ("target", target)):
+            reader = self.ir.reader_of((name,)) if value is None else None
+            if reader is not None and reader[1] is None:  # (a term that reads it says so itself)
+                raise missing_input(None, name, None).located(self.source, reader[0].span, None)
 
     def _checked_error(self, args: tuple) -> LossDSLError | None:
         try:
             self.program.checked_run(False).run(*args)
         except LossDSLError as err:
             return err
+        except Exception:  # outside the text's operations: the caller says what it can
+            return None
         return None
 
-    def _new_shapes(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> bool:
-        """Whether the tensors that tensor expressions read have shapes not seen before (the
-        first call with them runs checked)."""
+    def _new_shapes(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> tuple | None:
+        """The shapes of the tensors that tensor expressions read, when not seen before (the
+        first call with them runs checked); None when seen."""
         given = {"pred": pred, "target": target, **inputs}
         signature = tuple(getattr(read_path(given, path), "shape", None) for path in self.program.tensor_paths)
-        if signature in self._shapes_seen:
-            return False
-        if len(self._shapes_seen) < 64:
-            self._shapes_seen.add(signature)
-        return True
+        return None if signature in self._shapes_seen else signature
 
     def _constant_weights(self, like: Tensor) -> Tensor:
         dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
@@ -213,8 +231,8 @@ class Loss(nn.Module):
             span = self.ir.nodes()[index].span
         path = getattr(err, "input_path", None)
         if path is not None and err.term is None:  # an input that raised while being read
-            reader = self._reader_of(path)
-            if reader is not None:
+            reader = self.ir.reader_of(path)
+            if reader is not None and reader[1] is not None:
                 term, param = reader
                 name = next((i.name for i in self.ir.logged if i.node is term), term.label)
                 cause = err.__cause__
@@ -225,26 +243,8 @@ class Loss(nn.Module):
                 err.term, span = name, term.span
         return err.located(self.source, span, err.term)
 
-    def _reader_of(self, path: tuple[str, ...]) -> tuple | None:
-        """The first term that reads ``path``, and for which of its parameters."""
-        for node in self.ir.nodes():
-            for route in getattr(node, "routes", ()):
-                if route.path == path:
-                    return node, route.param
-        return None
-
     def _spans(self) -> dict[str, Any]:
         return {item.name: item.node.span for item in self.ir.logged}
-
-    def _unread_error(self, unread: list[str]) -> LossInputError:
-        readable = sorted(self.program.inputs_read - {"pred", "target"})
-        read = ", ".join(readable) or "no keyword inputs"
-        names = ", ".join(repr(u) for u in unread)
-        close = did_you_mean(unread[0], readable)
-        return LossInputError(
-            f"no term reads the input{'s' if len(unread) > 1 else ''} {names}",
-            hint=(close + " " if close else "") + f"this loss reads {read}; check the spelling, or compile with strict=False",
-        )
 
     # --- what the last call saw -----------------------------------------------------------
 

@@ -353,3 +353,11 @@ def test_a_condition_of_another_rank_counts_as_numbers_under_strict():
     crit = lossdsl.compile("mean((pred[:, 0:1, 0] > 0) * 2) + mean(pred[0] * (pred[0, 0] > 0))", strict=True)
     want = ((p[:, 0:1, 0] > 0) * 2.0).mean() + (p[0] * (p[0, 0] > 0)).mean()
     torch.testing.assert_close(crit(p, p), want, **TOL)
+
+
+def test_clamp_of_a_schedule_is_a_number_that_weights_a_term():
+    p, t = _randn(4, 3), _randn(4, 3, seed=1)
+    crit = lossdsl.compile("clamp(linear(0, 1, steps=10), min=0.2)*mse")
+    for step, factor in ((1, 0.2), (5, 0.5)):
+        torch.testing.assert_close(crit(p, t, step=step), factor * F.mse_loss(p, t), **TOL)
+        torch.testing.assert_close(crit.weights["mse"], torch.tensor(factor, dtype=D), **TOL)

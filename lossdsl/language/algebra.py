@@ -95,19 +95,23 @@ def indicator(condition: Any, like: Any) -> Any:
     return condition.type_as(like)
 
 
-def signed_sum(*values: Any, signs: Sequence[int]) -> Any:
-    """``s_0 v_0 + s_1 v_1 + ...`` with signs ±1, left to right (``a + b - c``)."""
+def signed_sum(*values: Any, signs: Sequence[int], fold: bool = True) -> Any:
+    """``s_0 v_0 + s_1 v_1 + ...`` with signs ±1, left to right (``a + b - c``). ``fold``:
+    drop additions of 0 (not for tensors, where ``+ 0.0`` makes class indices floats)."""
+    add, sub = (plus, minus) if fold else (operator.add, operator.sub)
     total = values[0] if signs[0] > 0 else negate(values[0])
     for sign, value in zip(signs[1:], values[1:]):
-        total = plus(total, value) if sign > 0 else minus(total, value)
+        total = add(total, value) if sign > 0 else sub(total, value)
     return total
 
 
-def product(*values: Any, ops: Sequence[str]) -> Any:
-    """``v_0 op_1 v_1 op_2 ...`` with ops ``*`` or ``/``, left to right."""
+def product(*values: Any, ops: Sequence[str], fold: bool = True) -> Any:
+    """``v_0 op_1 v_1 op_2 ...`` with ops ``*`` or ``/``, left to right. ``fold``: drop
+    factors of 1 (as :func:`signed_sum`)."""
+    mul, div = (times, divide) if fold else (operator.mul, operator.truediv)
     out = values[0]
     for op, value in zip(ops, values[1:]):
-        out = times(out, value) if op == "*" else divide(out, value)
+        out = mul(out, value) if op == "*" else div(out, value)
     return out
 
 
@@ -117,6 +121,8 @@ def clamp_within(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002
     if is_number(x):
         low = x if min is None else (x if x > min else min)
         return low if max is None else (low if low < max else max)
+    if not x.is_floating_point():  # class indices and a number: floats, as torch promotes them
+        x = x.to(T.get_default_dtype())
     # new_tensor rounds a bound beyond the dtype to inf (new_full would refuse it)
     low = None if min is None else x.new_tensor(min)
     high = None if max is None else x.new_tensor(max)

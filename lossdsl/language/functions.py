@@ -104,6 +104,12 @@ class Function:
             # keepdim keeps every reduced axis at length 1: a tensor, even with no dim
             return "loss" if params.get("dim") is None and not params.get("keepdim") else "tensor"
         if self.name == "watch":
+            if kinds[0] == "tensor":
+                raise KindError(
+                    "watch needs a loss, not a tensor",
+                    hint="reduce it first, e.g. watch(mean(...))",
+                    operand=0,
+                )
             return "loss"
         return widest
 
@@ -249,7 +255,7 @@ _ELEMENTWISE = [
     _row("square", "elementwise", T.square, grad=_unary(lambda x, out: A.times(2.0, x)), summary="x^2"),
     _row(
         "clamp", "elementwise", A.clamp_within, params=ClampParams, grad=_clamp_grad,
-        summary="clamp(x, min=, max=): x limited to [min, max]", inline=True,
+        summary="clamp(x, min=, max=): x limited to [min, max]",
     ),
     _row(
         "min", "elementwise", A.smallest, operands=(2, None), grad=_selected,

@@ -24,7 +24,7 @@ from ..language.lazy import resolve as resolve_lazy
 from ..language.schedules import Schedule
 from ..resolve import ir
 from ..runtime.guard import GATED_POLICIES, Gate, settle
-from ..runtime.precision import list_tensor, narrow, weight_vector, widen
+from ..runtime.precision import half_again, list_tensor, narrow, weight_vector, widen
 from ..runtime.steps import ScheduleValue, scalar_tensor
 from .sums import addends, weighted_sum
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
@@ -175,15 +175,23 @@ class _Emitter:
             self._function(node)
         elif isinstance(node, ir.Input):
             self.value[key] = self.input(node.path)
-            if node.path not in self.out.tensor_paths:
-                self.out.tensor_paths += (node.path,)
+            self._shapes_matter(node.path)
         elif isinstance(node, ir.ListConst):
             pass  # made where it is used: in the dtype and on the device of what it meets
         else:  # pragma: no cover - every IR node type is handled above
             raise TypeError(f"cannot compile {type(node).__name__}")
 
+    def _shapes_matter(self, path: tuple[str, ...]) -> None:
+        """``path`` feeds a tensor expression: a call with new shapes there runs checked."""
+        if path not in self.out.tensor_paths:
+            self.out.tensor_paths += (path,)
+
     def _term(self, node: ir.Term) -> None:
         name = self.names.get(id(node), node.label)
+        if node.kind == "tensor":  # an unreduced term's values meet tensor expressions
+            for route in node.routes:
+                if route.required:
+                    self._shapes_matter(route.path)
         args = tuple(self.input(route.path, route.required) for route in node.routes)
         if reads_residual(node) and self.policy not in GATED_POLICIES:
             # the terms on e = pred - target share one e (a gated term needs its own inputs)
@@ -201,6 +209,9 @@ class _Emitter:
             value = gated.value
         else:
             value = self.call(bound, args, name=identifier(name))
+        if node.kind == "tensor":  # unreduced: values for a tensor expression, in the inputs' dtype
+            self.value[id(node)] = self.call(half_again, (value, self.slots["pred"]), name=identifier(name))
+            return
         # half-precision terms combine (and are reported) in float32; the total comes back in
         # the terms' own dtype (a residual term's is pred's: it computes in float32)
         self.native[id(node)] = self.slots["pred"] if isinstance(bound, ResidualTerm) else value
@@ -258,10 +269,13 @@ class _Emitter:
                 self.convert(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and _is_condition(a) else v
                 for i, (a, v) in enumerate(zip(node.args, args))
             )
-        if fn.name == "where" and node.kind == "tensor" and all(a.kind in ("const", "schedule") for a in node.args[1:]):
-            # torch.where of two numbers is in torch's default dtype, not the inputs'
-            args = (args[0], self.convert(number_tensor, (args[1], self.slots["pred"]), name="number"), args[2])
+        if fn.name == "where" and node.kind == "tensor" and all(a.kind != "tensor" for a in node.args[1:]):
+            # with no tensor beside them, numbers, schedules and losses (float32 for half
+            # inputs) would set the dtype: they take the inputs'
+            args = (args[0], *(self.convert(number_tensor, (v, self.slots["pred"]), name="number") for v in args[1:]))
         if fn.inline:
+            if node.kind == "tensor" and fn.name in ("add", "multiply"):
+                params["fold"] = False  # x * 1.0 of class indices is floats, as in torch
             out = fn.run(*args, **params)
         else:
             out = self.call(resolve_lazy(fn.run), args, params, name=identifier(fn.name))

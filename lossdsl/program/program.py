@@ -14,6 +14,7 @@ live in the ``Loss``). Its generated ``forward`` is straight-line code:
 from __future__ import annotations
 
 import operator
+from numbers import Number
 from typing import Any
 
 import torch
@@ -147,15 +148,27 @@ class CheckedRun(fx.Interpreter):
             if index is None:
                 raise
             args = fx.node.map_arg(n.args, lambda a: self.env[a])
+            if n.target is torch.where and isinstance(args[0], Tensor) and args[0].dtype != torch.bool:
+                raise self._error(
+                    f"where's condition is a {args[0].dtype} tensor, not a boolean one",
+                    "compare it (m > 0), or pass a bool tensor",
+                    index,
+                ) from exc
             raise self._error(
                 f"{what} failed on shapes {_shapes(args)}: {exc}",
                 "check the shapes of the inputs this operation reads",
                 index,
             ) from exc
-        if isinstance(value, Absent) and n.meta.get("what") == "input":
-            # an input of an expression the call did not give: named here, not as a
-            # failure of the operation that meets it
-            err = missing_input(value, value.path[0], None)
+        if n.meta.get("what") == "input" and not isinstance(value, (Tensor, Number)):
+            # an input of an expression that the call did not give, or gave as something
+            # else than a tensor: named here, not as a failure of the operation that meets it
+            if isinstance(value, Absent):
+                err = missing_input(value, value.path[0], None)
+            else:
+                err = LossInputError(
+                    f"input '{'.'.join(n.target.path)}' is a {type(value).__name__}, not a tensor",
+                    hint="pass a torch.Tensor (torch.as_tensor(x) converts lists and arrays)",
+                )
             err.node_index = index
             raise err
         return value

@@ -19,7 +19,7 @@ from ..language.registry import type_words
 from ..syntax import ast
 from ..syntax.unparse import unparse
 
-__all__ = ["validate", "fold", "is_int_literal", "show", "as_written", "check_input_path", "TENSOR_INPUTS"]
+__all__ = ["validate", "fold", "is_int_literal", "show", "as_written", "check_input_path", "TENSOR_INPUTS", "CALL_PARAMETERS"]
 
 # the inputs that are always tensors: a path never reads into them
 TENSOR_INPUTS = ("pred", "target")
@@ -114,6 +114,10 @@ def fold(fn, values: list, params: dict, span) -> float | bool:
     return float(result)
 
 
+# the names ``Loss.forward`` takes for itself: an input of that name could never be passed
+CALL_PARAMETERS = ("step", "self")
+
+
 def check_input_path(path: tuple[str, ...], span: Any) -> None:
     """An input path reads mapping keys or public attributes of the call's objects: never a
     private name, never an attribute of a tensor (``pred.grad``)."""
@@ -124,6 +128,12 @@ def check_input_path(path: tuple[str, ...], span: Any) -> None:
                 span=span,
                 hint="input references read mapping keys or public attributes only",
             )
+    if path[0] in CALL_PARAMETERS:
+        raise LossInputError(
+            f"no input can be called '{path[0]}': it is the loss call's own argument",
+            span=span,
+            hint="call the input something else (e.g. " + path[0] + "_in) and pass it as " + path[0] + "_in=...",
+        )
     if len(path) > 1 and path[0] in TENSOR_INPUTS:
         raise LossInputError(
             f"'{'.'.join(path)}' reads an attribute of the tensor '{path[0]}'",

@@ -18,7 +18,7 @@ from ..syntax import ast
 from . import ir
 from .arguments import check_input_path, fold, is_int_literal, show, validate
 
-__all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError"]
+__all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError", "may_be_condition", "article"]
 
 
 def argument_error(message: str, *, span, hint: str) -> LossArgumentError:
@@ -38,6 +38,29 @@ def refuse_watch_inside(r, args) -> None:
 
 
 # --- operator chains ----------------------------------------------------------------------
+
+
+def may_be_condition(node: ir.Node) -> bool:
+    """Whether ``node`` can hold a condition: a comparison or ``and``/``or``/``not`` (through
+    indexing, ``detach`` and ``where``), ``true``/``false``, or an input other than ``pred``
+    (a mask's dtype is the call's to decide). Numbers, losses and arithmetic never can."""
+    if isinstance(node, ir.Const):
+        return isinstance(node.value, bool)
+    if isinstance(node, ir.Input):
+        return node.path != ("pred",)
+    if isinstance(node, ir.Call):
+        if getattr(node.fn, "boolean", False):
+            return True
+        if node.name in ("index", "detach"):
+            return may_be_condition(node.args[0])
+        if node.name == "where":
+            return any(may_be_condition(a) for a in node.args[1:])
+    return False
+
+
+def article(kind: str) -> str:
+    """``"a loss"``, ``"a tensor"``, ...: a kind in a sentence."""
+    return {"const": "a number", "schedule": "a schedule", "loss": "a loss", "tensor": "a tensor"}[kind]
 
 
 def chain(r, node: ast.Node, fn) -> ir.Node:

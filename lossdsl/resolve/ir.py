@@ -186,6 +186,17 @@ class IR:
         """Every node reachable from the root or logged, children first, each once."""
         return walk(self.root, *(item.node for item in self.logged))
 
+    def reader_of(self, path: tuple[str, ...]) -> tuple[Node, str | None] | None:
+        """What reads the call input ``path`` first: ``(term, parameter)`` for a term, ``(input
+        node, None)`` for an expression; None when nothing does."""
+        for node in self.nodes():
+            if isinstance(node, Input) and node.path == path:
+                return node, None
+            for route in getattr(node, "routes", ()):
+                if route.path == path:
+                    return node, route.param
+        return None
+
 
 def walk(*roots: Node, descend: Callable[[Node], bool] | None = None) -> list[Node]:
     """The nodes under ``roots`` in topological order (children before parents), each once.

@@ -149,6 +149,12 @@ class Resolver:
             )
         if fn.name != "add":
             calls.refuse_watch_inside(self, args)
+        if fn.name == "where" and not calls.may_be_condition(args[0]):
+            raise LossTypeError(
+                f"where needs a condition first, not {calls.article(args[0].kind)}",
+                span=args[0].span or span,
+                hint="compare it, e.g. where(pred > 0, a, b); conditions come from < <= > >= == != and, or, not",
+            )
         kinds = tuple(a.kind for a in args)
         try:
             kind = fn.result_kind(kinds, params)
@@ -161,7 +167,7 @@ class Resolver:
             return args[1] if args[0].value else args[2]  # a condition known when compiling
         made = self.node(ir.Call, fn, args, tuple(params.items()), span=span, kind=kind)
         if kind == "loss" and any(a.kind == "tensor" for a in args):
-            self.order.append((fn.name, made, False))  # an inline term, if it is in the top
+            self.add_term(fn.name, made, False)  # an inline term, if it is in the top
         return made
 
     def watch_only(self, node: ir.Node) -> bool:

@@ -11,7 +11,7 @@ from ..language.functions import OPERATORS
 from ..language.registry import BUILTIN_NAMES
 from ..syntax import ast
 from . import ir
-from .arguments import TENSOR_INPUTS, check_input_path, is_int_literal
+from .arguments import CALL_PARAMETERS, TENSOR_INPUTS, check_input_path, is_int_literal
 
 __all__ = ["IMPLICIT_INPUTS", "declare", "input_node", "list_const", "index", "compare", "boolop", "negation"]
 
@@ -31,6 +31,8 @@ def declare(r, program: ast.Program) -> None:
                 clash = "a loss term"
             elif name in bindings:
                 clash = "a binding of this program"
+            elif name in CALL_PARAMETERS:
+                clash = "the loss call's own argument"
             elif name in r.declared or name in IMPLICIT_INPUTS:
                 clash = "declared already" if name in r.declared else "always an input"
             if clash is not None:

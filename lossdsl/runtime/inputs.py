@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import LossInputError
+from ..errors import LossInputError, did_you_mean
 
-__all__ = ["Absent", "read_path", "missing_input", "unreadable_input", "is_absent"]
+__all__ = ["Absent", "read_path", "missing_input", "unread_error", "devices_error", "unreadable_input", "is_absent"]
 
 
 class Absent:
@@ -93,6 +93,40 @@ def unreadable_input(path: tuple[str, ...], err: Exception) -> LossInputError:
     )
     error.input_path = path
     return error
+
+
+def devices_error(given: tuple) -> LossInputError | None:
+    """The error for a call whose tensors (``pred``, ``target``, the keyword inputs) are on
+    more than one device; None when they are on one.
+
+    >>> devices_error((torch.zeros(1), torch.zeros(1, device="meta"), {})).message
+    'the inputs are on different devices: pred on cpu, target on meta'
+    """
+    pred, target, inputs = given
+    named = {"pred": pred, "target": target, **inputs}
+    devices = {name: str(v.device) for name, v in named.items() if isinstance(v, torch.Tensor)}
+    if len(set(devices.values())) < 2:
+        return None
+    where = ", ".join(f"{name} on {device}" for name, device in devices.items())
+    return LossInputError(
+        f"the inputs are on different devices: {where}",
+        hint="move them to one device, and the loss with them (crit.to(device))",
+    )
+
+
+def unread_error(unread: list[str], readable: list[str]) -> LossInputError:
+    """The error for keyword inputs that no term reads (under ``strict=True``).
+
+    >>> print(unread_error(["wieght"], ["weight"]).hint)
+    did you mean 'weight'? this loss reads weight; check the spelling, or compile with strict=False
+    """
+    read = ", ".join(readable) or "no keyword inputs"
+    names = ", ".join(repr(u) for u in unread)
+    close = did_you_mean(unread[0], readable)
+    return LossInputError(
+        f"no term reads the input{'s' if len(unread) > 1 else ''} {names}",
+        hint=(close + " " if close else "") + f"this loss reads {read}; check the spelling, or compile with strict=False",
+    )
 
 
 def missing_input(absent: Any, param: str, term: str | None, path: tuple[str, ...] | None = None) -> LossInputError:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "widen", "narrow", "weight_vector", "coefficient_vector", "list_tensor", "values_row"]
+__all__ = ["HALF", "widen", "half_again", "narrow", "weight_vector", "coefficient_vector", "list_tensor", "values_row"]
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -28,6 +28,18 @@ def widen(x: Any) -> Any:
     """A half-precision tensor in float32; anything else as it is."""
     if isinstance(x, Tensor) and x.dtype in HALF:
         return x.float()
+    return x
+
+
+def half_again(x: Any, like: Any) -> Any:
+    """``x``, computed in float32 because ``like`` is half precision, back in ``like``'s dtype
+    (an unreduced term's values meet the tensor expression as the inputs' dtype).
+
+    >>> half_again(torch.zeros(2), torch.zeros(2, dtype=torch.float16)).dtype
+    torch.float16
+    """
+    if isinstance(x, Tensor) and isinstance(like, Tensor) and like.dtype in HALF and x.dtype == torch.float32:
+        return x.to(like.dtype)
     return x
 
 

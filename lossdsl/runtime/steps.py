@@ -166,4 +166,6 @@ def scalar_tensor(x: Any) -> Any:
     (``1 / 0.0``, ``0.0 ** -1``), and torch functions need tensors. A tensor passes as it is."""
     if isinstance(x, Tensor):
         return x
+    if isinstance(x, bool):  # a comparison of schedules: a condition, as where needs it
+        return torch.tensor(x)
     return torch.tensor(x, dtype=torch.float64)

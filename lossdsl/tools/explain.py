@@ -233,12 +233,14 @@ def _inputs(term: ir.Term) -> str:
 
 def _expression_inputs(node: ir.Node) -> str:
     """The inputs an inline term (a tensor expression) reads, in the order the walk meets them."""
-    paths: list[str] = []
+    paths: dict[str, bool] = {}  # path -> read only when given
     for inner in walk(node):
-        read = [r.path for r in inner.routes] if isinstance(inner, ir.Term) else []
-        read += [inner.path] if isinstance(inner, ir.Input) else []
-        paths += [".".join(p) for p in read if ".".join(p) not in paths]
-    return ", ".join(paths) or "-"
+        read = [(r.path, not r.required) for r in inner.routes] if isinstance(inner, ir.Term) else []
+        read += [(inner.path, False)] if isinstance(inner, ir.Input) else []
+        for path, optional in read:
+            key = ".".join(path)
+            paths[key] = paths.get(key, True) and optional  # required anywhere: required
+    return ", ".join(p + ("?" if optional else "") for p, optional in paths.items()) or "-"
 
 
 def _term_table(crit) -> list[str]:
