@@ -93,6 +93,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    if args.config:  # checked first: an error is placed in the file, as `check` places it
+        load_config(args.config, key=args.key).check()
     crit = compile_program(_program(args))
     if getattr(args, "graph", False):
         # the generated forward of the program's torch.fx graph: the code every call runs

@@ -20,6 +20,7 @@ to separate statistics.
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -226,8 +227,8 @@ class Monitor(nn.Module):
         >>> seen
         [101, 103]
         """
-        if every < 1:
-            raise LossDSLError(f"attach(every={every}): every must be >= 1", hint="N >= 1 calls")
+        if isinstance(every, bool) or not isinstance(every, Integral) or every < 1:
+            raise LossDSLError(f"attach(every={every!r}): every must be a whole number >= 1", hint="N >= 1 calls")
         sink = as_sink(sink)
         with self._pending.lock:
             key = self._sinks.add(sink, every)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from numbers import Integral
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -197,8 +198,8 @@ def probe_settings(every: int, inputs: Sequence[str], inputs_read: frozenset | N
     >>> probe_settings(5, ["pred"], frozenset({"pred", "target"}))
     (5, ('pred',))
     """
-    if every < 0:
-        raise LossDSLError(f"probe(every={every}): every must be >= 0", hint="0 turns the probe off")
+    if isinstance(every, bool) or not isinstance(every, Integral) or every < 0:
+        raise LossDSLError(f"probe(every={every!r}): every must be a whole number >= 0", hint="0 turns the probe off")
     known = {"pred", "target"} | set(inputs if inputs_read is None else inputs_read)
     unknown = [n for n in inputs if n not in known]
     if unknown:

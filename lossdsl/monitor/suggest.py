@@ -64,10 +64,10 @@ def target_shares(
             f"target names unknown term{'s' if len(unknown) > 1 else ''} " + ", ".join(map(repr, unknown)),
             hint="the terms are " + ", ".join(map(repr, known)),
         )
-    bad = [n for n, t in target.items() if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
+    bad = [n for n, t in target.items() if isinstance(t, bool) or not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
     given = [n for n in names if n in target]
     others = [n for n in names if n not in target]
-    named = sum(target[n] for n in given)
+    named = 0.0 if bad else sum(target[n] for n in given)
     if bad or (not others and named <= 0):
         raise LossDSLError(
             "target shares must be finite numbers >= 0, not all zero",

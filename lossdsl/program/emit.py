@@ -23,7 +23,7 @@ from ..language import algebra
 from ..language.lazy import resolve as resolve_lazy
 from ..language.schedules import Schedule
 from ..resolve import ir
-from ..runtime.guard import GATED_POLICIES, Gate, settle
+from ..runtime.guard import GATED_POLICIES, Gate, entry_views, gate_values, settle
 from ..runtime.precision import half_again, list_tensor, narrow, weight_vector, widen
 from ..runtime.steps import ScheduleValue, scalar_tensor
 from .sums import addends, weighted_sum
@@ -90,6 +90,8 @@ class _Emitter:
         self.balance_weights: dict[int, Any] = {}
         self.out = Emitted(self.graph)
         self.names = {id(item.node): item.name for item in program.logged}
+        self.index: dict[int, int] = {}  # id of an IR node -> its place in the walk
+        self.scoped = False  # emitting an inline term's own copy (see _gated_inline)
 
     def call(self, target: Any, args: tuple, kwargs: dict | None = None, name: str | None = None) -> Proxy:
         return self.tracer.create_proxy("call_function", target, args, kwargs or {}, name=name)
@@ -105,6 +107,10 @@ class _Emitter:
         finally:
             self.tracer.meta = meta
 
+    def at(self, node: ir.Node) -> None:
+        """The nodes recorded next belong to ``node`` (its place in the text, for errors)."""
+        self.tracer.meta = {"ir_index": self.index[id(node)], "what": _describe(node), "broadcasts": _broadcasts(node)}
+
     def input(self, path: tuple[str, ...], required: bool = True) -> Any:
         if path in (("pred",), ("target",)):
             return self.slots[path[0]]
@@ -117,8 +123,9 @@ class _Emitter:
 
     def run(self) -> Emitted:
         nodes = self.ir.nodes()
-        for index, node in enumerate(nodes):
-            self.tracer.meta = {"ir_index": index, "what": _describe(node), "broadcasts": _broadcasts(node)}
+        self.index = {id(node): index for index, node in enumerate(nodes)}
+        for node in nodes:
+            self.at(node)
             self.emit(node)
         self.tracer.meta = {}
         root = self.ir.root
@@ -248,8 +255,41 @@ class _Emitter:
         terms = [self.value[id(term)] for _, term in plan]
         return self.call(weighted_sum, (tuple(numbers), tuple(places), *dynamic, *terms), name="weighted_sum")
 
+    def _gated_inline(self, node: ir.Call) -> None:
+        """An inline term under ``zero_term``/``skip_batch``: its expression again, reading
+        what comes from outside it (inputs, catalogue terms) through views of its own, so
+        that the gate stops its gradient alone (a shared subexpression would mix it with
+        the other terms' before the inputs)."""
+        inner = ir.walk(node)
+        entries = [n for n in inner if isinstance(n, (ir.Input, ir.Term))]
+        opened = self.call(entry_views, tuple(self.value[id(n)] for n in entries), name="entries")
+        outside, self.value = self.value, dict(self.value)
+        self.scoped = True
+        try:
+            for i, n in enumerate(entries):
+                self.value[id(n)] = self.call(operator.getitem, (opened.values, i), name="entry")
+            for n in inner:
+                self.at(n)
+                if isinstance(n, ir.Call) and not isinstance(n.fn, Schedule) and n.kind in ("tensor", "loss"):
+                    self._function(n)
+                elif isinstance(n, ir.Named):
+                    self.value[id(n)] = self.value[id(n.value)]
+        finally:
+            self.value, self.scoped = outside, False
+        gated = self.call(gate_values, (self.native[id(node)], opened.views), name=f"gated_{identifier(node.name)}")
+        self.gated.append(gated)
+        self.gates[id(node)] = gated
+        self.native[id(node)] = gated.value
+        self.raw[id(node)] = self.call(widen, (gated.raw,), name=f"{identifier(node.name)}_raw")
+        self.value[id(node)] = self.call(widen, (gated.value,), name=f"{identifier(node.name)}_wide")
+
     def _function(self, node: ir.Call) -> None:
         fn = node.fn
+        if self.policy in GATED_POLICIES and not self.scoped and id(node) in self.names and any(
+            a.kind == "tensor" for a in node.args
+        ):
+            self._gated_inline(node)
+            return
         params = dict(node.params)
         plan = addends(node) if fn.name == "add" else None
         if plan is not None:

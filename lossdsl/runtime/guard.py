@@ -36,7 +36,7 @@ from ..errors import NonFiniteLossError
 
 __all__ = [
     "POLICIES", "GATED_POLICIES", "CHECKED_POLICIES", "Gate", "Gated", "settle", "nonfinite_error", "ranks_deciding",
-    "bad_counts",
+    "bad_counts", "Entries", "entry_views", "gate_values",
 ]
 
 POLICIES = ("raise", "warn", "zero_term", "skip_batch")
@@ -81,6 +81,29 @@ class Gate:
         raw = self.term(*[_entry_view(a, views) for a in args])
         ok = torch.isfinite(raw).all()
         return Gated(torch.where(ok, raw, 0.0), raw, ok, views)
+
+
+class Entries:
+    """The values an inline term reads from outside it, as views of its own (``values``),
+    and the views made (``views``: those of tensors that need grad)."""
+
+    __slots__ = ("values", "views")
+
+    def __init__(self, values: tuple, views: list[Tensor]) -> None:
+        self.values, self.views = values, views
+
+
+def entry_views(*values: Any) -> Entries:
+    """Open an inline term's own entries (see :class:`Gate` for a catalogue term's)."""
+    views: list[Tensor] = []
+    return Entries(tuple(_entry_view(v, views) for v in values), views)
+
+
+def gate_values(raw: Tensor, views: list[Tensor]) -> Gated:
+    """An inline term's value under ``zero_term``/``skip_batch``, as :class:`Gate` gives a
+    catalogue term's."""
+    ok = torch.isfinite(raw).all()
+    return Gated(torch.where(ok, raw, 0.0), raw, ok, views)
 
 
 def _gate(ok: Tensor) -> Callable[[Tensor], Tensor]:
