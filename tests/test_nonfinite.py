@@ -267,6 +267,24 @@ def test_zero_term_under_torch_compile_fullgraph():
         torch.testing.assert_close(pred.grad, ref_pred.grad)
 
 
+@pytest.mark.parametrize("policy", ["zero_term", "skip_batch"])
+def test_an_inline_term_is_gated_under_torch_compile_fullgraph(policy):
+    compiled = torch.compile(lossdsl.compile("mean(sqrt(pred)) + mse", nonfinite=policy), fullgraph=True, backend="aot_eager")
+    y = torch.zeros(3)
+    for values, bad in (([1.0, -1.0, 2.0], True), ([1.0, 4.0, 2.0], False)):
+        pred = torch.tensor(values, requires_grad=True)
+        loss = compiled(pred, y)
+        loss.backward()
+        ref_pred = torch.tensor(values, requires_grad=True)
+        if bad:  # sqrt of a negative: the term counts 0 (zero_term), or the batch does (skip_batch)
+            ref = F.mse_loss(ref_pred, y) if policy == "zero_term" else 0.0 * ref_pred.sum()
+        else:
+            ref = ref_pred.sqrt().mean() + F.mse_loss(ref_pred, y)
+        ref.backward()
+        torch.testing.assert_close(loss.detach(), ref.detach())
+        torch.testing.assert_close(pred.grad, ref_pred.grad)
+
+
 def test_raise_is_skipped_while_torch_compile_traces():
     # documented: the check needs the host, so a compiled loss returns the NaN instead
     crit = _crit("raise", "mse + spiky")
