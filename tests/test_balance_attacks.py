@@ -122,6 +122,68 @@ def test_suggest_weights_refuses_bad_targets(target):
         crit.monitor.suggest_weights(target=target)
 
 
+def test_gradnorm_weights_get_the_gradient_norm_loss_gradient():
+    # README: on update calls the weights' gradient is that of sum |w_i G_i - mean(w G) r_i^alpha|
+    # (target constant), r_i = L_i(t)/L_i(0) over its mean; renormalised to sum to K per call.
+    trunk, head_a, head_b, _, y1, y2 = model()
+    crit = lossdsl.compile(TWO.format(m="gradnorm", extra=""))
+    opt = torch.optim.SGD(list(crit.parameters()), lr=0.1)
+    w, first = torch.ones(2), None
+    for step in range(3):
+        h = trunk(torch.randn(8, 5, generator=torch.Generator().manual_seed(step)))
+        a, b = head_a(h), head_b(h)
+        losses = [((a - y1) ** 2).mean(), (b - y2).abs().mean()]
+        norms = torch.stack([
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, list(trunk.parameters()), retain_graph=True)]).norm()
+            for v in losses
+        ])
+        now = torch.stack(losses).detach()
+        first = now if first is None else first
+        w = w * 2 / w.sum()
+        r = now / first
+        r = r / r.mean()
+        want = torch.sign(w * norms - (w * norms).mean() * r ** 1.5) * norms
+        opt.zero_grad()
+        total = crit(a=a, b=b, y1=y1, y2=y2, shared=trunk)
+        assert float(total) == pytest.approx(float(w[0] * losses[0] + w[1] * losses[1]), rel=1e-5)
+        total.backward()
+        assert torch.allclose(next(crit.parameters()).grad, want, atol=1e-6)
+        opt.step()
+        w = w - 0.1 * want
+
+
+def test_mean_aggregator_backward_of_the_last_call():
+    # the trunk gets the mean of the terms' gradients, a head the plain sum's; a second call
+    # before crit.backward replaces the first; the monitor logs the weights after backward.
+    trunk, head_a, head_b, x, y1, y2 = model()
+    crit = lossdsl.compile(TWO.format(m="mean", extra=""))
+    h = trunk(torch.randn(8, 5))
+    crit(a=head_a(h), b=head_b(h), y1=y1, y2=y2, shared=trunk)
+    h = trunk(x)
+    a, b = head_a(h), head_b(h)
+    crit(a=a, b=b, y1=y1, y2=y2, shared=trunk)
+    la, lb = ((a - y1) ** 2).mean(), (b - y2).abs().mean()
+    want_trunk = 0.5 * sum(torch.autograd.grad(v, trunk.weight, retain_graph=True)[0] for v in (la, lb))
+    want_head = torch.autograd.grad(la + lb, head_a.weight, retain_graph=True)[0]
+    crit.backward()
+    assert torch.allclose(trunk.weight.grad, want_trunk, atol=1e-7)
+    assert torch.allclose(head_a.weight.grad, want_head, atol=1e-7)
+    # the first call had no backward, so it keeps the weight 1 it had; the second's is 0.5
+    assert crit.monitor.as_dict()["loss/mse/weight"] == pytest.approx((1 + 0.5) / 2)
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj", "mean"])
+def test_aggregator_on_float16_model_is_finite(method):
+    trunk, head_a, head_b, x, y1, y2 = model()
+    for m in (trunk, head_a, head_b):
+        m.half()
+    crit = lossdsl.compile(TWO.format(m=method, extra="")).half()
+    h = trunk(x.half())
+    crit(a=head_a(h), b=head_b(h), y1=y1.half(), y2=y2.half(), shared=trunk)
+    crit.backward()
+    assert trunk.weight.grad.dtype == torch.float16 and torch.isfinite(trunk.weight.grad).all()
+
+
 # ---------------------------------------------------------------- known breaks
 
 
