@@ -187,7 +187,6 @@ def test_aggregator_on_float16_model_is_finite(method):
 # ---------------------------------------------------------------- known breaks
 
 
-@pytest.mark.xfail(strict=True, reason="nash_mtl passes an all-zero Jacobian to cvxpy: bare ValueError")
 def test_nash_mtl_skip_batch_gives_zero_gradient_not_a_solver_error():
     net = model()
     crit = lossdsl.compile(TWO.format(m="nash_mtl", extra=""), nonfinite="skip_batch")
@@ -201,7 +200,6 @@ def test_nash_mtl_skip_batch_gives_zero_gradient_not_a_solver_error():
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net[0].parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="nash_mtl with shared= that no term reaches: bare ValueError from cvxpy")
 def test_nash_mtl_with_unreached_shared_is_a_lossdsl_error_or_zero():
     net = model()
     crit = lossdsl.compile(TWO.format(m="nash_mtl", extra=""))
@@ -214,7 +212,6 @@ def test_nash_mtl_with_unreached_shared_is_a_lossdsl_error_or_zero():
     assert stranger.weight.grad is None or torch.equal(stranger.weight.grad, torch.zeros(2, 2))
 
 
-@pytest.mark.xfail(strict=True, reason="warn + NaN term: cagrad/imtl_g (LinAlgError) and nash_mtl (ValueError) raise bare")
 @pytest.mark.parametrize("method", ["cagrad", "imtl_g", "nash_mtl"])
 def test_warn_nan_term_backward_never_raises_a_bare_exception(method, caplog):
     net = model()
@@ -227,7 +224,6 @@ def test_warn_nan_term_backward_never_raises_a_bare_exception(method, caplog):
         pass  # a clear refusal is fine; a solver's exception is not
 
 
-@pytest.mark.xfail(strict=True, reason="aggregators on half-precision models raise bare torch/solver errors")
 @pytest.mark.parametrize(
     "method, dtype",
     [(m, torch.float16) for m in ("cagrad", "imtl_g", "aligned_mtl")]
@@ -264,7 +260,6 @@ def _lra_run(policy, bad_at):
     return net, xs, totals
 
 
-@pytest.mark.xfail(strict=True, reason="a bad call advances lra's count of training calls, shifting every=")
 @pytest.mark.parametrize("policy", ["raise", "zero_term", "skip_batch"])
 def test_lra_bad_call_is_as_if_not_made(policy):
     # README Reliability: the run goes on bit for bit as if the call had not been made (and a
@@ -273,7 +268,6 @@ def test_lra_bad_call_is_as_if_not_made(policy):
     assert totals == pytest.approx(lra_reference(net, xs, every=2), rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="graddrop's generator moves on a call whose term is bad")
 @pytest.mark.parametrize("policy", ["zero_term", "skip_batch"])
 def test_graddrop_bad_call_leaves_its_generator(policy):
     def run(insert):
@@ -294,7 +288,6 @@ def test_graddrop_bad_call_leaves_its_generator(policy):
     assert torch.equal(run(True), run(False))
 
 
-@pytest.mark.xfail(strict=True, reason="warn: a NaN Jacobian overwrites the aggregator's stored weights")
 def test_warn_nan_leaves_aggregator_state():
     net = model()
     crit = lossdsl.compile(TWO.format(m="upgrad", extra=""), nonfinite="warn")
@@ -358,14 +351,12 @@ def test_probe_every_must_be_a_whole_number():
         lossdsl.compile("mse + mae").monitor.probe(every=1.5)
 
 
-@pytest.mark.xfail(strict=True, reason="step= a tensor on the meta device raises a bare NotImplementedError")
 def test_step_on_a_device_without_data():
     crit = lossdsl.compile("linear(0, 1, steps=10)*mse")
     with pytest.raises(lossdsl.LossDSLError):
         crit(torch.randn(4), torch.randn(4), step=torch.tensor(3, device="meta"))
 
 
-@pytest.mark.xfail(strict=True, reason="a state_dict of the right program with a wrong shape: bare error, step copied")
 def test_refused_corrupt_state_changes_nothing():
     crit = lossdsl.compile('balance(mse, mae, method="ema")')
     crit(torch.randn(3), torch.randn(3))
@@ -386,7 +377,6 @@ def test_value_balancer_follows_the_inputs_device():
     assert total.device.type == "meta" and total.shape == ()
 
 
-@pytest.mark.xfail(strict=True, reason="gradient balancers read their counter / Jacobian on the host: bare errors on meta")
 @pytest.mark.parametrize("method", ["lra", "gradnorm"])
 def test_weight_producer_on_the_meta_device(method):
     # DESIGN §9: the meta device has no hidden CPU tensors; a meta loss records nothing.

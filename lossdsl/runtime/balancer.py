@@ -110,7 +110,7 @@ class Balancer(nn.Module):
         methods reading the terms' gradients differentiate by (§6.1)."""
         losses = _stack(values)
         if self.method.gradients == "aggregate":  # the plain sum; crit.backward aggregates
-            return aggregate_forward(self, values, losses, shared)
+            return aggregate_forward(self, values, losses, shared, ok)
         seen = losses.detach()
         if seen.dtype in _HALF:
             seen = seen.float()  # statistics in at least single precision
