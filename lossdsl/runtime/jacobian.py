@@ -54,7 +54,7 @@ def aggregate_forward(
         accept = torch.isfinite(losses.detach()).all()
         balancer.pending = (list(values), total, shared, accept if ok is None else accept & ok)
     weights = balancer.weights
-    return total, weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
+    return total, weights.to(device=losses.device, dtype=losses.dtype)
 
 
 def jacobian(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
@@ -119,7 +119,7 @@ def combine(balancer: Any, matrix: Tensor, ok: Tensor | None) -> tuple[Tensor, T
     that is not finite to the stored weights' combination (not finite too), both without the
     solver; on ``meta`` (no numbers) the stored weights combine the rows. A solver's failure
     is a :class:`LossDSLError` naming the balancer."""
-    stored = balancer.weights.detach().to(matrix.dtype)
+    stored = balancer.weights.detach().to(device=matrix.device, dtype=matrix.dtype)
     if matrix.device.type == "meta":
         return stored @ matrix, stored, False
     if not bool(torch.isfinite(matrix).all()):
@@ -268,7 +268,7 @@ def aggregated_backward(
         else:
             corrections.append((cut, adjoint * (vector - local.sum(0)), False))
         if weights is not None:
-            changes.append((term_influence(operands, logged), balancer.weights.detach().clone(), new, adjoint))
+            changes.append((term_influence(operands, logged), balancer.weights.detach().to(new.device, copy=True), new, adjoint))
         if accepted:
             balancer.weights.copy_(new)
         report = getattr(balancer, "report", None)
