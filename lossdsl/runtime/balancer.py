@@ -113,8 +113,15 @@ class Balancer(nn.Module):
             return None
         if device.type == "meta":
             return device
-        with torch.inference_mode(False):  # state made in an inference_mode call stays writable
-            self.to(device)
+        with torch.inference_mode(False), torch.no_grad():  # state made under inference_mode stays writable
+            if home.type != "meta":
+                self.to(device)
+                return None
+            # state on meta (a loss moved there whole) holds no numbers: it starts anew
+            self.to_empty(device=device)
+            for name, value in self.method.initial_state(self.k, self.params, torch).items():
+                getattr(self, name).copy_(value)
+            self._host_count = None
         return None
 
     def forward(self, values: Sequence[Tensor], ok: Tensor | None = None, shared: Any = None) -> tuple[Tensor, Tensor]:
