@@ -5,6 +5,8 @@ a missing or an unexpected key only at the end, with the tensors before it alrea
 (the step of a run resumed from a broken checkpoint changes although the load raised). A
 state is therefore checked whole first: the program it was saved from, then (strict loading)
 its keys, then the shape of every tensor this loss holds; a refused state changes nothing.
+The keys are checked by ``Loss.load_state_dict`` (strictness is known only there); the
+program and the shapes on every load, a loss inside another module's state included.
 
 >>> import torch, lossdsl
 >>> crit = lossdsl.compile('balance(mse, mae, method="ema")')
