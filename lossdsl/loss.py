@@ -35,6 +35,7 @@ from .runtime.jacobian import aggregated_backward, cut_tensors
 from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_error, ranks_deciding
 from .runtime.inputs import devices_error, missing_input, read_path, unread_error
 from .runtime.precision import values_row
+from .runtime.state import check_keys, check_program, check_shapes
 from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
 
 __all__ = ["Loss"]
@@ -323,13 +324,12 @@ class Loss(nn.Module):
                 if self._aggregating else "back-propagate this loss with loss.backward()",
             )
         total, values, weights, pending = held
-        try:
-            cut = cut_tensors(pending, shared, features)
-        except LossDSLError as err:
-            raise self._located(err) from err.__cause__
         self._backward_open = True
         try:
+            cut = cut_tensors(pending, shared, features)
             aggregated_backward(total, pending, cut, features is not None, values, weights, retain_graph)
+        except LossDSLError as err:  # a bad cut or a solver's failure: with the balancer's place
+            raise self._located(err) from err.__cause__
         finally:
             self._backward_open = False
         if not retain_graph:
@@ -354,8 +354,7 @@ class Loss(nn.Module):
         self._stepless_calls += 1
         if self._stepless_calls < 2:
             return
-        self._stepless_calls = None
-        # stacklevel: this method, forward, and nn.Module's two call wrappers, then the caller
+        self._stepless_calls = None  # stacklevel: this, forward, nn.Module's two wrappers, the caller
         warnings.warn(stepless_warning(self.program.schedules), UserWarning, stacklevel=5)
 
     # --- state ----------------------------------------------------------------------------
@@ -363,29 +362,31 @@ class Loss(nn.Module):
     def get_extra_state(self) -> dict:
         return {"source": self.canonical, "version": _STATE_VERSION}
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a state of ``state_dict``; one that does not fit (another program, a missing key
+        under ``strict``, another shape) is a ``LossDSLError`` before anything is copied.
+
+        >>> import lossdsl; crit = lossdsl.compile("mse + mae")
+        >>> crit.load_state_dict(crit.state_dict())
+        <All keys matched successfully>
+        """
+        if strict:
+            check_keys(self, state_dict, self.canonical)
+        return super().load_state_dict(state_dict, strict, assign)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # the program is checked before any tensor is copied: a refused state changes nothing
-        # (nn.Module would copy this module's own tensors first, then check)
-        key = prefix + "_extra_state"
-        if key in state_dict:
-            self.set_extra_state(state_dict[key])
+        # checked before anything is copied (nn.Module copies, then checks): nothing changes
+        check_shapes(self, state_dict, prefix, self.canonical)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "step" in state_dict:  # a resumed run has its step
             self._stepless_calls = None
 
     def set_extra_state(self, state: Any) -> None:
-        saved = state.get("source") if isinstance(state, Mapping) else None
-        if saved != self.canonical:
-            raise LossDSLError(
-                "this state was saved from a different loss program",
-                hint=f"saved: {saved!r}; this loss: {self.canonical!r}. Compile the saved "
-                "program, or delete the state's '_extra_state' entry and load with strict=False",
-            )
+        check_program(state, self.canonical)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        # the program is generated code: rebuilt from the IR when loaded
-        state["program"] = None
+        state["program"] = None  # generated code: rebuilt from the IR when loaded
         state["_held"] = None  # a call's graph is not part of the loss
         state["_constant"] = {}
         return state

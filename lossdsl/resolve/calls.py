@@ -297,7 +297,30 @@ def _balance(r, node: ast.Call) -> ir.Balance:
     params = validate("balance", model, values, places, node.offsets)
     params.pop("method", None)
     _check_installed(row, method_kw)
+    if row.gradients is not None:
+        _refuse_nested_aggregator(r, method, operands)
     return r.node(ir.Balance, row, operands, tuple(params.items()), span=node.offsets)
+
+
+def _refuse_nested_aggregator(r, method: str, operands: tuple) -> None:
+    """An aggregating balance inside another gradient balance: the inner aggregate is put in
+    by a correction of the outer one's gradient, and the two corrections add up to weights
+    neither method gives (negative ones among them), so the nesting is refused. Linear: what
+    lies below each node is found once (``r.aggregator_below``)."""
+    below = r.aggregator_below
+    for n in ir.walk(*operands, descend=lambda n: n not in below):
+        if n not in below:
+            inner = isinstance(n, ir.Balance) and n.method.gradients == "aggregate"
+            below[n] = n if inner else next((below[c] for c in n.children if below.get(c) is not None), None)
+    inner = next((below[o] for o in operands if below[o] is not None), None)
+    if inner is not None:
+        flat = method if METHODS[method].gradients == "aggregate" else inner.method.name
+        raise LossTypeError(
+            f'balance(method="{inner.method.name}") aggregates gradients and cannot sit inside another '
+            f'gradient balance (method="{method}"): the two would weigh terms negatively',
+            span=inner.span,
+            hint=f'flatten: one aggregator over all the terms, e.g. balance(a, b, c, method="{flat}")',
+        )
 
 
 def _check_installed(row, method_kw: ast.Keyword) -> None:

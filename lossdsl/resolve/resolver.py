@@ -48,6 +48,7 @@ class Resolver:
         self.term_count = 0
         self.declared: dict[str, Any] = {}  # input name -> where it is declared
         self._watch_only: dict[ir.Node, bool] = {}  # by identity: IR nodes compare by identity
+        self.aggregator_below: dict[ir.Node, ir.Node | None] = {}  # the first aggregating balance under a node
 
     # --- program --------------------------------------------------------------------------
 

@@ -91,17 +91,38 @@ class Balancer(nn.Module):
             self.register_parameter(name, nn.Parameter(value))
             self._parameter_names.append(name)
 
-    def _state(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    def _state(self, dtype: torch.dtype | None = None, lent: torch.device | None = None) -> dict[str, Tensor]:
         """The state by name; floating buffers in at least ``dtype`` (a float64 loss computes
-        its weights in float64 from float32 statistics, without rounding them)."""
+        its weights in float64 from float32 statistics, without rounding them); copies on
+        ``lent`` when given."""
         state = {}
         for name in self._buffer_names + self._parameter_names:
             value = getattr(self, name)
             if dtype is not None and value.is_floating_point() and name in self._buffer_names:
                 wider = torch.promote_types(value.dtype, dtype)
                 value = value if wider == value.dtype else value.to(wider)
-            state[name] = value
+            state[name] = value if lent is None else value.to(lent)
         return state
+
+    def _follow(self, device: torch.device) -> torch.device | None:
+        """The state follows the inputs' device, moved once when it changes (as the monitor's
+        statistics). Inputs on ``meta`` hold no numbers: the state stays where it is and the
+        call reads a meta copy of it (returned), changing nothing."""
+        home = next((getattr(self, n).device for n in self._buffer_names + self._parameter_names), device)
+        if home == device:
+            return None
+        if device.type == "meta":
+            return device
+        with torch.inference_mode(False), torch.no_grad():  # state made under inference_mode stays writable
+            if home.type != "meta":
+                self.to(device)
+                return None
+            # state on meta (a loss moved there whole) holds no numbers: it starts anew
+            self.to_empty(device=device)
+            for name, value in self.method.initial_state(self.k, self.params, torch).items():
+                getattr(self, name).copy_(value)
+            self._host_count = None
+        return None
 
     def forward(self, values: Sequence[Tensor], ok: Tensor | None = None, shared: Any = None) -> tuple[Tensor, Tensor]:
         """``(total, weights)`` of ``values``. ``ok``: under ``zero_term``/``skip_batch``,
@@ -109,19 +130,20 @@ class Balancer(nn.Module):
         the state as it was, as if it had not been made). ``shared``: the call input that
         methods reading the terms' gradients differentiate by (§6.1)."""
         losses = _stack(values)
+        lent = self._follow(losses.device)
         if self.method.gradients == "aggregate":  # the plain sum; crit.backward aggregates
-            return aggregate_forward(self, values, losses, shared)
+            return aggregate_forward(self, values, losses, shared, ok)
         seen = losses.detach()
         if seen.dtype in _HALF:
             seen = seen.float()  # statistics in at least single precision
         # A validation call (eval mode or no gradients) neither changes the state nor waits
         # for the other ranks, so it may run on one rank alone.
-        update = self.training and torch.is_grad_enabled()
+        update = self.training and torch.is_grad_enabled() and lent is None
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
         if update and self.method.gradients == "weights":
             uncompiled(produce)(self, values, seen, ok, shared)  # updates the weights before use
-        state = self._state(seen.dtype)
+        state = self._state(seen.dtype, lent)
         weights, new = self.method.weigh(state, seen, self.params, update, torch)
         if update and new:
             accept = torch.isfinite(seen).all()
@@ -138,7 +160,7 @@ class Balancer(nn.Module):
         weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
         total = torch.dot(weights, losses)
         if self.method.extra is not None:
-            total = total + self.method.extra(self._state(), self.params, torch)
+            total = total + self.method.extra(self._state(None, lent), self.params, torch)
         return total, weights.detach()
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:

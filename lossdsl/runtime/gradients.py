@@ -136,7 +136,8 @@ def host_count(balancer: Any) -> int:
     (after a load), then kept on the host, so a call needs no device sync to know whether
     it updates."""
     if getattr(balancer, "_host_count", None) is None:
-        balancer._host_count = int(balancer.count)
+        # on meta there is no number to read: the count starts where this process starts
+        balancer._host_count = 0 if balancer.count.is_meta else int(balancer.count)
     return balancer._host_count
 
 
@@ -153,10 +154,17 @@ def produce(balancer: Any, values: Sequence[Tensor], seen: Tensor, ok: Tensor | 
     """One training call of a weight producer: ``before`` (every call), then on an update
     call (the first, then every ``every``) the terms' gradient statistics and ``update``,
     committed only when the call's terms and the new state are finite. The weights then
-    read by the balancer are updated before use."""
+    read by the balancer are updated before use. A call with a term that is not finite or
+    refused by the loss's guard (``ok``) changes nothing, its count of training calls
+    included: one flag read per training call (none on ``meta``)."""
     method, p = balancer.method, balancer.params
     if shared is None:
         raise missing_shared(balancer, "takes its weights from the gradients of its terms with respect to the shared parameters")
+    good = torch.isfinite(seen).all()
+    if ok is not None:
+        good = good & ok
+    if not (seen.is_meta or bool(good)):
+        return  # as if the call had not been made: the stored weights weigh it
     count = host_count(balancer)
     if method.before is not None:
         commit(balancer, method.before(balancer._state(seen.dtype), p, torch))
@@ -164,11 +172,9 @@ def produce(balancer: Any, values: Sequence[Tensor], seen: Tensor, ok: Tensor | 
         tensors = shared_tensors(shared, balancer)
         stats = average_over_ranks(gradient_statistics(term_gradients(values, tensors), tensors, len(values)))
         new = method.update(balancer._state(seen.dtype), stats, seen, p, torch)
-        accept = torch.isfinite(seen).all()
+        accept = good
         for value in new.values():
             accept = accept & torch.isfinite(value).all()
-        if ok is not None:
-            accept = accept & ok
         commit(balancer, new, accept)
         report = getattr(balancer, "report", None)
         if report is not None:

@@ -24,6 +24,7 @@ RNG is left as it was and a resumed run draws the same numbers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Any, Sequence
 
@@ -36,18 +37,24 @@ from .gradients import average_over_ranks, missing_shared, shared_tensors, term_
 
 __all__ = [
     "aggregate_forward", "jacobian", "aggregate", "outer_adjoint", "term_influence", "backward_with_aggregates",
-    "feature_tensors", "cut_tensors", "aggregated_backward", "mean_jacobian",
+    "feature_tensors", "cut_tensors", "aggregated_backward", "mean_jacobian", "combine",
 ]
 
+logger = logging.getLogger("lossdsl")
 
-def aggregate_forward(balancer: Any, values: Sequence[Tensor], losses: Tensor, shared: Any) -> tuple[Tensor, Tensor]:
+
+def aggregate_forward(
+    balancer: Any, values: Sequence[Tensor], losses: Tensor, shared: Any, ok: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """``(sum of the terms, the weights of the last crit.backward)``; a training call keeps
-    the terms for ``crit.backward``."""
+    the terms for ``crit.backward``, with whether they were all finite and none refused by the
+    loss's guard (a device flag, read in the backward)."""
     total = losses.sum()
     if balancer.training and torch.is_grad_enabled() and total.requires_grad:
-        balancer.pending = (list(values), total, shared)
+        accept = torch.isfinite(losses.detach()).all()
+        balancer.pending = (list(values), total, shared, accept if ok is None else accept & ok)
     weights = balancer.weights
-    return total, weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
+    return total, weights.to(device=losses.device, dtype=losses.dtype)
 
 
 def jacobian(values: Sequence[Tensor], tensors: Sequence[Tensor]) -> Tensor:
@@ -103,6 +110,46 @@ def aggregate(balancer: Any, matrix: Tensor) -> tuple[Tensor, Tensor]:
     if spec.carried:
         balancer.carried.copy_(torch.as_tensor(getattr(weighting, spec.carried)))
     return vector, weights
+
+
+def combine(balancer: Any, matrix: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+    """``(aggregate, weights, accepted)`` of ``matrix``: the aggregator's, its state moved on
+    only when ``accepted`` (every term finite and none refused, ``ok``). A matrix of zeros
+    (nothing reaches the cut, or ``skip_batch`` zeroed the terms) aggregates to zero and one
+    that is not finite to the stored weights' combination (not finite too), both without the
+    solver; on ``meta`` (no numbers) the stored weights combine the rows. A solver's failure
+    is a :class:`LossDSLError` naming the balancer."""
+    stored = balancer.weights.detach().to(device=matrix.device, dtype=matrix.dtype)
+    if matrix.device.type == "meta":
+        return stored @ matrix, stored, False
+    if not bool(torch.isfinite(matrix).all()):
+        logger.warning(
+            'balance(method="%s"): the terms\' gradients are not finite; its state is left as it was',
+            balancer.method.name,
+        )
+        return stored @ matrix, stored, False
+    if not bool(matrix.any()):
+        return matrix.new_zeros(matrix.shape[1]), stored, False
+    accepted = ok is None or bool(ok)
+    kept = {name: getattr(balancer, name).clone() for name in ("rng_counter", "carried") if hasattr(balancer, name)}
+    try:
+        vector, weights = aggregate(balancer, matrix)
+        if not bool(torch.isfinite(vector).all()):
+            raise ArithmeticError("the aggregate is not finite")
+    except Exception as err:
+        accepted = False
+        raise LossDSLError(
+            f'balance(method="{balancer.method.name}") could not aggregate the terms\' gradients: '
+            f"{type(err).__name__}: {err}",
+            span=getattr(balancer, "span", None),
+            hint="check the terms' gradients on the shared part (crit.monitor logs their norms), "
+            'or use method="upgrad", which needs no iterative solver',
+        ) from err
+    finally:
+        if not accepted:  # as if the call had not been made: generators and carried solution
+            for name, value in kept.items():
+                getattr(balancer, name).copy_(value)
+    return vector, weights, accepted
 
 
 def outer_adjoint(total: Tensor, balanced: Tensor) -> Tensor | float:
@@ -210,18 +257,20 @@ def aggregated_backward(
     ``weights`` (the reported weights of the call) is updated in place."""
     exact = len(pending) == 1 and pending[0][1][1] is total
     corrections, changes = [], []
-    for balancer, (operands, balanced, _) in pending:
+    for balancer, (operands, balanced, _, ok) in pending:
         adjoint = outer_adjoint(total, balanced)
         local = jacobian(operands, cut)
         matrix = local if by_features else mean_jacobian(local)
-        vector, new = aggregate(balancer, matrix)
+        matrix = matrix.to(torch.promote_types(matrix.dtype, torch.float32))  # half precision: in float32
+        vector, new, accepted = combine(balancer, matrix, ok)
         if exact:  # the total is this balance: its gradient on `cut` is the aggregate itself
             corrections.append((cut, vector, True))
         else:
             corrections.append((cut, adjoint * (vector - local.sum(0)), False))
         if weights is not None:
-            changes.append((term_influence(operands, logged), balancer.weights.detach().clone(), new, adjoint))
-        balancer.weights.copy_(new)
+            changes.append((term_influence(operands, logged), balancer.weights.detach().to(new.device, copy=True), new, adjoint))
+        if accepted:
+            balancer.weights.copy_(new)
         report = getattr(balancer, "report", None)
         if report is not None:
             report(matrix.norm(dim=1).detach(), (matrix @ matrix.T).detach())

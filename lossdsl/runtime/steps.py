@@ -41,6 +41,8 @@ def checked_step(step: Any) -> int | Tensor:
     if isinstance(step, Tensor):
         if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
             raise _step_error(step, f"a tensor of shape {tuple(step.shape)} and dtype {step.dtype}")
+        if step.is_meta:  # no value to store: the stored step would silently stay what it was
+            raise _step_error(step, "a tensor on the meta device, which holds no value")
         step = step.reshape(())
         if step.is_cpu and not torch.compiler.is_compiling():
             _checked_number(step.item(), step)
