@@ -2,8 +2,7 @@
 change", "Balancing gradients", "Seeing the balance", "Configs", "Command line", "Reliability").
 
 Each test states a promise and checks it against a reference written here: a formula, a run
-of the same loss without the offending call, or the documented error type. The ones marked
-``xfail(strict=True)`` are known breaks of a promise; they pass once it is kept.
+of the same loss without the offending call, or the documented error type.
 """
 
 import logging
@@ -317,7 +316,6 @@ def test_aggregator_nested_in_a_gradient_balance_is_refused(outer):
     assert "flatten" in caught.value.hint and "one aggregator over all the terms" in caught.value.hint
 
 
-@pytest.mark.xfail(strict=True, reason="explain --config reports a program error relative to the expression")
 def test_cli_explain_config_error_points_into_the_file(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("loss:\n  expr: |\n    0.7*mse + 0.3*temporl_diff\n")
@@ -329,7 +327,6 @@ def test_cli_explain_config_error_points_into_the_file(tmp_path):
     assert str(path) in done.stderr and "(line 3, column 19)" in done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a target share that is not a number raises a bare TypeError")
 def test_suggest_weights_target_of_wrong_type():
     crit = lossdsl.compile("0.7*mse + 0.3*mae")
     crit(torch.randn(4, 3), torch.randn(4, 3))
@@ -337,7 +334,6 @@ def test_suggest_weights_target_of_wrong_type():
         crit.monitor.suggest_weights(target={"mse": "0.5"})
 
 
-@pytest.mark.xfail(strict=True, reason="probe(every=1.5) is silently truncated to every=1")
 def test_probe_every_must_be_a_whole_number():
     with pytest.raises(lossdsl.LossDSLError):
         lossdsl.compile("mse + mae").monitor.probe(every=1.5)
