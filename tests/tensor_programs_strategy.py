@@ -249,9 +249,13 @@ class _Builder:
 
     def condition(self, desc, depth):
         """A boolean tensor of exactly the shape ``desc``."""
-        form = self.pick(["compare", "compare", "and", "or", "not"]) if depth > 0 else "compare"
+        form = self.pick(["compare", "compare", "and", "or", "not", "scheduled"]) if depth > 0 else "compare"
         if form == "compare":
             return f"({self.tensor(desc, depth - 1)} {self.pick(COMPARISONS)} {self.like(desc, depth - 1)})"
+        if form == "scheduled":  # a comparison of schedules (a condition without a shape) joined to one
+            schedule = self.pick(["linear(0, 1, steps=10)", f"size(pred, {self.draw(st.integers(0, len(self.shape) - 1))})"])
+            join = self.pick(["and", "or"])
+            return f"(({schedule} {self.pick(COMPARISONS)} 0.5) {join} {self.condition(desc, depth - 1)})"
         if form == "not":
             return f"(not {self.condition(desc, depth - 1)})"
         return f"({self.condition(desc, depth - 1)} {form} {self.condition(desc, depth - 1)})"

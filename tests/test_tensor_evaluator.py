@@ -93,12 +93,12 @@ class Walk:
             return COMPARE[node.op](self.value(node.left), self.value(node.right))
         if isinstance(node, ast.BoolOp):
             join = torch.logical_and if node.op == "and" else torch.logical_or
-            out = self.value(node.operands[0])
+            out = torch.as_tensor(self.value(node.operands[0]))  # a comparison of numbers is a bool
             for operand in node.operands[1:]:
-                out = join(out, self.value(operand))
+                out = join(out, torch.as_tensor(self.value(operand)))
             return out
         if isinstance(node, ast.Not):
-            return torch.logical_not(self.value(node.operand))
+            return torch.logical_not(torch.as_tensor(self.value(node.operand)))
         if isinstance(node, ast.Index):
             return self.value(node.base)[tuple(self.index_item(item) for item in node.items)]
         if isinstance(node, ast.Call):
