@@ -244,8 +244,9 @@ class Loss(nn.Module):
                 err.term, span = name, term.span
         return err.located(self.source, span, err.term)
 
-    def _spans(self) -> dict[str, Any]:
-        return {item.name: item.node.span for item in self.ir.logged}
+    def _spans(self) -> dict[str, Any]:  # by the name errors give (an unreduced term: its label)
+        unlogged = {n.label: n.span for n in self.ir.nodes() if isinstance(n, ir.Term)}
+        return {**unlogged, **{item.name: item.node.span for item in self.ir.logged}}
 
     # --- what the last call saw -----------------------------------------------------------
 

@@ -237,7 +237,7 @@ BAD_HYPERPARAMETERS = [
     ("adaptive_huber(scale=-0.5)", "scale=-0.5", "greater than 0"),
     ("quantile(q=2)", "q=2", "less than 1"),
     ("quantile(q=0)", "q=0", "greater than 0"),
-    ("charbonnier(eps=0)", "eps=0", "greater than 0"),
+    ("charbonnier(eps=0)", "eps=0", "greater than or equal to 1e-12"),
     ('mse + focal(gamma="x")', 'gamma="x"', "valid number"),
     ("focal(gamma=1, alpha=1.5)", "alpha=1.5", "less than or equal to 1"),
     ("focal_ce(gamma=-1)", "gamma=-1", "greater than or equal to 0"),
@@ -246,14 +246,14 @@ BAD_HYPERPARAMETERS = [
     ("cross_entropy(ignore_index=0.5)", "ignore_index=0.5", "valid integer"),
     ("bce(eps=0.7)", "eps=0.7", "less than 0.5"),
     ('bce_logits(pos_weight="x")', 'pos_weight="x"', "list"),
-    ("dice(smooth=0)", "smooth=0", "greater than 0"),
+    ("dice(smooth=0)", "smooth=0", "greater than or equal to 1e-12"),
     ("margin_ranking(margin=-1)", "margin=-1", "greater than or equal to 0"),
     ("pairwise_ranking(margin=-0.1)", "margin=-0.1", "greater than or equal to 0"),
     ("triplet(margin=-1)", "margin=-1", "greater than or equal to 0"),
     ("temporal_diff(order=0)", "order=0", "greater than or equal to 1"),
     ("tv(p=0)", "p=0", "greater than 0"),
     ("out_of_bounds(lower=0, upper=1, power=0.5)", "power=0.5", "greater than or equal to 1"),
-    ("gaussian_nll(eps=0)", "eps=0", "greater than 0"),
+    ("gaussian_nll(eps=0)", "eps=0", "greater than or equal to 1e-12"),
     ('mse(reduction="avg")', 'reduction="avg"', "'mean', 'sum' or 'none'"),
     ("l2_reg(biases=1)", "biases=1", "boolean"),
     ('kl_div(log_target="yes")', 'log_target="yes"', "boolean"),
@@ -261,12 +261,12 @@ BAD_HYPERPARAMETERS = [
     ("hinge(margin=-1)", "margin=-1", "greater than or equal to 0"),
     ('squared_hinge(targets="-11")', 'targets="-11"', "'01' or 'pm1'"),
     ("categorical_hinge(class_dim=0.5)", "class_dim=0.5", "valid integer"),
-    ("mape(eps=0)", "eps=0", "greater than 0"),
+    ("mape(eps=0)", "eps=0", "greater than or equal to 1e-12"),
     ("tversky(alpha=1.5)", "alpha=1.5", "less than or equal to 1"),
     ("focal_tversky(gamma=0)", "gamma=0", "greater than 0"),
-    ("jaccard(smooth=0)", "smooth=0", "greater than 0"),
-    ("giou(eps=0)", "eps=0", "greater than 0"),
-    ("ciou(eps=-1e-7)", "eps=-1e-7", "greater than 0"),
+    ("jaccard(smooth=0)", "smooth=0", "greater than or equal to 1e-12"),
+    ("giou(eps=0)", "eps=0", "greater than or equal to 1e-12"),
+    ("ciou(eps=-1e-7)", "eps=-1e-7", "greater than or equal to 1e-12"),
     ("info_nce(temperature=0)", "temperature=0", "greater than or equal to 0.0001"),
     ("nt_xent(temperature=20000)", "temperature=20000", "less than or equal to 10000"),
     ("ssim(window=4)", "window=4", "odd"),
@@ -325,7 +325,7 @@ def test_registry_states_the_natural_ranges():
     assert described["huber.delta"] == "delta: float > 0 = 1.0"
     assert described["quantile.q"] == "q: float in (0, 1) = 0.5"
     assert described["triplet.margin"] == "margin: float >= 0 = 1.0"
-    assert described["charbonnier.eps"] == "eps: float > 0 = 0.001"
+    assert described["charbonnier.eps"] == "eps: float >= 1e-12 = 0.001"
     assert described["cross_entropy.class_weights"] == "class_weights: list of float >= 0 | none = None"
 
 

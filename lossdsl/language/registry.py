@@ -31,7 +31,7 @@ from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping
 
 import pydantic
-from pydantic import ConfigDict, create_model
+from pydantic import ConfigDict, create_model, model_validator
 
 from .functions import FUNCTIONS
 from .schedules import SCHEDULES
@@ -180,11 +180,26 @@ def spec_from_function(func: Callable[..., Any], name: str | None = None) -> Ter
     model = create_model(
         f"{term_name}_hyperparameters",
         __config__=ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True),
+        __validators__=_relation_validator(getattr(func, "check_hyperparameters", None)),
         **fields,
     )
     doc = inspect.getdoc(func) or ""
     summary = doc.strip().splitlines()[0].strip() if doc.strip() else ""
     return TermSpec(term_name, func, tuple(inputs), tuple(hyper), model, summary)
+
+
+def _relation_validator(check: Callable[[dict], None] | None) -> dict:
+    """A term function's ``check_hyperparameters(values)`` (raising ``ValueError``) as a
+    validator of its model: a relation between hyperparameters (``lower <= upper``) is then
+    refused when compiling, with a caret, as a value out of its range is."""
+    if check is None:
+        return {}
+
+    def related(model):
+        check(dict(model))
+        return model
+
+    return {"related": model_validator(mode="after")(related)}
 
 
 class Registry(Mapping[str, TermSpec]):

@@ -18,10 +18,17 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import torch
+from torch import Tensor
+
 from ..errors import LossDSLError
 from ..resolve import ir
 from ..runtime.inputs import is_absent, missing_input, read_path
+from ..terms import CATALOGUE
 from ..terms._common import check_same_shape, upcast
+
+# the catalogue's functions return what they promise; a user's term is checked (see _custom)
+_CATALOGUE_FUNCTIONS = frozenset(id(f) for f in CATALOGUE.values())
 
 __all__ = ["BoundTerm", "ResidualTerm", "Residual", "InputReader", "identifier", "reads_residual"]
 
@@ -51,10 +58,12 @@ class BoundTerm:
         self.term_name = name
         self.routes = term.routes
         self.required = [i for i, r in enumerate(term.routes) if r.required]
+        self.custom = id(self.func) not in _CATALOGUE_FUNCTIONS and term.kind == "loss"
         _named(self, name, __name__)
 
     def _call(self, args: tuple) -> Any:
-        return self.func(*args, **self.hyper)
+        out = self.func(*args, **self.hyper)
+        return _custom_result(out, args, self.term_name) if self.custom else out
 
     def __call__(self, *args: Any) -> Any:
         # an optional input that is not there arrives as None (InputReader), a required one
@@ -72,6 +81,25 @@ class BoundTerm:
         except Exception as err:
             err.add_note(f"lossdsl: raised while computing term '{self.term_name}'")
             raise
+
+
+def _custom_result(out: Any, args: tuple, name: str) -> Tensor:
+    """A user's term's result as the 0-dim floating-point tensor a loss is: one element of
+    any shape is reshaped, an integer or boolean one becomes a float (in pred's dtype) as
+    torch's arithmetic would make it; anything else is refused naming the term."""
+    if isinstance(out, Tensor) and out.numel() == 1 and not out.is_complex():
+        if not out.is_floating_point():
+            pred = args[0] if args else None
+            dtype = pred.dtype if isinstance(pred, Tensor) and pred.is_floating_point() else torch.get_default_dtype()
+            out = out.to(dtype)
+        return out.reshape(()) if out.dim() else out
+    what = f"a {tuple(out.shape)} {out.dtype} tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+    raise LossDSLError(
+        f"term '{name}' returned {what}, not a loss",
+        hint="a term function returns its loss as one real number in a 0-dim tensor, "
+        "e.g. ((pred - target) ** 2).mean()",
+        term=name,
+    )
 
 
 def reads_residual(term: ir.Term) -> bool:

@@ -59,6 +59,9 @@ def validate(owner: str, model, values: dict, places: dict, call_span, hyper=Non
                 hint=f"give it as {owner}({key}=...){described}",
             ) from None
         reason = msg.removeprefix("Value error, ")
+        bound = _BOUNDS.get(first["type"])
+        if bound is not None and isinstance((first.get("ctx") or {}).get(bound[0]), float):
+            reason = f"Input should be {bound[1]} {first['ctx'][bound[0]]:g}"  # 1e-12, not 0.000000000001
         if key is None or key not in values:
             raise LossArgumentError(f"bad arguments for {owner}", span=call_span, hint=reason) from None
         reason = reason.replace("Input should be", f"{key} must be", 1)
@@ -68,6 +71,15 @@ def validate(owner: str, model, values: dict, places: dict, call_span, hyper=Non
             hint=reason + described,
         ) from None
     return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+
+# pydantic's error types of a range, with the key of their bound and the words for it
+_BOUNDS = {
+    "greater_than": ("gt", "greater than"),
+    "greater_than_equal": ("ge", "greater than or equal to"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "less than or equal to"),
+}
 
 
 def as_written(value: Any) -> str:

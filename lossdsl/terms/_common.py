@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge
 from torch import Tensor
 
 from ..errors import LossInputError
@@ -24,6 +25,7 @@ from ..errors import LossInputError
 __all__ = [
     "Reduction",
     "HALF_DTYPES",
+    "Stabiliser",
     "check_same_shape",
     "check_tensor",
     "check_floating",
@@ -46,6 +48,9 @@ __all__ = [
 
 Reduction = Literal["mean", "sum", "none"]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+# a constant that keeps a root, a ratio or a logarithm finite (eps, smooth): squared it must
+# stay a normal float32 (1e-23 squared is 0 there, and sqrt(0 + 0) has a NaN gradient)
+Stabiliser = Annotated[float, Ge(1e-12)]
 
 
 def check_tensor(value, name: str) -> Tensor:

@@ -13,18 +13,16 @@ these terms use the same angle computed as ``atan2``, which equals ``atan(w / h)
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import torch
-from annotated_types import Gt
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_same_shape, upcast
+from ._common import Reduction, Stabiliser, check_same_shape, upcast
 
 __all__ = ["giou", "diou", "ciou"]
 
-Eps = Annotated[float, Gt(0)]
+Eps = Stabiliser
 
 
 def _boxes(pred: Tensor, target: Tensor, term: str) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..errors import LossInputError
 from ._common import (
     Reduction,
+    Stabiliser,
     as_tensor_param,
     check_class_indices,
     check_dim,
@@ -112,6 +113,8 @@ def _class_axis(pred: Tensor, target: Tensor, class_dim: int, term: str) -> tupl
     if target.is_complex():
         check_floating(target, "target")
     index_targets = not target.is_floating_point()
+    if index_targets and target.dtype != torch.long:
+        target = target.long()  # int32, uint8 or bool labels are class indices as well
     if pred.dim() < 2:
         if pred.dim() == 0:
             raise LossInputError(
@@ -242,7 +245,7 @@ def focal_ce(
 
 def dice(
     pred: Tensor, target: Tensor,
-    *, smooth: Annotated[float, Gt(0)] = 1.0, from_logits: bool = True,
+    *, smooth: Stabiliser = 1.0, from_logits: bool = True,
 ) -> Tensor:
     """Dice loss: 1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth).
 
@@ -258,7 +261,7 @@ def dice(
     return (1.0 - overlap / (p.sum() + t.sum() + smooth)).to(pred.dtype)
 
 
-Smooth = Annotated[float, Gt(0)]
+Smooth = Stabiliser
 Share = Annotated[float, Ge(0), Le(1)]
 
 

@@ -16,11 +16,20 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge, Gt, Le
+from annotated_types import Ge, Le
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_dim, check_floating, check_same_shape, clamp_straight_through, reduce, upcast
+from ._common import (
+    Reduction,
+    Stabiliser,
+    check_dim,
+    check_floating,
+    check_same_shape,
+    clamp_straight_through,
+    reduce,
+    upcast,
+)
 
 __all__ = ["kl_div", "vae_kl", "gaussian_nll", "poisson_nll", "distill_kl"]
 
@@ -83,7 +92,7 @@ def _var_like(var: Tensor, pred: Tensor) -> Tensor:
 
 def gaussian_nll(
     pred: Tensor, target: Tensor, var: Tensor,
-    *, eps: Annotated[float, Gt(0)] = 1e-6, reduction: Reduction = "mean",
+    *, eps: Stabiliser = 1e-6, reduction: Reduction = "mean",
 ) -> Tensor:
     """Gaussian negative log-likelihood with a predicted variance: F.gaussian_nll_loss.
 

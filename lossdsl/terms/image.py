@@ -18,7 +18,7 @@ from pydantic import AfterValidator
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import as_tensor_param, autocast_off, check_same_shape, reduce, safe_pow, upcast
+from ._common import Stabiliser, as_tensor_param, autocast_off, check_same_shape, reduce, safe_pow, upcast
 
 __all__ = ["ssim", "feature_distance"]
 
@@ -73,7 +73,7 @@ def _ssim_map(x: Tensor, y: Tensor, g: Tensor, c1: float, c2: float) -> Tensor:
 def ssim(
     pred: Tensor, target: Tensor,
     *, window: Window = 11, sigma: Positive = 1.5, data_range: Positive = 1.0,
-    k1: Positive = 0.01, k2: Positive = 0.03,
+    k1: Stabiliser = 0.01, k2: Stabiliser = 0.03,
 ) -> Tensor:
     """SSIM loss: 1 - SSIM of images (N, C, H, W), gaussian window, valid convolution.
 
@@ -108,11 +108,18 @@ def ssim(
 
 def _features(out, which: str) -> list[Tensor]:
     if isinstance(out, Tensor):
-        return [out]
+        out = [out]
     if isinstance(out, Mapping):  # torchvision's feature extractors return {name: tensor}
         out = list(out.values())
     if isinstance(out, (list, tuple)) and out and all(isinstance(o, Tensor) for o in out):
-        return list(out)
+        out = list(out)
+        wrong = next((o.dtype for o in out if not o.is_floating_point()), None)
+        if wrong is None:
+            return out
+        raise LossInputError(
+            f"net({which}) returned {wrong} features; a distance needs floating-point ones",
+            hint="net must give floating-point features (a rounding or an argmax inside it has no gradient)",
+        )
     raise LossInputError(
         f"net({which}) returned {type(out).__name__}, not a tensor or a list of tensors",
         hint="net must map an input to one feature tensor, or a list (or dict) of them",

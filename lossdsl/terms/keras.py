@@ -16,11 +16,11 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge, Gt
+from annotated_types import Ge
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_dim, check_same_shape, elementwise, reduce, upcast
+from ._common import Reduction, Stabiliser, check_dim, check_same_shape, elementwise, reduce, upcast
 
 __all__ = ["hinge", "squared_hinge", "categorical_hinge", "mape", "msle"]
 
@@ -110,7 +110,7 @@ def _percentage_error(pred: Tensor, target: Tensor, eps: float) -> Tensor:
 
 def mape(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
-    *, eps: Annotated[float, Gt(0)] = 1e-7, reduction: Reduction = "mean",
+    *, eps: Stabiliser = 1e-7, reduction: Reduction = "mean",
 ) -> Tensor:
     """Mean absolute percentage error: 100 mean(abs(e) / max(abs(target), eps)).
 

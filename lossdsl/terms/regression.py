@@ -22,6 +22,7 @@ from torch import Tensor
 from ._common import (
     HALF_DTYPES,
     Reduction,
+    Stabiliser,
     check_same_shape,
     elementwise,
     from_residual,
@@ -215,7 +216,7 @@ def _charbonnier(
 @residual_form(_charbonnier)
 def charbonnier(
     pred: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None,
-    *, eps: Annotated[float, Gt(0)] = 1e-3, reduction: Reduction = "mean",
+    *, eps: Stabiliser = 1e-3, reduction: Reduction = "mean",
 ) -> Tensor:
     """Charbonnier loss: mean(sqrt(e^2 + eps^2)), a smooth L1.
 

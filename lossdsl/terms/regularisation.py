@@ -41,6 +41,15 @@ def out_of_bounds(
     return reduce(l, reduction).to(pred.dtype)
 
 
+def _lower_not_above_upper(values: dict) -> None:
+    lower, upper = values.get("lower"), values.get("upper")
+    if lower is not None and upper is not None and lower > upper:
+        raise ValueError(f"lower={lower:g} is above upper={upper:g}: the interval is empty")
+
+
+out_of_bounds.check_hyperparameters = _lower_not_above_upper
+
+
 def _parameters(model) -> list[Tensor]:
     if isinstance(model, nn.Module):
         return list(model.parameters())
