@@ -205,3 +205,20 @@ def test_entry_point_plugin_is_loaded(plugin_dir):
     expected = 0.5 * (1.0 + 9.0 + 0.25) / 3 + 2 * 3.0
     assert float(crit(pred, target)) == pytest.approx(expected)
     assert crit.term_names == ["mse", "test_plugin_max_abs"]
+
+
+def test_a_relation_between_hyperparameters_is_refused_when_compiling():
+    def band(pred, target, *, low: float = 0.0, high: float = 1.0):
+        """Mean of pred clipped to [low, high]."""
+        return pred.clamp(low, high).mean()
+
+    def ordered(values):
+        if values["low"] > values["high"]:
+            raise ValueError("low must not exceed high")
+
+    band.check_hyperparameters = ordered
+    with pytest.raises(lossdsl.LossArgumentError, match="band") as info:
+        lossdsl.compile("mse + band(low=2, high=1)", terms={"band": band})
+    assert "low must not exceed high" in info.value.hint and "^" in str(info.value)
+    crit = lossdsl.compile("band(low=0.5, high=1)", terms={"band": band})
+    assert float(crit(torch.tensor([0.0, 2.0]), torch.zeros(2))) == 0.75  # (0.5 + 1) / 2
