@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..compiler import check as check_program
 from ..compiler import compile as compile_program
@@ -133,10 +134,20 @@ def cmd_terms(args) -> int:
 
 def cmd_plot(args) -> int:
     require_matplotlib()
-    out = args.output or str(args.log).rsplit(".", 1)[0] + ".png"
+    out = args.output or _beside(args.log, ".png")
     plot_log(args.log, out)
     print(f"wrote {out}")
     return 0
+
+
+def _beside(path: str, suffix: str) -> str:
+    """``path`` with its file name's suffix (if any) replaced by ``suffix``; folders keep their dots.
+
+    >>> _beside("run.v2/log", ".png"), _beside("terms.jsonl", ".png")
+    ('run.v2/log.png', 'terms.png')
+    """
+    log = Path(path)
+    return str(log.with_suffix(suffix) if log.name else Path(str(log) + suffix))
 
 
 def _targets(text: str | None) -> dict[str, float] | None:
@@ -162,7 +173,8 @@ def cmd_balance(args) -> int:
     width = max((len(n) for n in suggestion.weights), default=4)
     print("suggested weights:")
     for name, weight in suggestion.weights.items():
-        print(f"  {name.ljust(width)}  {weight:.4g}")
+        kept = "  (kept: the log has no values of it)" if name in suggestion.kept else ""
+        print(f"  {name.ljust(width)}  {weight:.4g}{kept}")
     if suggestion.source:
         print("suggested program:")
         print("  " + suggestion.source.strip("\n").replace("\n", "\n  "))

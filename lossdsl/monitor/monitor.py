@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import LossDSLError
 from .gradients import GradientStats
-from .readers import PHASES, Windows, format_table, phase_index, stats_table, to_host, window_scalars
+from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, Increment, PendingRows, fold_row
 from .stats import fold_rows, probe_norms, probe_settings, stack_rows, stat_dtype
@@ -255,12 +255,11 @@ class Monitor(nn.Module):
     def _write(self, due: list[tuple[str, Any]], step: int | None = None) -> None:
         if not due:
             return
+        self._windows.save()  # a sink that fails gets its window back
         windows, stored = self._read_windows([(key, 0) for key, _ in due], sync=False)
-        label = stored if step is None else int(step)
-        for (key, sink), window in zip(due, windows):
-            scalars = {**window_scalars(window, self.names, "loss/"), **self.gradients.scalars(key, "loss/")}
-            if scalars:
-                sink.write(scalars, label)
+        rows = [(key, sink, {**window_scalars(win, self.names, "loss/"), **self.gradients.scalars(key, "loss/")})
+                for (key, sink), win in zip(due, windows)]
+        self._sinks.write(rows, stored if step is None else int(step), self._windows.give_back)
 
     def flush(self) -> None:
         """Flush the attached sinks."""
@@ -308,6 +307,7 @@ class Monitor(nn.Module):
         >>> crit.monitor.as_dict(prefix="val/", phase="eval")["val/mse"]
         9.0
         """
+        check_prefix(prefix)
         (window,), _ = self._read_windows([(phase, phase_index(phase))], sync)
         return {**window_scalars(window, self.names, prefix), **self.gradients.scalars(phase, prefix)}
 

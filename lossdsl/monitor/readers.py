@@ -24,7 +24,9 @@ from torch import Tensor
 from ..errors import LossDSLError
 from .stats import QUANTITIES, ROWS, all_reduce, ratio
 
-__all__ = ["PHASES", "Windows", "phase_index", "to_host", "window_scalars", "stats_table", "format_table"]
+__all__ = [
+    "PHASES", "Windows", "phase_index", "check_prefix", "to_host", "window_scalars", "stats_table", "format_table",
+]
 
 PHASES = ("train", "eval")  # training calls, validation calls (eval mode or gradients disabled)
 
@@ -42,6 +44,7 @@ class Windows:
 
     def __init__(self) -> None:
         self.marks: dict[str, Tensor] = {}
+        self._saved: dict[str, Tensor] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.marks
@@ -65,6 +68,22 @@ class Windows:
             self.mark(key, sums[phase])
         return torch.stack(diffs)
 
+    def save(self) -> None:
+        """Remember every mark as it is now, for :meth:`give_back` (the marks are replaced,
+        never changed in place, so a shallow copy keeps them)."""
+        self._saved = dict(self.marks)
+
+    def give_back(self, key: str) -> None:
+        """Put reader ``key``'s marks (its own and its ``key~...`` ones) back as they were at
+        :meth:`save`, undoing the reads since."""
+        saved = self._saved
+        for k in {*saved, *self.marks}:
+            if k == key or k.startswith(key + "~"):
+                if k in saved:
+                    self.marks[k] = saved[k]
+                else:
+                    self.marks.pop(k, None)
+
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.marks.pop(key, None)
@@ -77,6 +96,14 @@ class Windows:
 
     def load(self, marks: dict[str, Tensor]) -> None:
         self.marks = dict(marks)
+
+
+def check_prefix(prefix: Any) -> None:
+    """A reader's key prefix must be text (checked before the read takes the window)."""
+    if not isinstance(prefix, str):
+        raise LossDSLError(
+            f"prefix={prefix!r}: the prefix of the keys must be a str", hint="prefix='loss/', or '' for none"
+        )
 
 
 def to_host(parts: dict[str, Tensor], sync: bool, dtype: torch.dtype) -> dict[str, list]:

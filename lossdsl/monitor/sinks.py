@@ -54,12 +54,15 @@ class JsonlWriter(_ClosedOnExit):
     tells the writer), and refused with a :class:`~lossdsl.LossDSLError` otherwise. The
     file (and its folder) is made at the loss's first training call after ``attach`` (or at
     the first write), so the refusal comes before anything is trained. NaN and infinities
-    are written as ``null`` so the file stays valid JSON. Each write is flushed, so a
-    crashed run keeps its log.
+    are written as ``null`` so the file stays valid JSON. Each row goes to the end of the
+    file in one write, unbuffered, so a crashed run keeps its log and several writers (two
+    losses, two processes) can share one log: every row is kept whole. A path that cannot
+    be a file (``""``, a folder, a path under a file) is a :class:`~lossdsl.LossDSLError`
+    here; one that fails later (no permission, a full disk) is one at the write.
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False, rank_zero_only: bool = True) -> None:
-        self.path = Path(path)
+        self.path = _log_path(path)
         self.append = append
         self.rank_zero_only = rank_zero_only
         self._file = None
@@ -76,8 +79,13 @@ class JsonlWriter(_ClosedOnExit):
                 hint="pass JsonlWriter(path, append=True) (monitor.append: true in a config) to add "
                 "to it, or write to a new path; a loss resumed with load_state_dict appends by itself",
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if keep else "w", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # appending even to a new file: another writer of the same log may add rows too,
+            # and each of its rows must land after ours, not over them
+            self._file = open(self.path, "ab", buffering=0)
+        except OSError as err:
+            raise _cannot_write(self.path, err) from err
 
     def write(self, scalars: Mapping[str, float], step: int) -> None:
         if self.rank_zero_only and not _is_rank_zero():
@@ -86,12 +94,15 @@ class JsonlWriter(_ClosedOnExit):
             self.start_log()
         record = {"step": int(step)}
         record.update({k: (float(v) if math.isfinite(v) else None) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+        try:
+            while data:  # one write call for the line; the loop only finishes a short write
+                data = data[self._file.write(data):]
+        except OSError as err:
+            raise _cannot_write(self.path, err) from err
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        pass  # every row is written through, unbuffered
 
     def close(self) -> None:
         if self._file is not None:
@@ -101,6 +112,36 @@ class JsonlWriter(_ClosedOnExit):
 
     def __repr__(self) -> str:
         return f"JsonlWriter({str(self.path)!r})"
+
+
+_LOG_HINT = "pass the path of a file, e.g. JsonlWriter('runs/exp1/terms.jsonl'), in a folder you can write to"
+
+
+def _log_path(path: Any) -> Path:
+    """``path`` as a Path, refused when it can never be a file: empty, a folder, or inside
+    something that is a file (checked without touching the disk beyond ``stat``)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise LossDSLError(f"a log path must be text, not a {type(path).__name__}", hint=_LOG_HINT)
+    if not os.fspath(path):
+        raise LossDSLError("the log path is empty", hint=_LOG_HINT)
+    out = Path(path)
+    if out.is_dir():
+        raise LossDSLError(f"the log path {str(out)!r} is a folder, not a file", hint=_LOG_HINT)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LossDSLError(
+                    f"the log path {str(out)!r} is inside {str(parent)!r}, which is a file", hint=_LOG_HINT
+                )
+            break
+    return out
+
+
+def _cannot_write(path: Path, err: OSError) -> LossDSLError:
+    return LossDSLError(
+        f"cannot write the log {str(path)!r}: {err.strerror or err}",
+        hint="check that the folder exists or can be made, that you may write there, and that the disk has room",
+    )
 
 
 class TensorBoardWriter(_ClosedOnExit):
@@ -120,6 +161,11 @@ class TensorBoardWriter(_ClosedOnExit):
                 hint="pip install 'lossdsl[tensorboard]'",
             ) from None
         self.log_dir = str(log_dir)
+        if os.path.exists(self.log_dir) and not os.path.isdir(self.log_dir):
+            raise LossDSLError(
+                f"TensorBoardWriter({self.log_dir!r}): that is a file; TensorBoard writes into a folder",
+                hint="pass a folder (made when missing), e.g. TensorBoardWriter('runs/exp1')",
+            )
         self.rank_zero_only = rank_zero_only
         self._kwargs = writer_kwargs
         self._make = SummaryWriter
@@ -129,7 +175,13 @@ class TensorBoardWriter(_ClosedOnExit):
         if self.rank_zero_only and not _is_rank_zero():
             return
         if self._writer is None:
-            self._writer = self._make(log_dir=self.log_dir, **self._kwargs)
+            try:
+                self._writer = self._make(log_dir=self.log_dir, **self._kwargs)
+            except OSError as err:
+                raise LossDSLError(
+                    f"cannot write TensorBoard events to {self.log_dir!r}: {err.strerror or err}",
+                    hint="pass a folder you can write to (made when missing)",
+                ) from err
         for key, value in scalars.items():
             if math.isfinite(value):
                 self._writer.add_scalar(key, value, global_step=int(step))
@@ -156,6 +208,9 @@ class FunctionSink:
     def write(self, scalars: Mapping[str, float], step: int) -> None:
         self.fn(dict(scalars), step)
 
+    def __repr__(self) -> str:
+        return f"FunctionSink({getattr(self.fn, '__qualname__', None) or self.fn!r})"
+
     def flush(self) -> None:
         pass
 
@@ -180,6 +235,9 @@ class _Sink:
 
     def start_log(self, resumed: bool = False) -> None:
         getattr(self.inner, "start_log", lambda resumed: None)(resumed=resumed)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
 
 
 class AttachedSinks:
@@ -223,6 +281,30 @@ class AttachedSinks:
         """The sinks that write after the ``calls``-th training call."""
         return [(key, sink) for key, sink, every in self.entries if calls % every == 0]
 
+    def write(self, rows: list[tuple[str, Any, dict]], step: int, give_back: Callable[[str], None]) -> None:
+        """Write each ``(key, sink, scalars)`` row (an empty one is skipped). A sink that
+        raises stops no other: ``give_back(key)`` returns its window (its next row covers
+        these calls too), and once every sink has had its row the first error is raised, a
+        :class:`~lossdsl.LossDSLError` naming the sink with the sink's error as its cause."""
+        failed = None
+        for key, sink, scalars in rows:
+            if not scalars:
+                continue
+            try:
+                sink.write(scalars, step)
+            except Exception as err:  # noqa: BLE001 - any sink's failure is reported below
+                give_back(key)
+                failed = failed or (sink, err)
+        if failed is None:
+            return
+        sink, err = failed
+        if isinstance(err, LossDSLError):
+            raise err  # already says what went wrong, with its hint
+        raise LossDSLError(
+            f"the sink {sink!r} failed to write the row of step {step}: {type(err).__name__}: {err}",
+            hint="the other sinks wrote their rows; this sink's next row covers the calls of the lost one",
+        ) from err
+
     def every_sink(self) -> list[tuple[str, Any]]:
         return [(key, sink) for key, sink, _ in self.entries]
 
@@ -257,14 +339,29 @@ def as_sink(obj: Any):
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSONL log, ``null`` read back as NaN; lines without a step are skipped."""
+    """The records of a JSONL log, ``null`` read back as NaN; lines without a step are skipped.
+    A number too large for a float is a :class:`~lossdsl.LossDSLError` naming the line."""
     records = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
                 continue
             record = json.loads(line)
             if isinstance(record, dict) and "step" in record:
-                records.append({k: (math.nan if v is None else v) for k, v in record.items()})
+                records.append({k: _read_value(v, path, number, k) for k, v in record.items()})
     return records
+
+
+def _read_value(value: Any, path: str | os.PathLike, number: int, key: str) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)  # JSON allows integers of any size; a float stops near 1.8e308
+        except OverflowError:
+            raise LossDSLError(
+                f"{os.fspath(path)}, line {number}: the value of {key!r} is too large for a float",
+                hint="a log is written by crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)",
+            ) from None
+    return value

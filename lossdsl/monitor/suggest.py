@@ -32,10 +32,12 @@ Rewrite = Callable[[Mapping[str, float], Mapping[str, float]], "tuple[str, Mappi
 @dataclass(frozen=True)
 class Suggestion:
     """``weights``: the suggested effective weight of every term; ``source``: the program
-    text rewritten with them (``""`` when no program text was known)."""
+    text rewritten with them (``""`` when no program text was known); ``kept``: the terms
+    that kept their weight because nothing was known of their magnitude (a log without them)."""
 
     weights: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    kept: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.source or ", ".join(f"{k}: {format(v, '.4g')}" for k, v in self.weights.items())

@@ -69,6 +69,12 @@ class Resolver:
                     span=binding.name_span,
                     hint=f"pick another name, e.g. '{binding.name}_term'",
                 )
+            if binding.name == tensors.RESERVED_NAME:
+                raise LossNameError(
+                    f"'{binding.name}' is the name the monitor logs the whole loss under",
+                    span=binding.name_span,
+                    hint=f"rename the binding, e.g. '{binding.name}_term'",
+                )
             self.bindings[binding.name] = binding
             self.resolved[binding.name] = self._binding_value(binding)
         root = self.expr(program.expr)

@@ -13,10 +13,16 @@ from ..syntax import ast
 from . import ir
 from .arguments import CALL_PARAMETERS, TENSOR_INPUTS, check_input_path, is_int_literal
 
-__all__ = ["IMPLICIT_INPUTS", "declare", "input_node", "list_const", "index", "compare", "boolop", "negation"]
+__all__ = [
+    "IMPLICIT_INPUTS", "RESERVED_NAME", "declare", "input_node", "list_const", "index", "compare", "boolop", "negation",
+]
 
 # always the call's inputs, never declared
 IMPLICIT_INPUTS = TENSOR_INPUTS
+
+# the monitor's column of the whole loss (`loss/total`, `stats()["total"]`): no binding or
+# input may take it, or its statistics would hide the total's
+RESERVED_NAME = "total"
 
 
 def declare(r, program: ast.Program) -> None:
@@ -31,6 +37,8 @@ def declare(r, program: ast.Program) -> None:
                 clash = "a loss term"
             elif name in bindings:
                 clash = "a binding of this program"
+            elif name == RESERVED_NAME:
+                clash = "the name the monitor logs the whole loss under"
             elif name in CALL_PARAMETERS:
                 clash = "the loss call's own argument"
             elif name in r.declared or name in IMPLICIT_INPUTS:

@@ -132,7 +132,8 @@ def train(
     """Train the forecaster with the loss ``crit``; returns the training loss of every step.
 
     ``log_path``: the JSONL log that ``crit``'s monitor writes, drawn to ``png_path`` at the
-    end (when matplotlib is installed).
+    end (when matplotlib is installed). At the end every attached sink gets a last row for
+    the steps after its previous one.
     """
     threads = torch.get_num_threads()
     # A model this small runs fastest on one thread; more threads only add waiting, a lot of
@@ -175,6 +176,9 @@ def _train(crit, steps, seed, batch, print_every, progress, quiet, log_path, png
             bar.write(f"\nper-term statistics at step {step}:\n{crit.monitor.summary()}\n")
     bar.close()
     elapsed = time.perf_counter() - start
+    # a last row for the calls after the last logged one (all of them when the run is shorter
+    # than the log's cadence), so the log and its plot cover the whole run
+    crit.monitor.write()
 
     val_after = _validation_mae(model, val_x, val_y)
     naive = float((val_x[:, -1:, :] - val_y).abs().mean())

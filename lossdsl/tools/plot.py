@@ -77,6 +77,14 @@ def _open(path: str):
     return os.fdopen(fd, "rb")
 
 
+def _fits_a_float(value: int | float) -> bool:
+    try:
+        float(value)  # JSON allows integers of any size; a float stops near 1.8e308
+    except OverflowError:
+        return False
+    return True
+
+
 def _line_error(path: str, number: int, problem: str) -> LossDSLError:
     return LossDSLError(f"{path}, line {number}: {problem}", hint=_HINT)
 
@@ -116,6 +124,8 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
             for key, value in record.items():
                 if value is not None and not _number(value):
                     raise _line_error(path, number, f"the value of {key!r} is not a number")
+                if _number(value) and not _fits_a_float(value):
+                    raise _line_error(path, number, f"the value of {key!r} is too large for a float")
             if "step" not in record:
                 continue
             if not _number(record["step"]) or not math.isfinite(record["step"]):
@@ -158,12 +168,21 @@ def plot_log(
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
     terms exactly, else their shares do (:func:`lossdsl.tools.suggest.log_terms`). Returns the
-    PNG's path. A file that is not such a log raises :class:`~lossdsl.LossDSLError`.
+    PNG's path. The image format follows the suffix of ``png_path`` (PNG without one). A file
+    that is not such a log, or a suffix matplotlib cannot write, raises
+    :class:`~lossdsl.LossDSLError`.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    kind = Path(png_path).suffix[1:].lower()
+    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
+    if kind and kind not in formats:  # checked before the work, and named for the user
+        raise LossDSLError(
+            f"cannot draw {os.fspath(png_path)!r}: .{kind} is not an image format matplotlib writes",
+            hint="use one of the suffixes " + ", ".join("." + f for f in formats),
+        )
     records = read_log(jsonl_path)
     names, prefix = log_names(records)
     if not records or not names:

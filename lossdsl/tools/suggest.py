@@ -16,9 +16,10 @@ from ..compiler import check
 from ..errors import LossDSLError
 from ..monitor.sinks import read_jsonl
 from ..monitor.suggest import Suggestion, suggest
+from ..resolve import ir
 from ..resolve.rewrite import rewriter
 
-__all__ = ["suggest_from_log", "log_names", "log_terms"]
+__all__ = ["suggest_from_log", "written_weights", "log_names", "log_terms"]
 
 
 def suggest_from_log(
@@ -62,7 +63,71 @@ def suggest_from_log(
             hint="pass the program that wrote this log",
         )
     terms = [item.name for item in resolved.logged if item.is_term]
-    return suggest(weights, magnitude, target, terms=terms, rewrite=rewriter(resolved))
+    absent = [n for n in terms if n not in names]
+    if absent:  # the log has no magnitude of these: they keep the weight the program gives them
+        written = written_weights(resolved)
+        unknown = [n for n in absent if n not in written]
+        if unknown:
+            raise LossDSLError(
+                "the log has no values of " + ", ".join(map(repr, unknown)) + ", whose weight in the "
+                "program depends on the values",
+                hint="pass the program that wrote this log",
+            )
+        weights.update({n: written[n] for n in absent})
+    found = suggest(weights, magnitude, target, terms=terms, rewrite=rewriter(resolved))
+    return Suggestion(found.weights, found.source, kept=tuple(absent))
+
+
+def written_weights(resolved: ir.IR) -> dict[str, float]:
+    """``d total / d term`` of each term that the program only adds, subtracts and multiplies
+    by constants (so its weight needs no values); terms inside anything else are left out.
+
+    >>> from lossdsl.compiler import check
+    >>> written_weights(check("a = mae; 0.7*mse - a/4 + 2*(0.5*huber + log(l1))"))
+    {'a': -0.25, 'mse': 0.7, 'huber': 1.0}
+    """
+    names = {id(item.node): item.name for item in resolved.logged if item.is_term}
+    weights: dict[str, float] = {}
+    inside_other: set[str] = set()
+    todo = [(resolved.root, 1.0)]
+    while todo:
+        node, factor = todo.pop()
+        if id(node) in names:
+            weights[names[id(node)]] = weights.get(names[id(node)], 0.0) + factor
+            continue
+        parts = _linear_parts(node, factor)
+        if parts is None:
+            inside_other.update(names[id(n)] for n in ir.walk(node) if id(n) in names)
+        else:
+            todo.extend(parts)
+    return {n: weights[n] for n in names.values() if n in weights and n not in inside_other}
+
+
+def _linear_parts(node: ir.Node, factor: float) -> list[tuple[ir.Node, float]] | None:
+    """The operands of ``node`` with their factors when ``node`` is linear in them, else None."""
+    if isinstance(node, ir.Const):
+        return []
+    if isinstance(node, ir.Named):
+        return [(node.value, factor)]
+    if not isinstance(node, ir.Call):
+        return None
+    if node.name == "add":
+        signs = node.param("signs") or (1,) * len(node.args)
+        return [(arg, factor * sign) for arg, sign in zip(node.args, signs)]
+    if node.name == "neg":
+        return [(node.args[0], -factor)]
+    if node.name == "watch":
+        return [(node.args[0], 0.0)]
+    if node.name != "multiply":
+        return None
+    ops = ("*",) + tuple(node.param("ops") or ())
+    varying = [(arg, op) for arg, op in zip(node.args, ops) if not isinstance(arg, ir.Const)]
+    if len(ops) != len(node.args) or len(varying) > 1 or any(op != "*" for _, op in varying):
+        return None
+    for arg, op in zip(node.args, ops):
+        if isinstance(arg, ir.Const):
+            factor = factor * arg.value if op == "*" else factor / arg.value
+    return [(varying[0][0], factor)] if varying else []
 
 
 def log_names(records: list[dict]) -> tuple[list[str], str]:
