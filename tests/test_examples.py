@@ -123,3 +123,16 @@ def test_demo_progress_without_tqdm(monkeypatch, capsys):
     assert len(history) == 10
     assert "step 5/10  loss" in out and "step 10/10  loss" in out
     assert "per-term statistics at step 10" in out and "suggested program:" in out
+
+
+def test_custom_losses_example_trains_both_programs_from_its_config():
+    module = load_example("custom_losses")
+    histories = module.main(steps=60, quiet=True)
+    assert set(histories) == {"bounded", "sequence"}
+    for history in histories.values():
+        assert len(history) == 60
+        assert_trains(history)
+    # the config's programs are the README's examples, compiled from the file
+    config = yaml.safe_load(module.CONFIG.read_text())
+    assert "relu(1 - abs(pred - target))" in config["bounded"]["expr"]
+    assert "var(step_ce, correction=0)" in config["sequence"]["expr"]
