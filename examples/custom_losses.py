@@ -59,13 +59,9 @@ class Tagger(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
-def train_bounded(steps: int, seed: int) -> tuple[list[float], dict]:
-    gen = torch.Generator().manual_seed(seed)
-    crit = lossdsl.from_config(CONFIG, key="bounded")
-    x, y = bounded_data(2048, gen)
-    test_x, _ = bounded_data(512, gen)
-    test_y = torch.sigmoid(3 * torch.sin(1.5 * test_x))
-    model = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+def fit(crit: lossdsl.Loss, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
+        gen: torch.Generator) -> list[float]:
+    """``steps`` Adam steps on batches of 128 drawn from (x, y); the loss of every step."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
     for step in range(steps):
@@ -75,6 +71,18 @@ def train_bounded(steps: int, seed: int) -> tuple[list[float], dict]:
         loss.backward()
         optimizer.step()
         history.append(loss.item())
+    return history
+
+
+def train_bounded(steps: int, seed: int) -> tuple[list[float], dict]:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the model's initial weights
+    crit = lossdsl.from_config(CONFIG, key="bounded")
+    x, y = bounded_data(2048, gen)
+    test_x, _ = bounded_data(512, gen)
+    test_y = torch.sigmoid(3 * torch.sin(1.5 * test_x))
+    model = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    history = fit(crit, model, x, y, steps, gen)
     with torch.no_grad():
         out = model(test_x)
     report = {
@@ -92,15 +100,7 @@ def train_sequence(steps: int, seed: int) -> tuple[list[float], dict]:
     x, y = sequence_data(4096, gen)
     test_x, test_y = sequence_data(1024, gen)
     model = Tagger()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    history = []
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (128,), generator=gen)
-        loss = crit(model(x[idx]), y[idx], step=step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = fit(crit, model, x, y, steps, gen)
     with torch.no_grad():
         correct = (model(test_x).argmax(-1) == test_y).float().mean(0)  # per step
     report = {

@@ -1,7 +1,7 @@
 """Hostile and careless uses of tensor expressions that hold (DESIGN.md §3.1, §8), each against
 an independent torch reference: conditions in arithmetic, odd input tensors, one loss called in
 several dtypes and devices, hostile texts that must give a LossDSLError, empty slices, and
-canonical text. The failures found beside them are in ``test_tensor_attacks.py``."""
+canonical text. The others, and the helpers both use, are in ``test_tensor_attacks.py``."""
 
 from __future__ import annotations
 
@@ -9,23 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_tensor_attacks import TOL, D, _dsl_error_or_value, _randn
+
 import lossdsl
-
-D = torch.float64
-TOL = dict(rtol=1e-12, atol=1e-14)
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(seed))
-
-
-def _dsl_error_or_value(text, *args, **inputs):
-    """Compile and call; any failure must be a LossDSLError with a caret and a hint."""
-    try:
-        return lossdsl.compile(text)(*args, **inputs)
-    except lossdsl.LossDSLError as err:
-        assert err.hint and "^" in str(err), str(err)
-        return err
 
 
 def test_conditions_in_arithmetic_count_as_zero_or_one_in_the_inputs_dtype():
