@@ -120,6 +120,23 @@ def test_state_dict_while_other_threads_call_read_and_attach():
     assert stats["mae"]["mean"] == sum(range(100)) / 100
 
 
+@pytest.mark.parametrize("method", ['method="lra", every=1', 'method="gradnorm"'])
+def test_two_calls_of_a_gradient_balancer_share_one_backward(method):
+    """Two training calls summed before one backward (two crops, or two threads' losses):
+    each call's gradient is its own weights times its terms' gradients, 2e/n for mse and
+    sign(e)/n for mae, although the second call updated the weights in place."""
+    crit = lossdsl.compile(f"balance(mse, mae, {method})")
+    preds = [torch.full((4,), 1.0 + k, requires_grad=True) for k in range(3)]
+    total, weights = 0, []
+    for k, pred in enumerate(preds):
+        total = total + crit(pred, torch.zeros(4), shared=[pred], step=k)
+        weights.append((float(crit.weights["mse"]), float(crit.weights["mae"])))
+    total.backward()
+    for (w_mse, w_mae), pred in zip(weights, preds):
+        e = pred.detach()
+        torch.testing.assert_close(pred.grad, w_mse * 2 * e / 4 + w_mae * torch.sign(e) / 4)
+
+
 # --- torch.distributed -----------------------------------------------------------------------
 
 
