@@ -137,6 +137,23 @@ def test_two_calls_of_a_gradient_balancer_share_one_backward(method):
         torch.testing.assert_close(pred.grad, w_mse * 2 * e / 4 + w_mae * torch.sign(e) / 4)
 
 
+def test_a_schedule_call_while_another_thread_gives_the_step(monkeypatch):
+    """The watch for a step never given ends in another thread between this call's checks
+    (simulated at the grad-mode check, where a thread switch may fall): the call goes on
+    with that step, linear(0, 1, steps=10) at step 3 is 0.3, mse = mae = 1."""
+    crit = lossdsl.compile("linear(0, 1, steps=10)*mse + mae")
+    grad_enabled = torch.is_grad_enabled
+
+    def switched_to_another_thread() -> bool:
+        crit.set_step(3)
+        return grad_enabled()
+
+    monkeypatch.setattr(torch, "is_grad_enabled", switched_to_another_thread)
+    loss = crit(torch.ones(2), torch.zeros(2))
+    monkeypatch.undo()
+    assert float(loss) == pytest.approx(0.3 + 1.0)
+
+
 # --- torch.distributed -----------------------------------------------------------------------
 
 
