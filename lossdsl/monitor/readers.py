@@ -25,7 +25,8 @@ from ..errors import LossDSLError
 from .stats import QUANTITIES, ROWS, all_reduce, ratio
 
 __all__ = [
-    "PHASES", "Windows", "phase_index", "check_prefix", "step_part", "to_host", "window_scalars", "stats_table", "format_table",
+    "PHASES", "Windows", "phase_index", "check_prefix", "step_part", "to_host", "window_scalars", "stats_table",
+    "format_table",
 ]
 
 PHASES = ("train", "eval")  # training calls, validation calls (eval mode or gradients disabled)

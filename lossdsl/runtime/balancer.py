@@ -147,19 +147,20 @@ class Balancer(nn.Module):
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
         if torch.compiler.is_compiling():  # a lock is not traced; a compiled call is one graph
-            weights = self._weigh(values, seen, ok, shared, update, lent)
+            weights, extra = self._weigh(values, seen, ok, shared, update, lent)
         else:
             with _UPDATING:
-                weights = self._weigh(values, seen, ok, shared, update, lent)
+                weights, extra = self._weigh(values, seen, ok, shared, update, lent)
         weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
         total = torch.dot(weights, losses)
-        if self.method.extra is not None:
-            total = total + self.method.extra(self._state(None, lent), self.params, torch)
+        if extra is not None:
+            total = total + extra
         return total, weights.detach()
 
     def _weigh(self, values: Sequence[Tensor], seen: Tensor, ok: Tensor | None, shared: Any, update: bool,
-               lent: torch.device | None) -> Tensor:
-        """The weights of this call from the stored state, which a training call updates."""
+               lent: torch.device | None) -> tuple[Tensor, Tensor | None]:
+        """The weights of this call from the stored state, which a training call updates, and
+        the method's extra part of the total (None: none), read from the same state."""
         if update and self.method.gradients == "weights":
             uncompiled(produce)(self, values, seen, ok, shared)  # updates the weights before use
         state = self._state(seen.dtype, lent)
@@ -176,7 +177,8 @@ class Balancer(nn.Module):
                 if value.dtype != buffer.dtype:
                     value = value.to(buffer.dtype)
                 buffer.copy_(torch.where(accept, value, buffer))
-        return weights
+        extra = self.method.extra
+        return weights, None if extra is None else extra(self._state(None, lent), self.params, torch)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
