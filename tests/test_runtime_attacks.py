@@ -256,9 +256,13 @@ def test_compiled_schedule_crossing_its_boundary_then_resumed():
 # --- dtypes across calls -------------------------------------------------------------------
 
 
-def test_one_loss_called_in_float32_then_bfloat16_autocast_then_float64():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_one_loss_called_in_float32_then_bfloat16_autocast_then_float64(compiled):
     beta, eps = 0.5, 1e-8
     crit = lossdsl.compile(f'balance(mse, mae, method="ema", beta={beta}, eps={eps})')
+    if compiled:
+        torch._dynamo.reset()
+    call = torch.compile(crit, fullgraph=True, backend="eager") if compiled else crit
     layer = torch.nn.Linear(2, 2)
     gen = torch.Generator().manual_seed(1)
     x, target = torch.randn(6, 2, generator=gen), torch.randn(6, 2, generator=gen)
@@ -266,11 +270,11 @@ def test_one_loss_called_in_float32_then_bfloat16_autocast_then_float64():
     for n, mode in enumerate(["float32", "bfloat16", "float64"], start=1):
         if mode == "float64":
             pred = layer.double()(x.double())
-            loss = crit(pred, target.double())
+            loss = call(pred, target.double())
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bfloat16"):
                 pred = layer(x)
-                loss = crit(pred, target)
+                loss = call(pred, target)
         err = pred.detach().double() - target.double()
         values = torch.stack([(err**2).mean(), err.abs().mean()])
         if mode == "bfloat16":  # within bfloat16's rounding; the balancer reads them as recorded
