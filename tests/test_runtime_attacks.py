@@ -253,6 +253,23 @@ def test_compiled_schedule_crossing_its_boundary_then_resumed():
     assert float(got) == pytest.approx(expected(3, *data[4]), rel=1e-6)
 
 
+@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
+                   reason="dynamo turns an exception raised while tracing with fullgraph=True into its own "
+                          "Unsupported error (torch 2.13); README: make one eager call first")
+def test_a_bad_shape_on_the_first_fullgraph_compiled_call_is_a_loss_input_error():
+    torch._dynamo.reset()
+    compiled = torch.compile(lossdsl.compile("mse + mae"), fullgraph=True, backend="eager")
+    with pytest.raises(lossdsl.LossInputError):
+        compiled(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def test_a_bad_shape_on_a_compiled_call_with_graph_breaks_is_a_loss_input_error():
+    torch._dynamo.reset()
+    compiled = torch.compile(lossdsl.compile("mse + mae"), backend="eager")
+    with pytest.raises(lossdsl.LossInputError, match=r"\(4, 3\).*\(5, 3\)"):
+        compiled(torch.randn(4, 3), torch.randn(5, 3))
+
+
 # --- dtypes across calls -------------------------------------------------------------------
 
 
