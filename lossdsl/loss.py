@@ -352,10 +352,10 @@ class Loss(nn.Module):
         """Warn once when training calls run schedules that no step was ever given to."""
         if torch.compiler.is_compiling() or not (self.training and torch.is_grad_enabled()):
             return
-        self._stepless_calls += 1
-        if self._stepless_calls < 2:
+        calls = self._stepless_calls  # read once: a call in another thread may end the watch
+        self._stepless_calls = None if calls is None or calls >= 1 else 1  # the second call warns
+        if calls is None or calls < 1:  # (stacklevel=5 below: this, forward, nn.Module's two wrappers, the caller)
             return
-        self._stepless_calls = None  # stacklevel: this, forward, nn.Module's two wrappers, the caller
         warnings.warn(stepless_warning(self.program.schedules), UserWarning, stacklevel=5)
 
     # --- state ----------------------------------------------------------------------------

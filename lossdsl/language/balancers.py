@@ -265,7 +265,9 @@ METHODS: dict[str, Method] = dict(
 
 def _held(name):
     def weigh(state, seen, p, update, t):
-        return state[name].detach(), {}  # between updates the weights are constants
+        # between updates the weights are constants; a copy, so that the next call's update
+        # (in place) leaves this call's graph as it was: two calls may share one backward
+        return state[name].detach().clone(), {}
 
     return weigh
 

@@ -90,7 +90,9 @@ def gradnorm_update(state, grads, seen, p, t) -> dict:
 def gradnorm_extra(state, p, t):
     """Adds exactly 0 to the total, and ``push`` to the weights' gradient."""
     w = state["weights"]
-    return t.dot(w - w.detach(), state["push"].to(w.dtype))
+    # a copy of this call's push: the next call rewrites the buffer in place, and two calls
+    # may share one backward
+    return t.dot(w - w.detach(), state["push"].to(w.dtype, copy=True))
 
 
 # --- aggregators --------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from ..errors import LossDSLError
 from .gradients import GradientStats
-from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, to_host, window_scalars
+from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, step_part
+from .readers import to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, Increment, PendingRows, fold_row
 from .stats import fold_rows, probe_norms, probe_settings, stack_rows, stat_dtype
@@ -279,8 +280,7 @@ class Monitor(nn.Module):
         with pending.lock:
             self._flush()
             parts = {"windows": self._windows.take(self.sums, readers)}
-            if pending.step is not None:
-                parts["step"] = pending.step.detach().reshape(1).to(self.sums.device)
+            parts["step"] = step_part(pending.step, self.sums)  # on every rank: one collective
             snap = to_host(parts, sync, self._leaf.dtype)
         if pending.step is None:
             return snap["windows"], pending.calls
@@ -370,8 +370,9 @@ class Monitor(nn.Module):
     # --- state ----------------------------------------------------------------------------
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        self._flush()  # pending rows belong in the saved statistics
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+        with self._pending.lock:  # statistics, count and marks of one moment, whatever other threads do
+            self._flush()  # pending rows belong in the saved statistics
+            super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def get_extra_state(self) -> dict:
         """What decides the monitor's future besides the statistics: the count of training

@@ -25,7 +25,8 @@ from ..errors import LossDSLError
 from .stats import QUANTITIES, ROWS, all_reduce, ratio
 
 __all__ = [
-    "PHASES", "Windows", "phase_index", "check_prefix", "to_host", "window_scalars", "stats_table", "format_table",
+    "PHASES", "Windows", "phase_index", "check_prefix", "step_part", "to_host", "window_scalars", "stats_table",
+    "format_table",
 ]
 
 PHASES = ("train", "eval")  # training calls, validation calls (eval mode or gradients disabled)
@@ -104,6 +105,20 @@ def check_prefix(prefix: Any) -> None:
         raise LossDSLError(
             f"prefix={prefix!r}: the prefix of the keys must be a str", hint="prefix='loss/', or '' for none"
         )
+
+
+def step_part(step: Tensor | None, like: Tensor) -> Tensor:
+    """The stored step as one element beside the statistics ``like``, for :func:`to_host`.
+    A rank that has recorded no call gives -1: every rank then reduces the same parts (one
+    missing would leave the collectives of the ranks mismatched), and the max is the others'
+    step.
+
+    >>> step_part(None, torch.zeros(2, dtype=torch.float64)).tolist()
+    [-1.0]
+    """
+    if step is None:
+        return torch.full((1,), -1, dtype=like.dtype, device=like.device)
+    return step.detach().reshape(1).to(like.device)
 
 
 def to_host(parts: dict[str, Tensor], sync: bool, dtype: torch.dtype) -> dict[str, list]:

@@ -23,6 +23,7 @@ and :mod:`.jacobian` (an aggregator: the plain sum here, the aggregation in ``cr
 
 from __future__ import annotations
 
+import threading
 from functools import reduce
 from typing import Any, Sequence
 
@@ -36,6 +37,10 @@ from .jacobian import aggregate_forward
 __all__ = ["Balancer", "mean_over_ranks"]
 
 _HALF = (torch.float16, torch.bfloat16)
+# An update reads the state, then writes it: calls from several threads (nn.DataParallel)
+# take turns, or one would overwrite another's and its call would be lost. Re-entrant, and
+# one for the module, so that a balancer stays picklable and copyable.
+_UPDATING = threading.RLock()
 
 
 def mean_over_ranks(seen: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -141,6 +146,21 @@ class Balancer(nn.Module):
         update = self.training and torch.is_grad_enabled() and lent is None
         if update and self.method.reads_losses:
             seen, ok = mean_over_ranks(seen, ok)
+        if torch.compiler.is_compiling():  # a lock is not traced; a compiled call is one graph
+            weights, extra = self._weigh(values, seen, ok, shared, update, lent)
+        else:
+            with _UPDATING:
+                weights, extra = self._weigh(values, seen, ok, shared, update, lent)
+        weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
+        total = torch.dot(weights, losses)
+        if extra is not None:
+            total = total + extra
+        return total, weights.detach()
+
+    def _weigh(self, values: Sequence[Tensor], seen: Tensor, ok: Tensor | None, shared: Any, update: bool,
+               lent: torch.device | None) -> tuple[Tensor, Tensor | None]:
+        """The weights of this call from the stored state, which a training call updates, and
+        the method's extra part of the total (None: none), read from the same state."""
         if update and self.method.gradients == "weights":
             uncompiled(produce)(self, values, seen, ok, shared)  # updates the weights before use
         state = self._state(seen.dtype, lent)
@@ -157,11 +177,8 @@ class Balancer(nn.Module):
                 if value.dtype != buffer.dtype:
                     value = value.to(buffer.dtype)
                 buffer.copy_(torch.where(accept, value, buffer))
-        weights = weights.to(losses.dtype) if weights.dtype != losses.dtype else weights
-        total = torch.dot(weights, losses)
-        if self.method.extra is not None:
-            total = total + self.method.extra(self._state(None, lent), self.params, torch)
-        return total, weights.detach()
+        extra = self.method.extra
+        return weights, None if extra is None else extra(self._state(None, lent), self.params, torch)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
