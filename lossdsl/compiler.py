@@ -19,7 +19,7 @@ import warnings
 from typing import Callable, Mapping
 
 from .errors import LossDSLError
-from .language.registry import BUILTIN_NAMES
+from .language.registry import BUILTIN_NAMES, FIXED_NAMES, RESERVED_WORDS
 from .language.registry import TermSpec, registry, spec_from_function
 from .loss import Loss
 from .program import Program
@@ -57,11 +57,21 @@ def resolve_source(source: str, terms: Mapping[str, Callable] | None = None) -> 
 
 
 def _local_specs(terms: Mapping[str, Callable]) -> dict[str, TermSpec]:
+    if not isinstance(terms, Mapping):
+        raise LossDSLError(
+            f"terms= takes a mapping {{name: function}}, got {type(terms).__name__}",
+            hint="pass e.g. terms={'my_l1': my_l1}",
+        )
     specs = {}
     for name, func in terms.items():
-        if name in BUILTIN_NAMES:
+        if name in BUILTIN_NAMES or name in RESERVED_WORDS:
             raise LossDSLError(
                 f"'{name}' is a built-in function and cannot be a term name", hint="pick another name in terms="
+            )
+        if name in FIXED_NAMES:
+            raise LossDSLError(
+                f"'{name}' has a fixed meaning in lossdsl programs and cannot be a term name",
+                hint="pick another name in terms=",
             )
         specs[name] = func if isinstance(func, TermSpec) else spec_from_function(func, name)
     return specs
@@ -127,5 +137,15 @@ def compile(
 
 
 def check(source: str, *, terms: Mapping[str, Callable] | None = None) -> ir.IR:
-    """Parse and resolve without building a module; raises :class:`~lossdsl.LossDSLError`."""
+    """Parse and resolve without building a module; raises :class:`~lossdsl.LossDSLError`.
+
+    >>> import lossdsl
+    >>> lossdsl.check("0.7*huber(delta=1)+0.3*mae").canonical
+    '0.7 * huber(delta=1) + 0.3 * mae'
+    >>> try:
+    ...     lossdsl.check("0.7*hubr(delta=1)")
+    ... except lossdsl.LossNameError as err:
+    ...     print(err.column, err.hint)
+    5 did you mean 'huber'?
+    """
     return resolve_source(source, terms)

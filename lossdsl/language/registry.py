@@ -37,13 +37,16 @@ from .functions import FUNCTIONS
 from .schedules import SCHEDULES
 
 __all__ = [
-    "InputParam", "HyperParam", "TermSpec", "Registry", "registry", "term", "spec_from_function", "type_words", "BALANCE", "BUILTIN_NAMES", "RESERVED_WORDS",
+    "InputParam", "HyperParam", "TermSpec", "Registry", "registry", "term", "spec_from_function", "type_words", "BALANCE", "BUILTIN_NAMES", "RESERVED_WORDS", "FIXED_NAMES",
 ]
 
 # The names the language keeps for itself: no term, binding or declared input may take them.
 BALANCE = "balance"
 BUILTIN_NAMES = frozenset(FUNCTIONS) | frozenset(SCHEDULES) | {BALANCE}
 RESERVED_WORDS = frozenset({"true", "false", "none", "and", "or", "not", "input"})
+# names the language gives a meaning of its own: the call's inputs and the monitor's column
+# of the whole loss; a term under one of them would shadow the input or hide the total
+FIXED_NAMES = frozenset({"pred", "target", "total"})
 
 ENTRY_POINT_GROUP = "lossdsl.terms"
 _REQUIRED = inspect.Parameter.empty
@@ -226,6 +229,8 @@ class Registry(Mapping[str, TermSpec]):
         with self._lock:
             if spec.name in BUILTIN_NAMES or spec.name in RESERVED_WORDS:
                 raise ValueError(f"'{spec.name}' is a built-in function of lossdsl; pick another name")
+            if spec.name in FIXED_NAMES:
+                raise ValueError(f"'{spec.name}' has a fixed meaning in lossdsl programs; pick another name")
             if spec.name in self._specs and not replace:
                 raise ValueError(
                     f"a term named '{spec.name}' is already registered; pass replace=True to override"

@@ -69,6 +69,12 @@ class Resolver:
                     span=binding.name_span,
                     hint=f"pick another name, e.g. '{binding.name}_term'",
                 )
+            if binding.name in tensors.IMPLICIT_INPUTS:
+                raise LossNameError(
+                    f"'{binding.name}' always names the call's input and cannot be rebound",
+                    span=binding.name_span,
+                    hint=f"pick another name, e.g. '{binding.name}_term'",
+                )
             if binding.name == tensors.RESERVED_NAME:
                 raise LossNameError(
                     f"'{binding.name}' is the name the monitor logs the whole loss under",
