@@ -97,6 +97,12 @@ def unparse(node: ast.Node) -> str:
     >>> lossdsl.unparse(lossdsl.parse("d = pred[:,none]; input w\\nmean(w*d[::2]^2)"))
     'input w\\nd = pred[:, none]\\nmean(w * d[::2] ^ 2)'
     """
+    if not isinstance(node, ast.Node):
+        # a str would otherwise reach the keyword-value writer and be called "not a keyword value"
+        raise TypeError(
+            f"unparse takes a node from lossdsl.parse, got {type(node).__name__}; "
+            "for text write lossdsl.unparse(lossdsl.parse(text))"
+        )
     if isinstance(node, ast.Program):
         lines = [unparse(d) for d in node.declarations]
         lines += [unparse(b) for b in node.bindings]
