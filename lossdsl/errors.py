@@ -62,6 +62,13 @@ class LossDSLError(ValueError):
     ``span`` (``(start, end)`` character offsets or ``None``), ``line`` and ``column``
     (1-based, of ``span[0]``), ``hint`` (how to fix it, or ``None``), ``term`` (the log name
     of the term at fault, for call-time errors).
+
+    >>> import lossdsl
+    >>> try:
+    ...     lossdsl.compile("0.7*hubr(delta=1)")
+    ... except lossdsl.LossDSLError as err:
+    ...     print(type(err).__name__, err.line, err.column, err.span, err.hint)
+    LossNameError 1 5 (4, 8) did you mean 'huber'?
     """
 
     def __init__(
@@ -144,27 +151,75 @@ def _caret_lines(source: str, span: tuple[int, int]) -> list[str]:
 
 
 class LossSyntaxError(LossDSLError):
-    """The text is not a well-formed program (bad token, missing bracket, ...)."""
+    """The text is not a well-formed program (bad token, missing bracket, ...).
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.parse("mse +")
+    ... except lossdsl.LossSyntaxError as err:
+    ...     print(err.column, err.message)
+    6 expected a term after '+', found end of input
+    """
 
 
 class LossNameError(LossDSLError):
-    """A name that is not a binding, a registered term or a built-in function."""
+    """A name that is not a binding, a registered term or a built-in function.
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.compile("mse + hubr")
+    ... except lossdsl.LossNameError as err:
+    ...     print(err.hint)
+    did you mean 'huber'?
+    """
 
 
 class LossArgumentError(LossDSLError):
-    """A bad argument: unknown keyword, value out of range, wrong count of operands."""
+    """A bad argument: unknown keyword, value out of range, wrong count of operands.
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.compile("huber(delta=-1)")
+    ... except lossdsl.LossArgumentError as err:
+    ...     print(err.message)
+    huber: delta=-1 is not allowed
+    """
 
 
 class LossTypeError(LossDSLError):
-    """A kind mismatch: e.g. the program has no loss term, or a loss where a number is needed."""
+    """A kind mismatch: e.g. the program has no loss term, or a loss where a number is needed.
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.compile("pred - target")
+    ... except lossdsl.LossTypeError as err:
+    ...     print(err.message)
+    the program's value is a tensor, not a loss
+    """
 
 
 class LossInputError(LossDSLError):
-    """A call-time problem with the tensors given to ``forward`` (missing, unread, bad shape)."""
+    """A call-time problem with the tensors given to ``forward`` (missing, unread, bad shape).
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.compile("mse")(torch.zeros(3), torch.zeros(4))
+    ... except lossdsl.LossInputError as err:
+    ...     print(err.term, err.message)
+    mse term 'mse': pred has shape (3,) but target has shape (4,)
+    """
 
 
 class NonFiniteLossError(LossDSLError, ArithmeticError):
-    """A term produced NaN or infinity under ``nonfinite="raise"``."""
+    """A term produced NaN or infinity under ``nonfinite="raise"``.
+
+    >>> import torch, lossdsl
+    >>> try:
+    ...     lossdsl.compile("mean(log(pred))")(torch.zeros(3))
+    ... except lossdsl.NonFiniteLossError as err:
+    ...     print(err.message)
+    term 'mean' is -inf at step 0
+    """
 
 
 for _cls in (

@@ -59,6 +59,13 @@ class JsonlWriter(_ClosedOnExit):
     losses, two processes) can share one log: every row is kept whole. A path that cannot
     be a file (``""``, a folder, a path under a file) is a :class:`~lossdsl.LossDSLError`
     here; one that fails later (no permission, a full disk) is one at the write.
+
+    >>> import json, os, tempfile, lossdsl
+    >>> path = os.path.join(tempfile.mkdtemp(), "terms.jsonl")
+    >>> with lossdsl.JsonlWriter(path) as log:
+    ...     log.write({"loss/total": 1.5, "loss/mse": float("nan")}, step=3)
+    >>> json.loads(open(path).read())
+    {'step': 3, 'loss/total': 1.5, 'loss/mse': None}
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False, rank_zero_only: bool = True) -> None:
@@ -148,7 +155,15 @@ class TensorBoardWriter(_ClosedOnExit):
     """Scalars for TensorBoard, through ``torch.utils.tensorboard.SummaryWriter``. Needs the
     ``tensorboard`` package (``pip install 'lossdsl[tensorboard]'``), checked here, when the
     writer is made. Non-finite values are skipped. The event file is created at the first
-    write; TensorBoard starts a new event file per writer, so nothing is ever replaced."""
+    write; TensorBoard starts a new event file per writer, so nothing is ever replaced.
+
+    >>> import os, tempfile, lossdsl
+    >>> folder = tempfile.mkdtemp()
+    >>> with lossdsl.TensorBoardWriter(folder) as board:
+    ...     board.write({"loss/total": 1.5}, step=3)
+    >>> any(name.startswith("events.out.tfevents") for name in os.listdir(folder))
+    True
+    """
 
     def __init__(
         self, log_dir: str | os.PathLike, *, rank_zero_only: bool = True, **writer_kwargs: Any

@@ -33,7 +33,15 @@ Rewrite = Callable[[Mapping[str, float], Mapping[str, float]], "tuple[str, Mappi
 class Suggestion:
     """``weights``: the suggested effective weight of every term; ``source``: the program
     text rewritten with them (``""`` when no program text was known); ``kept``: the terms
-    that kept their weight because nothing was known of their magnitude (a log without them)."""
+    that kept their weight because nothing was known of their magnitude (a log without them).
+
+    >>> import torch, lossdsl
+    >>> crit = lossdsl.compile("mse + mae")
+    >>> _ = crit(torch.zeros(4), torch.full((4,), 10.0))
+    >>> suggestion = crit.monitor.suggest_weights()
+    >>> suggestion.source, suggestion.kept
+    ('0.55*mse + 5.5*mae', ())
+    """
 
     weights: dict[str, float] = field(default_factory=dict)
     source: str = ""

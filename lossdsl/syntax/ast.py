@@ -288,7 +288,13 @@ class Declaration(Node):
 
 class Program(Node):
     """A whole program: ``input`` declarations and bindings in source order, then the
-    expression whose value is the loss."""
+    expression whose value is the loss.
+
+    >>> import lossdsl
+    >>> program = lossdsl.parse("input w\\nrecon = mse\\nrecon + mean(w * pred)")
+    >>> program.declarations[0].names, [b.name for b in program.bindings]
+    (('w',), ['recon'])
+    """
 
     kind: Literal["program"] = Field(default="program", repr=False)
     declarations: tuple[Declaration, ...] = ()
