@@ -40,7 +40,7 @@ from .params import (
     VarianceParams,
 )
 
-__all__ = ["Function", "FUNCTIONS", "OPERATORS", "KindError", "KINDS", "SCALAR_KINDS", "join_kinds"]
+__all__ = ["Function", "FUNCTIONS", "OPERATORS", "KindError", "KINDS", "SCALAR_KINDS", "join_kinds", "article"]
 
 
 class KindError(Exception):
@@ -87,7 +87,7 @@ class Function:
             for i, kind in enumerate(kinds):
                 if kind in ("const", "schedule"):
                     raise KindError(
-                        f"{self.name} needs a tensor, not {_article(kind)}",
+                        f"{self.name} needs a tensor, not {article(kind)}",
                         hint=f"{self.name} works on tensors such as pred or pred - target",
                         operand=i,
                     )
@@ -134,7 +134,8 @@ def join_kinds(kinds: Iterable[str]) -> str:
     return KINDS[best]
 
 
-def _article(kind: str) -> str:
+def article(kind: str) -> str:
+    """``"a loss"``, ``"a tensor"``, ...: a kind in a sentence."""
     return {"const": "a number", "schedule": "a schedule", "loss": "a loss", "tensor": "a tensor"}[kind]
 
 

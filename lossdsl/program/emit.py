@@ -14,17 +14,16 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.fx as fx
-from torch import Tensor
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
 from ..language import algebra
 from ..language.lazy import resolve as resolve_lazy
 from ..language.schedules import Schedule
 from ..resolve import ir
+from ..resolve.calls import is_condition
 from ..runtime.guard import GATED_POLICIES, Gate, entry_views, gate_values, settle
-from ..runtime.precision import half_again, list_tensor, narrow, weight_vector, widen
+from ..runtime.precision import as_number, half_again, list_tensor, narrow, number_tensor, weight_vector, widen
 from ..runtime.steps import ScheduleValue, scalar_tensor
 from .sums import addends, weighted_sum
 from .bound import BoundTerm, InputReader, Residual, ResidualTerm, identifier, reads_residual
@@ -306,7 +305,7 @@ class _Emitter:
         if fn.group != "logical":  # a condition in arithmetic counts as 0/1
             keep = 0 if fn.name == "where" else -1
             args = tuple(
-                self.convert(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and _is_condition(a) else v
+                self.convert(as_number, (v, self.slots["pred"]), name="as_number") if i != keep and is_condition(a) else v
                 for i, (a, v) in enumerate(zip(node.args, args))
             )
         if fn.name == "where" and node.kind == "tensor" and all(a.kind != "tensor" for a in node.args[1:]):
@@ -323,28 +322,6 @@ class _Emitter:
             self.native[id(node)] = out  # an inline term: combined (and logged) in float32+
             out = self.call(widen, (out,), name=f"{identifier(fn.name)}_wide")
         self.value[id(node)] = out
-
-
-def _is_condition(node: ir.Node) -> bool:
-    return isinstance(node, ir.Call) and getattr(node.fn, "boolean", False) and node.kind != "const"
-
-
-def as_number(condition: Any, like: Any) -> Any:
-    """A condition as 0/1, in the floating dtype of ``like`` (float32 when it has none)."""
-    if not isinstance(condition, Tensor) or condition.dtype != torch.bool:
-        return condition
-    return condition.to(_floating(like))
-
-
-def number_tensor(value: Any, like: Any) -> Tensor:
-    """A number (or a condition) as a tensor in the floating dtype and on the device of ``like``."""
-    if isinstance(value, Tensor):
-        return value.to(_floating(like))
-    return torch.tensor(float(value), dtype=_floating(like), device=like.device if isinstance(like, Tensor) else None)
-
-
-def _floating(like: Any) -> torch.dtype:
-    return like.dtype if isinstance(like, Tensor) and like.is_floating_point() else torch.float32
 
 
 def _copied(x: Any) -> Any:

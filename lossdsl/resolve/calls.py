@@ -18,7 +18,7 @@ from ..syntax import ast
 from . import ir
 from .arguments import check_input_path, fold, is_int_literal, show, validate
 
-__all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError", "may_be_condition", "article"]
+__all__ = ["chain", "term", "builtin", "refuse_watch_inside", "argument_error", "KindError", "is_condition", "may_be_condition"]
 
 
 def argument_error(message: str, *, span, hint: str) -> LossArgumentError:
@@ -40,6 +40,12 @@ def refuse_watch_inside(r, args) -> None:
 # --- operator chains ----------------------------------------------------------------------
 
 
+def is_condition(node: ir.Node) -> bool:
+    """Whether ``node`` computes a condition when the loss is called: a comparison or
+    ``and``/``or``/``not`` that is not folded to ``true``/``false`` when compiling."""
+    return isinstance(node, ir.Call) and getattr(node.fn, "boolean", False) and node.kind != "const"
+
+
 def may_be_condition(node: ir.Node) -> bool:
     """Whether ``node`` can hold a condition: a comparison or ``and``/``or``/``not`` (through
     indexing, ``detach`` and ``where``), ``true``/``false``, or an input other than ``pred``
@@ -56,11 +62,6 @@ def may_be_condition(node: ir.Node) -> bool:
         if node.name == "where":
             return any(may_be_condition(a) for a in node.args[1:])
     return False
-
-
-def article(kind: str) -> str:
-    """``"a loss"``, ``"a tensor"``, ...: a kind in a sentence."""
-    return {"const": "a number", "schedule": "a schedule", "loss": "a loss", "tensor": "a tensor"}[kind]
 
 
 def chain(r, node: ast.Node, fn) -> ir.Node:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import LossDSLError, LossNameError, LossTypeError, did_you_mean
-from ..language.functions import OPERATORS
+from ..language.functions import OPERATORS, article
 from ..language.registry import BUILTIN_NAMES
 from ..language.registry import Registry, TermSpec
 from ..syntax import ast
@@ -164,7 +164,7 @@ class Resolver:
             calls.refuse_watch_inside(self, args)
         if fn.name == "where" and not calls.may_be_condition(args[0]):
             raise LossTypeError(
-                f"where needs a condition first, not {calls.article(args[0].kind)}",
+                f"where needs a condition first, not {article(args[0].kind)}",
                 span=args[0].span or span,
                 hint="compare it, e.g. where(pred > 0, a, b); conditions come from < <= > >= == != and, or, not",
             )

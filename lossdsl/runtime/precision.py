@@ -19,7 +19,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "widen", "half_again", "narrow", "weight_vector", "coefficient_vector", "list_tensor", "values_row"]
+__all__ = [
+    "HALF", "widen", "half_again", "narrow", "floating_dtype", "as_number", "number_tensor", "weight_vector",
+    "coefficient_vector", "list_tensor", "values_row",
+]
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -117,12 +120,39 @@ def list_tensor(values: tuple, like: Any, pred: Any = None) -> Tensor:
     >>> list_tensor((1, 2), torch.zeros(2) > 0, torch.zeros(2, dtype=torch.float64)).dtype
     torch.float64
     """
-    floating = [t for t in (like, pred) if isinstance(t, Tensor) and t.is_floating_point()]
-    dtype = floating[0].dtype if floating else torch.float32
+    dtype = floating_dtype(like if isinstance(like, Tensor) and like.is_floating_point() else pred)
     device = like.device if isinstance(like, Tensor) else pred.device if isinstance(pred, Tensor) else torch.device("cpu")
     if torch.compiler.is_compiling():  # a constant of the traced graph: no cache to guard on
         return torch.tensor(values, dtype=dtype, device=device)
     return _constant(tuple(values), dtype, device)
+
+
+def floating_dtype(like: Any) -> torch.dtype:
+    """The dtype a number or a condition takes beside ``like``: its own when it is a floating
+    tensor, else float32."""
+    return like.dtype if isinstance(like, Tensor) and like.is_floating_point() else torch.float32
+
+
+def as_number(condition: Any, like: Any) -> Any:
+    """A condition as 0/1, in the floating dtype of ``like`` (float32 when it has none).
+
+    >>> as_number(torch.tensor([True, False]), torch.zeros(1, dtype=torch.float64))
+    tensor([1., 0.], dtype=torch.float64)
+    """
+    if not isinstance(condition, Tensor) or condition.dtype != torch.bool:
+        return condition
+    return condition.to(floating_dtype(like))
+
+
+def number_tensor(value: Any, like: Any) -> Tensor:
+    """A number (or a condition) as a tensor in the floating dtype and on the device of ``like``.
+
+    >>> number_tensor(0.5, torch.zeros(1, dtype=torch.float16))
+    tensor(0.5000, dtype=torch.float16)
+    """
+    if isinstance(value, Tensor):
+        return value.to(floating_dtype(like))
+    return torch.tensor(float(value), dtype=floating_dtype(like), device=like.device if isinstance(like, Tensor) else None)
 
 
 def values_row(values: Sequence[Tensor], total: Tensor) -> tuple[Tensor, bool | None]:
