@@ -28,6 +28,7 @@ from .monitor.gradients import reporter
 from .program import Program, build_program
 from .resolve import ir
 from .resolve.logged import operand_names
+from .resolve.places import locate, spans_by_name
 from .resolve.rewrite import rewriter
 from .runtime.balancer import Balancer
 from .runtime.gradients import refuse_plain_backward
@@ -62,6 +63,12 @@ class Loss(nn.Module):
     ``forward(pred=None, target=None, *, step=None, **inputs)`` returns a 0-dim tensor.
     After a call, ``terms`` holds each term's raw value and ``weights`` its effective weight
     ``d total / d term``; ``monitor`` keeps running statistics.
+
+    >>> import torch, lossdsl
+    >>> crit = lossdsl.compile("mse + linear(0, 1, steps=10)*mae")
+    >>> _ = crit(torch.zeros(2), torch.ones(2), step=5)
+    >>> {name: round(w.item(), 2) for name, w in crit.weights.items()}
+    {'mse': 1.0, 'mae': 0.5}
     """
 
     def __init__(self, resolved: ir.IR, program: Program, *, strict: bool = True, nonfinite: str = "raise") -> None:
@@ -101,6 +108,15 @@ class Loss(nn.Module):
     # --- the call -------------------------------------------------------------------------
 
     def forward(self, pred: Any = None, target: Any = None, *, step: Any = None, **inputs: Any) -> Tensor:
+        """The total of one call, 0-dim. ``inputs``: what the program reads besides ``pred``
+        and ``target`` (with ``strict``, one it does not read is an error); ``step``: the
+        optimizer step, stored for the schedules. A bad input is a ``LossInputError``.
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse(weight=w)")
+        >>> crit(torch.zeros(2), torch.ones(2), w=torch.tensor([1.0, 3.0]))
+        tensor(2.)
+        """
         if step is not None:
             self._store_step(step)
         elif self._stepless_calls is not None:
@@ -153,7 +169,7 @@ class Loss(nn.Module):
             error = (self._checked_error(args) if checks else None) or self._devices_error(args)
             if error is None:
                 raise
-        located = self._located(error)
+        located = locate(error, self.ir)
         raise located from located.__cause__
 
     def _devices_error(self, args: tuple) -> LossDSLError | None:
@@ -205,7 +221,7 @@ class Loss(nn.Module):
         counts = bad_counts(row, ranks)
         if not any(counts):
             return
-        names, spans = self.program.names, self._spans()
+        names, spans = self.program.names, spans_by_name(self.ir)
 
         def where(i: int) -> str:
             span = spans.get(names[i])
@@ -214,39 +230,13 @@ class Loss(nn.Module):
             line, column = location(self.source, span[0])
             return f" (line {line}, column {column})"
 
-        error = self._located(
-            nonfinite_error(row, names, self.program.is_term, int(self.step), counts, ranks, where)
+        error = locate(
+            nonfinite_error(row, names, self.program.is_term, int(self.step), counts, ranks, where), self.ir
         )
         if self.nonfinite == "warn":
             logger.warning("%s", error)
             return
         raise error
-
-    def _located(self, err: LossDSLError) -> LossDSLError:
-        """``err`` with this loss's source and, for a term or an operation, its place in it."""
-        span = err.span
-        if span is None and err.term is not None:
-            span = self._spans().get(err.term)
-        index = getattr(err, "node_index", None)
-        if span is None and index is not None:
-            span = self.ir.nodes()[index].span
-        path = getattr(err, "input_path", None)
-        if path is not None and err.term is None:  # an input that raised while being read
-            reader = self.ir.reader_of(path)
-            if reader is not None and reader[1] is not None:
-                term, param = reader
-                name = next((i.name for i in self.ir.logged if i.node is term), term.label)
-                cause = err.__cause__
-                err.message = (
-                    f"term '{name}' could not read its input '{'.'.join(path)}' for its '{param}': "
-                    f"{type(cause).__name__}: {cause}"
-                )
-                err.term, span = name, term.span
-        return err.located(self.source, span, err.term)
-
-    def _spans(self) -> dict[str, Any]:  # by the name errors give (an unreduced term: its label)
-        unlogged = {n.label: n.span for n in self.ir.nodes() if isinstance(n, ir.Term)}
-        return {**unlogged, **{item.name: item.node.span for item in self.ir.logged}}
 
     # --- what the last call saw -----------------------------------------------------------
 
@@ -267,7 +257,14 @@ class Loss(nn.Module):
         return dict(zip(self.program.names, weights.unbind(0)))
 
     def set_step(self, step: int) -> None:
-        """Set the stored optimizer step that schedules read."""
+        """Set the stored optimizer step that schedules read (as ``crit(..., step=step)``).
+
+        >>> import lossdsl
+        >>> crit = lossdsl.compile("linear(0, 1, steps=4)*mse")
+        >>> crit.set_step(3)
+        >>> int(crit.step)
+        3
+        """
         self._store_step(step)
 
     # --- balancing gradients (§6.1) --------------------------------------------------------
@@ -295,7 +292,7 @@ class Loss(nn.Module):
     def _refuse_plain_backward(self, grad: Tensor) -> None:
         if not self._backward_open:
             first = next(b for b in self.balancers if b.method.gradients == "aggregate")
-            raise self._located(refuse_plain_backward(first.method.name, first.span))
+            raise locate(refuse_plain_backward(first.method.name, first.span), self.ir)
 
     def backward(self, shared: Any = None, *, features: Any = None, retain_graph: bool = False) -> None:
         """Back-propagate the last training call of a program whose ``balance(...)`` aggregates
@@ -330,7 +327,7 @@ class Loss(nn.Module):
             cut = cut_tensors(pending, shared, features)
             aggregated_backward(total, pending, cut, features is not None, values, weights, retain_graph)
         except LossDSLError as err:  # a bad cut or a solver's failure: with the balancer's place
-            raise self._located(err) from err.__cause__
+            raise locate(err, self.ir) from err.__cause__
         finally:
             self._backward_open = False
         if not retain_graph:

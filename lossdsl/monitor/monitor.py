@@ -7,19 +7,10 @@ someone reads) the rows are stacked and folded into the statistics at once. Insi
 ``torch.compile`` the single row is folded in the graph, where it is fused. Training calls
 and validation calls (``crit.eval()``, ``torch.no_grad()``, ``torch.inference_mode()``) go
 to separate statistics.
-
->>> import torch, lossdsl
->>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
->>> for _ in range(3):
-...     _ = crit(torch.zeros(4), torch.ones(4))
->>> logs = crit.monitor.as_dict()
->>> round(logs["loss/mse/weighted"], 3), round(logs["loss/mae/share"], 3)
-(0.7, 0.3)
 """
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 from typing import Any, Iterable, Sequence
 
@@ -31,8 +22,8 @@ from .gradients import GradientStats
 from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, step_part
 from .readers import to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
-from .stats import PENDING_ROWS, QUANTITIES, ROWS, CallInputs, Increment, PendingRows, fold_row
-from .stats import fold_rows, probe_norms, probe_settings, stack_rows, stat_dtype
+from .stats import PENDING_ROWS, CallInputs, Increment, PendingRows, fold_row, new_statistics
+from .stats import fold_rows, probe_norms, probe_settings, probed_inputs, stack_rows, stat_dtype
 from .suggest import Rewrite, Suggestion, suggest_from_stats
 
 __all__ = ["Monitor"]
@@ -50,6 +41,14 @@ class Monitor(nn.Module):
     ``crit.state_dict()``), one set per phase, with a column for the total. Every reader
     (``as_dict()`` of each phase, each attached sink) has its own window; ``summary()`` and
     ``stats()`` cover everything since ``reset()``. Reading syncs with the device once.
+
+    >>> import torch, lossdsl
+    >>> crit = lossdsl.compile("0.7*mse + 0.3*mae")
+    >>> for _ in range(3):
+    ...     _ = crit(torch.zeros(4), torch.ones(4))
+    >>> logs = crit.monitor.as_dict()
+    >>> round(logs["loss/mse/weighted"], 3), round(logs["loss/mae/share"], 3)
+    (0.7, 0.3)
     """
 
     def __init__(
@@ -62,17 +61,12 @@ class Monitor(nn.Module):
         ema: float = 0.99,
     ) -> None:
         super().__init__()
-        c, q, p = len(names) + 1, len(QUANTITIES), len(PHASES)
-        acc = stat_dtype(torch.device("cpu"))
-        self.register_buffer("sums", torch.zeros(p, len(ROWS), c, dtype=acc))  # since reset(), per phase
-        self.register_buffer("ema_acc", torch.zeros(p, q, c, dtype=acc))
-        self.register_buffer("ema_norm", torch.zeros(p, c, dtype=acc))
-        self.register_buffer("low", torch.full((p, q, c), math.inf, dtype=acc))
-        self.register_buffer("high", torch.full((p, q, c), -math.inf, dtype=acc))
+        for name, statistic in new_statistics(len(names) + 1, len(PHASES)).items():
+            self.register_buffer(name, statistic)
         self.names = list(names)
         self.is_term = [True] * len(self.names) if is_term is None else [bool(t) for t in is_term]
         # shares are relative to the sum over the terms: composites and the total are left out
-        self.register_buffer("_leaf", torch.tensor(self.is_term + [False], dtype=acc), persistent=False)
+        self.register_buffer("_leaf", torch.tensor(self.is_term + [False], dtype=self.sums.dtype), persistent=False)
         self.inputs_read = None if inputs_read is None else frozenset(inputs_read)
         self.rewrite = rewrite
         self.enabled = True
@@ -115,8 +109,9 @@ class Monitor(nn.Module):
             self._add(fold_row(row, weights, self._leaf, self.ema), phase)
             return
         with pending.lock:
-            if row.device != pending.device:
-                self._follow(row.device)
+            if row.device != pending.device:  # the statistics follow the inputs, moved once
+                with torch.inference_mode(False):  # made in an inference_mode call, stay writable
+                    self.to(row.device)
             if phase != pending.phase or len(pending.rows) == PENDING_ROWS:
                 self._flush()
                 pending.phase = phase
@@ -147,11 +142,6 @@ class Monitor(nn.Module):
             if pending.rows:
                 rows, pending.rows = pending.rows, []
                 self._fold(stack_rows(rows, self._leaf.dtype), pending.phase)
-
-    def _follow(self, device: torch.device) -> None:
-        """Move the statistics to the inputs' device (once, when it changes)."""
-        with torch.inference_mode(False):  # state made in an inference_mode call stays writable
-            self.to(device)
 
     def _apply(self, fn, recurse: bool = True):
         self._flush()  # the pending rows are on the old device
@@ -197,13 +187,10 @@ class Monitor(nn.Module):
         return self
 
     def _probe(self, weights: Tensor, values: Sequence[Tensor], inputs: CallInputs) -> None:
-        named = {"pred": inputs.pred, "target": inputs.target, **inputs.inputs}
-        wrt = [named.get(n) for n in self._probe_inputs]
-        wrt = [t for t in wrt if isinstance(t, Tensor) and t.requires_grad]
-        if not wrt or not any(isinstance(v, Tensor) and v.requires_grad for v in values):
-            return  # no graph to probe (inputs without grad, or under no_grad)
-        probed = probe_norms(values, weights, wrt, self._leaf.dtype, self.sums.device)
-        self.sums[0, -2:, :-1].add_(probed)  # not the total: one backward pass fewer
+        wrt = probed_inputs(inputs, self._probe_inputs, values)
+        if wrt:
+            probed = probe_norms(values, weights, wrt, self._leaf.dtype, self.sums.device)
+            self.sums[0, -2:, :-1].add_(probed)  # not the total: one backward pass fewer
 
     # --- sinks ----------------------------------------------------------------------------
 
@@ -241,7 +228,14 @@ class Monitor(nn.Module):
 
     def write(self, step: int | None = None) -> None:
         """Write to every attached sink now, each the means since its previous row; ``step``
-        labels the rows (default: the step the loss stores)."""
+        labels the rows (default: the step the loss stores).
+
+        >>> import torch, lossdsl
+        >>> crit, rows = lossdsl.compile("mse"), []
+        >>> _ = crit.monitor.attach(lambda scalars, step: rows.append((step, scalars["loss/mse"])), every=100)
+        >>> _ = crit(torch.zeros(2), torch.full((2,), 2.0)); crit.monitor.write(step=7); rows
+        [(7, 4.0)]
+        """
         with self._pending.lock:
             self._sinks.start()
             self._write(self._sinks.every_sink(), step)
@@ -342,14 +336,19 @@ class Monitor(nn.Module):
 
     def reset(self) -> None:
         """Clear every statistic of both phases and start every reader's window anew (the
-        count of training calls, the probe's and the sinks' cadence, keeps counting)."""
+        count of training calls, the probe's and the sinks' cadence, keeps counting).
+
+        >>> import torch, lossdsl
+        >>> crit = lossdsl.compile("mse")
+        >>> _ = crit(torch.zeros(2), torch.ones(2)); crit.monitor.reset()
+        >>> crit.monitor.stats()["mse"]["count"], crit.monitor.as_dict()
+        (0.0, {})
+        """
         with self._pending.lock:
             self._pending.rows = []
             self._windows.clear()
-            for buf in (self.sums, self.ema_acc, self.ema_norm):
-                buf.zero_()
-            self.low.fill_(math.inf)
-            self.high.fill_(-math.inf)
+            for name, fresh in new_statistics(len(self.names) + 1, len(PHASES)).items():
+                getattr(self, name).copy_(fresh)
             self.gradients.reset()
 
     def suggest_weights(self, target: dict[str, float] | None = None) -> Suggestion:

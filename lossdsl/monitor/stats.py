@@ -23,7 +23,8 @@ from ..errors import LossDSLError, did_you_mean
 
 __all__ = [
     "QUANTITIES", "ROWS", "PENDING_ROWS", "Increment", "CallInputs", "PendingRows",
-    "fold_rows", "stack_rows", "stat_dtype", "ratio", "probe_norms", "probe_settings", "all_reduce",
+    "fold_rows", "stack_rows", "stat_dtype", "new_statistics", "ratio", "probed_inputs", "probe_norms",
+    "probe_settings", "all_reduce",
 ]
 
 QUANTITIES = ("raw", "weight", "weighted", "share")
@@ -39,6 +40,24 @@ def stat_dtype(device: torch.device) -> torch.dtype:
     """The dtype of the statistics on ``device``: float64 keeps long running sums (and
     counts, up to 2^53) exact; MPS has no float64."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def new_statistics(columns: int, phases: int) -> dict[str, Tensor]:
+    """The monitor's statistics before any call, per phase and column (the terms and the
+    total): sums and counts since ``reset()``, the EMA's accumulator and its normaliser, the
+    lowest and highest value of each quantity.
+
+    >>> {name: tuple(t.shape) for name, t in new_statistics(3, 2).items()}["low"]
+    (2, 4, 3)
+    """
+    acc, q = stat_dtype(torch.device("cpu")), len(QUANTITIES)
+    return {
+        "sums": torch.zeros(phases, len(ROWS), columns, dtype=acc),
+        "ema_acc": torch.zeros(phases, q, columns, dtype=acc),
+        "ema_norm": torch.zeros(phases, columns, dtype=acc),
+        "low": torch.full((phases, q, columns), math.inf, dtype=acc),
+        "high": torch.full((phases, q, columns), -math.inf, dtype=acc),
+    }
 
 
 class CallInputs(NamedTuple):
@@ -208,6 +227,21 @@ def probe_settings(every: int, inputs: Sequence[str], inputs_read: frozenset | N
             hint=did_you_mean(unknown[0], known) or "inputs: " + ", ".join(sorted(known)),
         )
     return int(every), tuple(inputs)
+
+
+def probed_inputs(inputs: CallInputs, names: Sequence[str], values: Sequence) -> list[Tensor]:
+    """The inputs named ``names`` that require grad; none when no value has a graph to probe
+    (the inputs do not require grad, or the call ran under ``no_grad``).
+
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> len(probed_inputs(CallInputs(x, torch.ones(2), {}), ["pred", "target"], [x.sum()]))
+    1
+    """
+    named = {"pred": inputs.pred, "target": inputs.target, **inputs.inputs}
+    wrt = [t for t in (named.get(n) for n in names) if isinstance(t, Tensor) and t.requires_grad]
+    if not any(isinstance(v, Tensor) and v.requires_grad for v in values):
+        return []
+    return wrt
 
 
 def probe_norms(values: Sequence, weights: Tensor, wrt: list[Tensor], dtype: torch.dtype, device) -> Tensor:
