@@ -26,7 +26,8 @@ from ..errors import LossDSLError
 from ..tools.catalogue import describe, terms_listing, unknown_hint
 from ..tools.explain import explain
 from ..tools.gradcheck import run_gradcheck
-from ..tools.plot import PLOT_EXTRA, plot_log, read_log, require_matplotlib
+from ..monitor.logs import read_jsonl
+from ..tools.plot import PLOT_EXTRA, plot_log, require_matplotlib
 from ..tools.suggest import suggest_from_log
 from .demo import run_demo
 
@@ -168,7 +169,7 @@ def _targets(text: str | None) -> dict[str, float] | None:
 def cmd_balance(args) -> int:
     source = _program(args) if (args.expr is not None or args.config) else None
     target = _targets(args.target)
-    read_log(args.log)  # a file that is not a log is reported by line before any work
+    read_jsonl(args.log)  # a file that is not a log is reported by line before any work
     suggestion = suggest_from_log(args.log, source=source, target=target)
     width = max((len(n) for n in suggestion.weights), default=4)
     print("suggested weights:")

@@ -9,7 +9,8 @@ names and values, never the program's text, syntax or IR.
 """
 
 from .monitor import Monitor
-from .sinks import FunctionSink, JsonlWriter, TensorBoardWriter, read_jsonl
+from .logs import read_jsonl
+from .sinks import FunctionSink, JsonlWriter, TensorBoardWriter
 from .stats import CallInputs
 from .suggest import Suggestion
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ..errors import LossDSLError
 
-__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "AttachedSinks", "as_sink", "read_jsonl"]
+__all__ = ["JsonlWriter", "TensorBoardWriter", "FunctionSink", "AttachedSinks", "as_sink"]
 
 
 def _is_rank_zero() -> bool:
@@ -351,32 +351,3 @@ def as_sink(obj: Any):
         hint="pass a path, lossdsl.JsonlWriter(path), lossdsl.TensorBoardWriter(dir), an object "
         "with write(scalars, step), or a function f(scalars, step)",
     )
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSONL log, ``null`` read back as NaN; lines without a step are skipped.
-    A number too large for a float is a :class:`~lossdsl.LossDSLError` naming the line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            record = json.loads(line)
-            if isinstance(record, dict) and "step" in record:
-                records.append({k: _read_value(v, path, number, k) for k, v in record.items()})
-    return records
-
-
-def _read_value(value: Any, path: str | os.PathLike, number: int, key: str) -> Any:
-    if value is None:
-        return math.nan
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            float(value)  # JSON allows integers of any size; a float stops near 1.8e308
-        except OverflowError:
-            raise LossDSLError(
-                f"{os.fspath(path)}, line {number}: the value of {key!r} is too large for a float",
-                hint="a log is written by crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)",
-            ) from None
-    return value

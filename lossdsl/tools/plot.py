@@ -2,7 +2,7 @@
 term's share of the total as a stacked area (plus the shares of the gradient norm when probed).
 
 A log is what :class:`~lossdsl.JsonlWriter` writes: one JSON object a line, every value a
-number or ``null``. :func:`read_log` (also used by ``lossdsl balance``) checks each line, so
+number or ``null``, read by :func:`lossdsl.monitor.read_jsonl`, which checks each line, so
 that a binary file, a cut line or a string where a number belongs is a
 :class:`~lossdsl.LossDSLError` naming the file and the line, not a decoding error from deep
 inside a plot.
@@ -25,17 +25,15 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import stat
 from pathlib import Path
-from typing import Any
 
 from ..errors import LossDSLError
+from ..monitor.logs import read_jsonl
 from .suggest import log_names, log_terms
 
-__all__ = ["plot_log", "read_log", "require_matplotlib", "PLOT_EXTRA"]
+__all__ = ["plot_log", "require_matplotlib", "PLOT_EXTRA"]
 
 PLOT_EXTRA = "pip install 'lossdsl[plot]'"
 
@@ -52,86 +50,6 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(f"plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from None
-
-
-_HINT = "a log is written by crit.monitor.attach(lossdsl.JsonlWriter(path), every=N)"
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _open(path: str):
-    try:
-        # O_NONBLOCK: a named pipe is refused below instead of waiting for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (FileNotFoundError, NotADirectoryError):
-        raise LossDSLError(f"no log at {path}", hint="check the path") from None
-    except IsADirectoryError:
-        raise LossDSLError(f"{path} is a directory, not a JSONL log", hint=_HINT) from None
-    except OSError as err:
-        raise LossDSLError(f"cannot read {path}: {err.strerror or err}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LossDSLError(f"{path} is not a regular file", hint=_HINT)
-    return os.fdopen(fd, "rb")
-
-
-def _fits_a_float(value: int | float) -> bool:
-    try:
-        float(value)  # JSON allows integers of any size; a float stops near 1.8e308
-    except OverflowError:
-        return False
-    return True
-
-
-def _line_error(path: str, number: int, problem: str) -> LossDSLError:
-    return LossDSLError(f"{path}, line {number}: {problem}", hint=_HINT)
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSONL log (``null`` read back as NaN); lines without ``step`` are skipped.
-
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> path = os.path.join(folder, "run.jsonl")
-    >>> _ = open(path, "w").write('{"step": 1, "loss/total": 2.0}\\n{"step": 2, "loss/total": "high"}\\n')
-    >>> try:
-    ...     read_log(path)
-    ... except LossDSLError as err:
-    ...     print(err.message.replace(folder + os.sep, ""))
-    run.jsonl, line 2: the value of 'loss/total' is not a number
-    """
-    path = os.fspath(path)
-    records = []
-    with _open(path) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise _line_error(path, number, "not UTF-8 text (is this a JSONL log?)") from None
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except RecursionError:
-                raise _line_error(path, number, "nested too deeply to be a log line") from None
-            except ValueError as err:  # JSONDecodeError, or an integer of more than 4300 digits
-                problem = getattr(err, "msg", None) or str(err).split("; use sys.")[0]
-                raise _line_error(path, number, f"not JSON ({problem})") from None
-            if not isinstance(record, dict):
-                raise _line_error(path, number, f"a JSON {type(record).__name__}, not an object")
-            for key, value in record.items():
-                if value is not None and not _number(value):
-                    raise _line_error(path, number, f"the value of {key!r} is not a number")
-                if _number(value) and not _fits_a_float(value):
-                    raise _line_error(path, number, f"the value of {key!r} is too large for a float")
-            if "step" not in record:
-                continue
-            if not _number(record["step"]) or not math.isfinite(record["step"]):
-                raise _line_error(path, number, "the step is not a finite number")
-            records.append({k: (math.nan if v is None else v) for k, v in record.items()})
-    return records
 
 
 def _series(records: list[dict], key: str) -> list[float]:
@@ -183,7 +101,7 @@ def plot_log(
             f"cannot draw {os.fspath(png_path)!r}: .{kind} is not an image format matplotlib writes",
             hint="use one of the suffixes " + ", ".join("." + f for f in formats),
         )
-    records = read_log(jsonl_path)
+    records = read_jsonl(jsonl_path)
     names, prefix = log_names(records)
     if not records or not names:
         raise LossDSLError(

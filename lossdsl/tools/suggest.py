@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 
 from ..compiler import check
 from ..errors import LossDSLError
-from ..monitor.sinks import read_jsonl
+from ..monitor.logs import read_jsonl
 from ..monitor.suggest import Suggestion, suggest
 from ..resolve import ir
 from ..resolve.rewrite import rewriter
