@@ -136,7 +136,7 @@ def cmd_terms(args) -> int:
 def cmd_plot(args) -> int:
     require_matplotlib()
     out = args.output or _beside(args.log, ".png")
-    plot_log(args.log, out)
+    out = plot_log(args.log, out)
     print(f"wrote {out}")
     return 0
 

@@ -86,7 +86,8 @@ def plot_log(
     term's share of the weighted gradient norm, stacked. Named composites are drawn in the
     top panel only (dotted); ``source``, the program that wrote the log, tells them from
     terms exactly, else their shares do (:func:`lossdsl.tools.suggest.log_terms`). Returns the
-    PNG's path. The image format follows the suffix of ``png_path`` (PNG without one). A file
+    image's path. The image format follows the suffix of ``png_path`` (without one: PNG, and
+    ``.png`` is added to the name). A file
     that is not such a log, or a suffix matplotlib cannot write, raises
     :class:`~lossdsl.LossDSLError`.
     """
@@ -143,6 +144,8 @@ def plot_log(
     axes[-1].set_xlabel("step (calls)")
 
     png_path = Path(png_path)
+    if not kind:  # matplotlib adds the suffix of its default format; the path returned is the file
+        png_path = png_path.with_name(png_path.name + ".png")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=100)
     return str(png_path)

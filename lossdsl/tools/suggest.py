@@ -167,7 +167,9 @@ def log_terms(records: list[dict], names: list[str], prefix: str, source: str | 
     excess = sum(v for v in share.values() if v == v) - 1.0
     dropped: set[str] = set()
     while excess > 0.01:
-        fits = [n for n in names if n not in dropped and 0 < share[n] <= excess + 0.01]
+        # a share above 1 is not one the monitor writes: such a name is never taken for a
+        # composite, so at least one name stays a term
+        fits = [n for n in names if n not in dropped and 0 < share[n] <= min(excess + 0.01, 1.0)]
         if not fits:
             break
         best = max(reversed(fits), key=lambda n: share[n])  # max keeps the first of equals
