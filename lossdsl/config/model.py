@@ -31,7 +31,7 @@ from typing import Annotated, Any, Callable, Literal
 
 import pydantic
 from annotated_types import Gt, Lt
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from ..compiler import check as check_program
 from ..compiler import compile as compile_program
@@ -65,7 +65,7 @@ class MonitorSettings(BaseModel):
     log_every: Annotated[int, Gt(0)] = Field(
         default=10, description="write the per-term statistics to the sink every N calls"
     )
-    sink: str | None = Field(
+    sink: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = Field(
         default=None,
         description="where to write: a path ending in .jsonl (one JSON object a line) or a "
         "TensorBoard log directory; relative paths are relative to the working directory",

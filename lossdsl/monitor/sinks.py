@@ -175,7 +175,9 @@ class TensorBoardWriter(_ClosedOnExit):
                 f"TensorBoardWriter needs the tensorboard package ({err})",
                 hint="pip install 'lossdsl[tensorboard]'",
             ) from None
-        self.log_dir = str(log_dir)
+        self.log_dir = os.fspath(log_dir)
+        if not self.log_dir.strip():  # SummaryWriter would pick a folder of its own, unsaid
+            raise LossDSLError("the TensorBoard log folder is empty", hint="pass a folder, e.g. TensorBoardWriter('runs/exp1')")
         if os.path.exists(self.log_dir) and not os.path.isdir(self.log_dir):
             raise LossDSLError(
                 f"TensorBoardWriter({self.log_dir!r}): that is a file; TensorBoard writes into a folder",
