@@ -132,6 +132,9 @@ def compile(
             FutureWarning,
             stacklevel=2,
         )
+    if not (isinstance(strict, int) and strict in (0, 1)):  # "false" from a config is true to bool()
+        raise LossDSLError(f"strict={strict!r}: strict is True or False", hint="strict=False lets a call pass "
+                           "keyword inputs that no term reads")
     resolved = resolve_source(source, terms)
     return Loss(resolved, program_for(resolved, nonfinite, terms), strict=strict, nonfinite=nonfinite)
 

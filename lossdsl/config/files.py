@@ -80,7 +80,7 @@ def read_config_file(path: str) -> tuple[str, Any, str, Places]:
         )
     raw = _read_bytes(path)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark, which some editors write, is no content
     except UnicodeDecodeError as err:
         at = len(raw[: err.start].decode("utf-8"))
         rest = raw[err.start :].decode("utf-8", errors="replace")
