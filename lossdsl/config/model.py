@@ -268,14 +268,28 @@ def _plain(value: Any, done: dict[int, dict], where: tuple[str, ...]) -> Any:
         )
     out: dict[str, Any] = {}
     done[id(value)] = out
-    for k, v in value.items():
-        out[str(k)] = _plain(v, done, where + (str(k),))
+    for k in value.keys():
+        out[str(k)] = _plain(_item(value, k, where), done, where + (str(k),))
     return out
 
 
+def _item(mapping: Any, key: Any, where: tuple[str, ...]) -> Any:
+    """``mapping[key]``; a value that OmegaConf cannot give (``???`` left unset, an
+    interpolation that fails) is a :class:`ConfigError` naming its key."""
+    try:
+        return mapping[key]
+    except KeyError:
+        raise
+    except Exception as err:
+        dotted = ".".join(where + (str(key),))
+        problem = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"the config value '{dotted}' cannot be read: {problem}", key=dotted,
+                          hint="give it a value: ??? marks one still to be set, and ${...} must name a key") from None
+
+
 def _get(data: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        data = data[part]
+    for depth, part in enumerate(path):
+        data = _item(data, part, path[:depth])
     return data
 
 
