@@ -30,7 +30,7 @@ import torch
 from torch.autograd.gradcheck import GradcheckError, gradcheck
 
 from ..compiler import compile as compile_program
-from ..errors import LossDSLError
+from ..errors import LossDSLError, did_you_mean
 from ..resolve import ir
 
 __all__ = [
@@ -205,6 +205,7 @@ def _inputs(nodes: list[ir.Node], shape, shapes: dict, generator) -> tuple[list,
                     drawn.setdefault(route.path, values[route.param])
     shape = shape or DEFAULT_SHAPE
     domains = _domains(terms)
+    conditions = _conditions(nodes)
     names, tensors, others = [], [], {}
     for path in paths:
         size = shapes.get(".".join(path), shape)
@@ -216,6 +217,8 @@ def _inputs(nodes: list[ir.Node], shape, shapes: dict, generator) -> tuple[list,
             value = torch.nn.Tanh()
         elif classes is not None:
             value = torch.randint(0, classes[1], shapes.get(".".join(path), classes[0]), generator=generator)
+        elif path in conditions:  # where() takes a boolean condition, not a drawn number
+            value = torch.rand(size, generator=generator) < 0.5
         elif kind == ANY and path == ("pred",):
             value = torch.randn(size, dtype=torch.float64, generator=generator)
         else:
@@ -227,6 +230,19 @@ def _inputs(nodes: list[ir.Node], shape, shapes: dict, generator) -> tuple[list,
         names.append(path)
         tensors.append(value.requires_grad_() if value.is_floating_point() else value)
     return names, tensors, others
+
+
+def _conditions(nodes: list[ir.Node]) -> set[tuple[str, ...]]:
+    """The inputs that ``where`` reads as its condition (through indexing and ``detach``)."""
+    found = set()
+    for node in nodes:
+        if isinstance(node, ir.Call) and node.name == "where":
+            condition = node.args[0]
+            while isinstance(condition, ir.Call) and condition.name in ("index", "detach"):
+                condition = condition.args[0]
+            if isinstance(condition, ir.Input):
+                found.add(condition.path)
+    return found
 
 
 def _logged_terms(resolved: ir.IR) -> list[tuple[str, ir.Term]]:
@@ -262,6 +278,11 @@ def run_gradcheck(source: str, shape=None, shapes: dict | None = None, seed: int
     nodes = resolved.nodes()
     generator = torch.Generator().manual_seed(seed)
     names, tensors, others = _inputs(nodes, shape, shapes, generator)
+    read = [".".join(path) for path in [*names, *others]]
+    unread = [name for name in shapes if name not in read]
+    if unread:  # a misspelt name would leave its input at the default shape, unsaid
+        raise LossDSLError(f"a shape is given for the input '{unread[0]}', which the program does not read",
+                           hint=did_you_mean(unread[0], read) or "inputs it reads: " + ", ".join(read))
     extra: dict[str, Any] = {}
     if "model" in resolved.inputs_read:
         extra["model"] = torch.nn.Linear((shape or DEFAULT_SHAPE)[-1], 2).double()
