@@ -70,20 +70,26 @@ def run_demo(
     """Train the forecaster with the demo's loss config; returns the training loss of every step.
 
     ``out_dir=None`` writes no files (no log, no plot); otherwise the config's sink is
-    replaced by ``<out_dir>/terms.jsonl`` and the plot goes to ``<out_dir>/terms.png``.
+    replaced by ``<out_dir>/terms.jsonl`` and the plot goes to ``<out_dir>/terms.png``. The
+    log of an earlier run there is replaced, and the demo says so, unless the config says
+    ``monitor.append: true``.
     """
     path = find_config(config)
     cfg: LossConfig = load_config(yaml.safe_load(DEFAULT_CONFIG) if path is None else path)
     where = "the built-in copy of " + CONFIG_NAME if path is None else _shown(path)
+    say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     log_path = png_path = None
-    if out_dir is not None:
+    if out_dir is not None and not cfg.monitor.enabled:
+        say("monitoring is off in the config (monitor.enabled: false): no log, plot or suggestion")
+    elif out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         log_path, png_path = Path(out_dir) / "terms.jsonl", Path(out_dir) / "terms.png"
-        log_path.unlink(missing_ok=True)  # a fresh log per run
+        if log_path.exists() and not cfg.monitor.append:  # a fresh log per run, and said so
+            log_path.unlink()
+            say(f"replacing the log of an earlier run: {log_path} (monitor.append: true keeps it)")
     monitor = cfg.monitor.model_copy(update={"sink": None if log_path is None else str(log_path)})
     crit = cfg.model_copy(update={"monitor": monitor}).compile()
-    if not quiet:
-        print(f"loss from {where}:\n  {crit.canonical}", flush=True)
+    say(f"loss from {where}:\n  {crit.canonical}")
     return train(
         crit,
         300 if steps is None else int(steps),

@@ -192,6 +192,8 @@ def _train(crit, steps, seed, batch, print_every, progress, quiet, log_path, png
                 say(f"plot: {png_path}")
             except ImportError as err:  # matplotlib is an optional dependency; the error names the extra
                 say(f"no plot: {err}")
+    if not crit.monitor.enabled:
+        return history
     suggestion = crit.monitor.suggest_weights()
     say("suggested weights (equal share of the gradient norm): " + ", ".join(
         f"{name} {weight:.3g}" for name, weight in suggestion.weights.items()))
