@@ -115,6 +115,13 @@ def program_offsets(text: str, place: Place, decoded: str) -> list[int]:
 
 def _content_start(text: str, place: Place) -> int:
     start, style = place.value_start, place.style
+    # a YAML node starts at its properties, an anchor (&name) or a tag (!!str), which no
+    # scalar of any format can start with: the content comes after them
+    while start < len(text) and text[start] in "&!":
+        while start < len(text) and text[start] not in " \t\r\n":
+            start += 1
+        while start < len(text) and text[start] in " \t":
+            start += 1
     if style in ("|", ">"):
         newline = text.find("\n", start)
         return len(text) if newline == -1 else newline + 1
