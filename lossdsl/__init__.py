@@ -69,14 +69,20 @@ __all__ = [
 ]
 
 
+# the packages a user may reach as attributes after `import lossdsl` (lossdsl.config.load_config)
+_PACKAGES = frozenset({"config", "monitor", "tools", "terms", "errors", "syntax", "cli"})
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
+    if module is None and name not in _PACKAGES:
         raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
     with warnings.catch_warnings():
         # torch warns at import when numpy is missing; lossdsl never converts to numpy, so a
         # missing numpy is no concern of its users
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+        if module is None:
+            return importlib.import_module(f"lossdsl.{name}")  # which sets the attribute
         if name == "term":
             importlib.import_module("lossdsl.compiler")  # the catalogue first: a new term may not shadow it
         value = getattr(importlib.import_module(module), name)
