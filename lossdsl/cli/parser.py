@@ -59,11 +59,19 @@ def _program_args(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return sub
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse takes ``-mse`` (a program that starts with a minus) for an option: its usage
+    error then says how to pass such a program."""
+
+    def error(self, message: str):
+        if "unrecognized arguments: -" in message:
+            message += "\nhint: a program that starts with '-' goes after '--', e.g. lossdsl check -- '-mse'"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (each sub-parser is in ``args.parser``)."""
-    parser = argparse.ArgumentParser(
-        prog="lossdsl", description="Check, explain and try out lossdsl loss programs."
-    )
+    parser = _Parser(prog="lossdsl", description="Check, explain and try out lossdsl loss programs.")
     parser.add_argument("--version", action="version", version=f"lossdsl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
