@@ -155,6 +155,8 @@ class _Origin:
             err.source = self.text
         elif self.text is not None and place is not None and err.source is None:
             err.source, err.span = self.text, place.key_span
+        elif self.text is not None and place is None:  # a line and column of the value would pass for the file's
+            err.source = err.span = None
         err.args = (str(err),)
         return err
 
