@@ -368,8 +368,7 @@ class Loss(nn.Module):
         >>> crit.load_state_dict(crit.state_dict())
         <All keys matched successfully>
         """
-        if strict:
-            check_keys(self, state_dict, self.canonical)
+        check_keys(self, state_dict, self.canonical, strict)
         return super().load_state_dict(state_dict, strict, assign)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

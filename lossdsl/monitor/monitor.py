@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import LossDSLError
 from .gradients import GradientStats
 from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, step_part
-from .readers import to_host, window_scalars
+from .readers import check_saved_windows, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, CallInputs, Increment, PendingRows, fold_row, new_statistics
 from .stats import fold_rows, probe_norms, probe_settings, probed_inputs, stack_rows, stat_dtype
@@ -378,6 +378,8 @@ class Monitor(nn.Module):
         calls (the probe's and the sinks' cadence) and every reader's window."""
         return {"calls": self._pending.calls, "marks": self._windows.state()}
 
+    check_extra_state = staticmethod(check_saved_windows)  # before a load copies anything
+
     def set_extra_state(self, state: Any) -> None:
         self._pending.calls = int(state["calls"])
         self._windows.load(state["marks"])
@@ -391,8 +393,7 @@ class Monitor(nn.Module):
     def __getstate__(self):
         self._flush()
         state = self.__dict__.copy()
-        # files and closures stay here; a restored copy continues its logs
-        state["_sinks"] = AttachedSinks(resumed=True)
+        state["_sinks"] = AttachedSinks(resumed=True)  # files and closures stay; a copy continues its logs
         return state
 
     def extra_repr(self) -> str:

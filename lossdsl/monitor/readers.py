@@ -16,7 +16,7 @@ previous read: :class:`Windows` keeps, per reader, the sums of its phase at that
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from .stats import QUANTITIES, ROWS, all_reduce, ratio
 
 __all__ = [
     "PHASES", "Windows", "phase_index", "check_prefix", "step_part", "to_host", "window_scalars", "stats_table",
-    "format_table",
+    "format_table", "check_saved_windows",
 ]
 
 PHASES = ("train", "eval")  # training calls, validation calls (eval mode or gradients disabled)
@@ -97,6 +97,23 @@ class Windows:
 
     def load(self, marks: dict[str, Tensor]) -> None:
         self.marks = dict(marks)
+
+
+def check_saved_windows(state: Any) -> None:
+    """A monitor's extra state as :meth:`Monitor.get_extra_state` writes it (checked before a
+    load copies anything): a whole count of training calls, and each reader's mark a tensor.
+
+    >>> check_saved_windows({"calls": 3, "marks": {}})
+    """
+    calls = state.get("calls") if isinstance(state, Mapping) else None
+    marks = state.get("marks") if isinstance(state, Mapping) else None
+    if (isinstance(calls, int) and not isinstance(calls, bool) and calls >= 0 and isinstance(marks, Mapping)
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in marks.items())):
+        return
+    raise LossDSLError(
+        "the state's monitor entry is not one a monitor saved (nothing was loaded)",
+        hint="load the state saved from this loss (crit.state_dict()), or drop the entry and load with strict=False",
+    )
 
 
 def check_prefix(prefix: Any) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import LossDSLError
@@ -41,10 +42,10 @@ def check_program(state: Any, canonical: str) -> None:
         )
 
 
-def _held(module: nn.Module, prefix: str) -> dict[str, Tensor | None]:
-    """The keys of ``module``'s state under ``prefix``: its tensors, and None for each
-    module's extra state."""
-    held: dict[str, Tensor | None] = {}
+def _held(module: nn.Module, prefix: str) -> dict[str, Tensor | nn.Module]:
+    """The keys of ``module``'s state under ``prefix``: its tensors, and for each module's
+    extra state the module (which may check it: ``check_extra_state``)."""
+    held: dict[str, Tensor | nn.Module] = {}
     for name, sub in module.named_modules():
         base = prefix + (name + "." if name else "")
         for key, value in sub._parameters.items():
@@ -54,13 +55,21 @@ def _held(module: nn.Module, prefix: str) -> dict[str, Tensor | None]:
             if value is not None and key not in sub._non_persistent_buffers_set:
                 held[base + key] = value
         if type(sub).get_extra_state is not nn.Module.get_extra_state:
-            held[base + "_extra_state"] = None
+            held[base + "_extra_state"] = sub
     return held
 
 
-def check_keys(module: nn.Module, state_dict: Mapping[str, Any], canonical: str, prefix: str = "") -> None:
-    """Strict loading: the state of this program (``canonical``), every key of this loss
-    present, and no other."""
+def check_keys(module: nn.Module, state_dict: Any, canonical: str, strict: bool = True) -> None:
+    """A mapping, and under ``strict``: the state of this program (``canonical``), every key
+    of this loss present, and no other."""
+    if not isinstance(state_dict, Mapping):
+        raise LossDSLError(
+            f"load_state_dict takes a state (a mapping of names to tensors), not a {type(state_dict).__name__}",
+            hint="load a saved file first: crit.load_state_dict(torch.load(path))",
+        )
+    if not strict:
+        return
+    prefix = ""
     if prefix + "_extra_state" in state_dict:
         check_program(state_dict[prefix + "_extra_state"], canonical)
     held = _held(module, prefix)
@@ -86,9 +95,13 @@ def check_shapes(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, 
     if prefix + "_extra_state" in state_dict:
         check_program(state_dict[prefix + "_extra_state"], canonical)
     for key, own in _held(module, prefix).items():
-        if own is None or key not in state_dict:
+        if key not in state_dict:
             continue
         given = state_dict[key]
+        if isinstance(own, nn.Module):
+            if own is not module and hasattr(own, "check_extra_state"):
+                own.check_extra_state(given)
+            continue
         if not isinstance(given, Tensor):
             raise LossDSLError(
                 f"the state's {key!r} is a {type(given).__name__}, not a tensor (nothing was loaded)",
@@ -99,3 +112,21 @@ def check_shapes(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, 
                 f"the state's {key!r} has shape {tuple(given.shape)}, this loss holds {tuple(own.shape)}",
                 hint="load the state saved from this loss (crit.state_dict()); nothing was loaded",
             )
+        if given.is_meta and not own.is_meta:
+            raise LossDSLError(
+                f"the state's {key!r} is on the meta device: it holds no numbers (nothing was loaded)",
+                hint="save the state of a loss that has run on a real device",
+            )
+        if key == prefix + "step":
+            _check_step(given)
+
+
+def _check_step(step: Tensor) -> None:
+    """A saved step obeys the rules of ``step=``: a whole number, at least 0."""
+    whole = not (step.is_floating_point() or step.is_complex() or step.dtype == torch.bool)
+    if not whole or (not step.is_meta and int(step) < 0):
+        raise LossDSLError(
+            f"the state's step is {step.item() if not step.is_meta else step}: a step is a whole number >= 0 "
+            "(nothing was loaded)",
+            hint="load the state saved from this loss (crit.state_dict())",
+        )
