@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import LossDSLError
 from .gradients import GradientStats
 from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, step_part
-from .readers import check_saved_windows, to_host, window_scalars
+from .readers import check_saved_windows, step_label, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, CallInputs, Increment, PendingRows, fold_row, new_statistics
 from .stats import fold_rows, probe_norms, probe_settings, probed_inputs, stack_rows, stat_dtype
@@ -230,12 +230,12 @@ class Monitor(nn.Module):
         """Write to every attached sink now, each the means since its previous row; ``step``
         labels the rows (default: the step the loss stores).
 
-        >>> import torch, lossdsl
-        >>> crit, rows = lossdsl.compile("mse"), []
+        >>> import torch, lossdsl; crit, rows = lossdsl.compile("mse"), []
         >>> _ = crit.monitor.attach(lambda scalars, step: rows.append((step, scalars["loss/mse"])), every=100)
         >>> _ = crit(torch.zeros(2), torch.full((2,), 2.0)); crit.monitor.write(step=7); rows
         [(7, 4.0)]
         """
+        step = None if step is None else step_label(step)  # refused before a window is read
         with self._pending.lock:
             self._sinks.start()
             self._write(self._sinks.every_sink(), step)

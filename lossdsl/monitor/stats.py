@@ -219,6 +219,9 @@ def probe_settings(every: int, inputs: Sequence[str], inputs_read: frozenset | N
     """
     if isinstance(every, bool) or not isinstance(every, Integral) or every < 0:
         raise LossDSLError(f"probe(every={every!r}): every must be a whole number >= 0", hint="0 turns the probe off")
+    inputs = (inputs,) if isinstance(inputs, str) else inputs  # one name, not its letters
+    if not isinstance(inputs, Sequence) or not all(isinstance(n, str) for n in inputs):
+        raise LossDSLError(f"probe(inputs={inputs!r}): inputs are names of inputs", hint="e.g. inputs=('pred',)")
     known = {"pred", "target"} | set(inputs if inputs_read is None else inputs_read)
     unknown = [n for n in inputs if n not in known]
     if unknown:
