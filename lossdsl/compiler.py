@@ -18,6 +18,8 @@ import functools
 import warnings
 from typing import Callable, Mapping
 
+import torch
+
 from .errors import LossDSLError
 from .language.registry import BUILTIN_NAMES, FIXED_NAMES, RESERVED_WORDS
 from .language.registry import TermSpec, registry, spec_from_function
@@ -136,7 +138,9 @@ def compile(
         raise LossDSLError(f"strict={strict!r}: strict is True or False", hint="strict=False lets a call pass "
                            "keyword inputs that no term reads")
     resolved = resolve_source(source, terms)
-    return Loss(resolved, program_for(resolved, nonfinite, terms), strict=strict, nonfinite=nonfinite)
+    program = program_for(resolved, nonfinite, terms)
+    with torch.inference_mode(False):  # state made in an inference_mode block must stay writable
+        return Loss(resolved, program, strict=strict, nonfinite=nonfinite)
 
 
 def check(source: str, *, terms: Mapping[str, Callable] | None = None) -> ir.IR:
