@@ -118,12 +118,17 @@ class _TensorMath:
 
     @staticmethod
     def reached(step: Tensor, boundary: float) -> Tensor:
-        hit = step >= math.ceil(boundary) if not step.is_floating_point() else step >= boundary
+        if step.is_floating_point():
+            hit = step >= boundary
+        elif boundary >= STEP_LIMIT:  # beyond every step an int64 holds (compared as one, it would overflow)
+            hit = torch.zeros_like(step, dtype=torch.bool)
+        else:
+            hit = step >= math.ceil(max(boundary, -1.0))
         return _TensorMath.real(hit)
 
     @staticmethod
     def phase(step: Tensor, period: float) -> Tensor:
-        if not step.is_floating_point() and float(period).is_integer():
+        if not step.is_floating_point() and float(period).is_integer() and period < STEP_LIMIT:
             return _TensorMath.real(torch.remainder(step, int(period))) / period
         return torch.remainder(_TensorMath.real(step), period) / period
 
