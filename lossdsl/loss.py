@@ -16,7 +16,6 @@ last call saw for ``terms`` and ``weights``.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any, Mapping
 
 import torch
@@ -37,7 +36,7 @@ from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_err
 from .runtime.inputs import devices_error, missing_input, read_path, unread_error
 from .runtime.precision import values_row
 from .runtime.state import check_keys, check_program, check_shapes
-from .runtime.steps import STEP_LIMIT, checked_step, stepless_warning
+from .runtime.steps import STEP_LIMIT, StepWatch, checked_step
 
 __all__ = ["Loss"]
 
@@ -89,8 +88,7 @@ class Loss(nn.Module):
         self._last = LastCall()
         self._constant = {}  # (dtype, device) -> the constant weights as a tensor
         self._shapes_seen: set = set()  # shapes of tensor-expression inputs already checked
-        # training calls with schedules but no step ever given (warned about once); None: not watched
-        self._stepless_calls: int | None = 0 if program.schedules else None
+        self._watch = StepWatch(program.schedules)
         self._aggregating = self._wire_gradient_balancers(resolved)
         self._held = None  # an aggregating program's last training call, for backward()
         self._backward_open = False
@@ -117,10 +115,12 @@ class Loss(nn.Module):
         >>> crit(torch.zeros(2), torch.ones(2), w=torch.tensor([1.0, 3.0]))
         tensor(2.)
         """
+        if self.step.is_meta:  # moved to meta whole: a real call starts the step anew on its device
+            self._step_anew(pred, target, inputs)
         if step is not None:
             self._store_step(step)
-        elif self._stepless_calls is not None:
-            self._count_stepless_call()
+        elif self._watch.calls is not None:
+            self._watch.missing(self.training)
         if inputs and self.strict:
             unread = inputs.keys() - self.program.inputs_read
             if unread:
@@ -342,18 +342,22 @@ class Loss(nn.Module):
             self.step.copy_(step)
         else:
             self.step.fill_(step)
-        if self._stepless_calls is not None and not torch.compiler.is_compiling():
-            self._stepless_calls = None
+        self._watch.given()
 
-    def _count_stepless_call(self) -> None:
-        """Warn once when training calls run schedules that no step was ever given to."""
-        if torch.compiler.is_compiling() or not (self.training and torch.is_grad_enabled()):
-            return
-        calls = self._stepless_calls  # read once: a call in another thread may end the watch
-        self._stepless_calls = None if calls is None or calls >= 1 else 1  # the second call warns
-        if calls is None or calls < 1:  # (stacklevel=5 below: this, forward, nn.Module's two wrappers, the caller)
-            return
-        warnings.warn(stepless_warning(self.program.schedules), UserWarning, stacklevel=5)
+    def _step_anew(self, pred: Any, target: Any, inputs: Mapping[str, Any]) -> None:
+        given = (pred, target, *inputs.values())
+        device = next((t.device for t in given if isinstance(t, Tensor) and not t.is_meta), None)
+        if device is not None:
+            self.step = torch.zeros((), dtype=torch.long, device=device)
+
+    def _apply(self, fn, recurse: bool = True):
+        from_meta = self.step.is_meta
+        super()._apply(fn, recurse)
+        if from_meta and not self.step.is_meta:  # to_empty(): what was on meta held no numbers
+            self.step = torch.zeros_like(self.step)
+            for balancer in self.balancers:
+                balancer.restart()
+        return self
 
     # --- state ----------------------------------------------------------------------------
 
@@ -376,7 +380,7 @@ class Loss(nn.Module):
         check_shapes(self, state_dict, prefix, self.canonical)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "step" in state_dict:  # a resumed run has its step
-            self._stepless_calls = None
+            self._watch.given()
 
     def set_extra_state(self, state: Any) -> None:
         check_program(state, self.canonical)

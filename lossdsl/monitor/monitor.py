@@ -145,23 +145,22 @@ class Monitor(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self._flush()  # the pending rows are on the old device
-        # statistics on meta (a module moved there whole) hold no numbers: wherever they
-        # go next, they start anew
-        from_meta = self.sums.device.type == "meta"
-        for name, buf in self._buffers.items():
-            if buf is None:
-                continue
-            if from_meta:
+        # what is on meta (the module moved there whole; what a load with assign=True left
+        # there) holds no numbers: wherever it goes next, it starts anew
+        anew = self.sums.is_meta
+        for name, buf in self._buffers.items():  # every buffer of the monitor is a tensor
+            if buf.is_meta:
                 buf = torch.empty(buf.shape, dtype=buf.dtype)
             moved = fn(buf)
             wanted = stat_dtype(moved.device) if buf.is_floating_point() else buf.dtype
             # `.half()` moves nothing and must not round the sums: convert from the original
             self._buffers[name] = moved if moved.dtype == wanted else buf.to(moved.device, wanted)
         self._pending.device = self.sums.device
-        if from_meta and self.sums.device.type != "meta":
+        if not self._leaf.is_meta:  # made from the names, so made anew wherever it went
             with torch.no_grad():
                 self._leaf.copy_(torch.tensor(self.is_term + [False]))
-            self.reset()
+            if anew:
+                self.reset()
         return self
 
     # --- gradient-norm probe --------------------------------------------------------------
@@ -389,6 +388,7 @@ class Monitor(nn.Module):
             self._pending.rows = []
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
             self._sinks.resumed = True  # an attached log continues, it is not replaced
+            self._pending.device = None  # the next call moves what a load with assign=True left on meta
 
     def __getstate__(self):
         self._flush()

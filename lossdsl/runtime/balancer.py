@@ -122,12 +122,16 @@ class Balancer(nn.Module):
             if home.type != "meta":
                 self.to(device)
                 return None
-            # state on meta (a loss moved there whole) holds no numbers: it starts anew
             self.to_empty(device=device)
+            self.restart()  # state on meta (a loss moved there whole) held no numbers
+        return None
+
+    def restart(self) -> None:
+        """Start with the state of a new balancer."""
+        with torch.inference_mode(False), torch.no_grad():
             for name, value in self.method.initial_state(self.k, self.params, torch).items():
                 getattr(self, name).copy_(value)
-            self._host_count = None
-        return None
+        self._host_count = None
 
     def forward(self, values: Sequence[Tensor], ok: Tensor | None = None, shared: Any = None) -> tuple[Tensor, Tensor]:
         """``(total, weights)`` of ``values``. ``ok``: under ``zero_term``/``skip_batch``,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 from ..errors import LossInputError
 from ..language.schedules import HOST
 
-__all__ = ["STEP_LIMIT", "checked_step", "stepless_warning", "ScheduleValue", "TENSOR", "scalar_tensor"]
+__all__ = ["STEP_LIMIT", "checked_step", "stepless_warning", "StepWatch", "ScheduleValue", "TENSOR", "scalar_tensor"]
 
 STEP_LIMIT = 2**63
 
@@ -87,6 +88,35 @@ def stepless_warning(schedules: list) -> str:
         "crit.set_step(step) after each optimizer step (with gradient accumulation, "
         "crit.set_step(0) before the first call)."
     )
+
+
+class StepWatch:
+    """Whether training calls run schedules that no step was ever given to: the second such
+    call warns, once (the first may be a sanity check before training). A step given or
+    loaded ends the watch; ``calls`` is None when nothing is watched.
+
+    >>> watch = StepWatch([])
+    >>> watch.calls is None
+    True
+    """
+
+    def __init__(self, schedules: list) -> None:
+        self.schedules = schedules
+        self.calls: int | None = 0 if schedules else None
+
+    def given(self) -> None:
+        if self.calls is not None and not torch.compiler.is_compiling():
+            self.calls = None
+
+    def missing(self, training: bool) -> None:
+        """A call without a step (by ``Loss.forward``: stacklevel 5 is this, forward,
+        nn.Module's two wrappers, then the caller)."""
+        if torch.compiler.is_compiling() or not (training and torch.is_grad_enabled()):
+            return
+        calls = self.calls  # read once: a call in another thread may end the watch
+        self.calls = None if calls is None or calls >= 1 else 1  # the second call warns
+        if calls is not None and calls >= 1:
+            warnings.warn(stepless_warning(self.schedules), UserWarning, stacklevel=5)
 
 
 # --- evaluating a schedule (``language.schedules``) at the stored step ------------------
