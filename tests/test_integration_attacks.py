@@ -285,3 +285,53 @@ def test_demo_with_monitoring_off(tmp_path, capsys):
     code, out, err = run_main(capsys, "demo", "--steps", "1", "--out", str(tmp_path / "run"),
                               "--config", str(config), "--no-progress")
     assert code == 0 or "trained" not in out, (code, out, err)
+
+
+# --- positions of program errors in YAML files ---------------------------------------------
+
+
+def _caret_text(path) -> str:
+    with pytest.raises(lossdsl.LossNameError) as info:
+        lossdsl.config.load_config(str(path)).check()
+    err = info.value
+    return err.source[err.span[0] : err.span[1]]
+
+
+@pytest.mark.xfail(strict=True, reason="the place of a YAML scalar starts at its anchor or tag "
+                   "(the node's start_mark), so the caret in a plain or quoted value moves left by "
+                   "the length of '&name ' or '!!str '")
+@pytest.mark.parametrize("value", ["&e 0.7*huber + 0.3*temporl_diff", "!!str 0.7*huber + 0.3*temporl_diff",
+                                   '!!str "0.7*huber + 0.3*temporl_diff"', "&e '0.7*huber + 0.3*temporl_diff'"])
+def test_a_caret_after_a_yaml_anchor_or_tag(tmp_path, value):
+    path = tmp_path / "loss.yaml"
+    path.write_text(f"expr: {value}\n")
+    assert _caret_text(path) == "temporl_diff"
+
+
+@pytest.mark.parametrize("text", [
+    "expr: !!str |\n  0.7*huber\n  + 0.3*temporl_diff\n",
+    "expr: &anchor |\n  0.7*huber + 0.3*temporl_diff\n",
+    "? expr\n: 0.7*huber + 0.3*temporl_diff\n",
+    "---\nexpr:   0.7*huber + 0.3*temporl_diff   # comment\n...\n",
+    'loss: {expr: "0.7*huber + 0.3*temporl_diff", strict: true}\n',
+])
+def test_carets_in_other_yaml_layouts(tmp_path, text):
+    path = tmp_path / "loss.yaml"
+    path.write_text(text.replace("0.7*huber\n  + 0.3", "0.7*huber +\n  0.3"))
+    assert _caret_text(path) == "temporl_diff"
+
+
+# --- a program that starts with a minus -----------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="argparse takes a program without spaces that starts with '-' "
+                   "for an option: 'unrecognized arguments: -mse', exit 2, no word of '--'")
+def test_a_program_that_starts_with_a_minus(capsys):
+    assert main(["check", "-0.5*mse + mae"]) == 0  # with a space argparse leaves it alone
+    capsys.readouterr()
+    try:
+        code = main(["check", "-mse"])
+    except SystemExit as exit:
+        assert "--" in capsys.readouterr().err.replace("--version", "").replace("--config", "")
+        return
+    assert code == 0
