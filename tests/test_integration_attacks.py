@@ -335,3 +335,59 @@ def test_a_program_that_starts_with_a_minus(capsys):
         assert "--" in capsys.readouterr().err.replace("--version", "").replace("--config", "")
         return
     assert code == 0
+
+
+# --- examples run as scripts, in a fresh interpreter ----------------------------------------
+
+
+def _package_attributes_used_without_import(path) -> list[str]:
+    """``lossdsl.X...`` chains in a script whose ``X`` a plain ``import lossdsl`` does not give:
+    neither a public name of the package nor a submodule the script imports itself."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lossdsl."))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lossdsl."):
+            imported.add(node.module.split(".")[1])
+    used = {
+        node.attr for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "lossdsl"
+    }
+    return sorted(name for name in used if name not in lossdsl.__all__ and name not in imported)
+
+
+def test_the_rule_sees_a_submodule_used_without_import(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("import lossdsl\nfrom lossdsl.tools.demo import windows\n"
+                      "lossdsl.compile('mse'); lossdsl.tools.demo; lossdsl.monitor.read_jsonl\n")
+    assert _package_attributes_used_without_import(script) == ["monitor"]
+
+
+@pytest.mark.xfail(strict=True, reason="examples/forecast.py calls lossdsl.config.load_config after a "
+                   "plain `import lossdsl`, which does not import lossdsl.config: `python "
+                   "examples/forecast.py` stops with AttributeError (the tests pass only because "
+                   "other modules imported lossdsl.config first)")
+def test_examples_use_only_what_their_imports_give():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    found = {p.name: _package_attributes_used_without_import(p) for p in sorted(examples.glob("*.py"))}
+    assert {name: used for name, used in found.items() if used} == {}
+
+
+@pytest.mark.xfail(strict=True, reason="README: errors of an inline TOML table name the file and key "
+                   "without a caret; they show a caret under the program text with the program's own "
+                   "(line 1, column 17) after the file's name, which is not that place in the file")
+def test_a_program_error_in_an_inline_toml_table(tmp_path):
+    path = tmp_path / "train.toml"
+    text = 'loss = {expr = "0.7*huber + 0.3*temporl_diff"}\n'
+    path.write_text(text)
+    with pytest.raises(lossdsl.LossNameError) as info:
+        lossdsl.config.load_config(str(path)).check()
+    err = info.value
+    assert "train.toml" in err.message and "loss.expr" in err.message
+    if err.span is not None:  # a caret, if any, stands in the file, under the typo
+        assert err.source == text and text[err.span[0] : err.span[1]] == "temporl_diff"
