@@ -4,9 +4,11 @@ behaviour that does not hold yet; the others pin behaviour that held up and was 
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,7 +333,7 @@ def test_a_program_that_starts_with_a_minus(capsys):
     capsys.readouterr()
     try:
         code = main(["check", "-mse"])
-    except SystemExit as exit:
+    except SystemExit:
         assert "--" in capsys.readouterr().err.replace("--version", "").replace("--config", "")
         return
     assert code == 0
@@ -343,8 +345,6 @@ def test_a_program_that_starts_with_a_minus(capsys):
 def _package_attributes_used_without_import(path) -> list[str]:
     """``lossdsl.X...`` chains in a script whose ``X`` a plain ``import lossdsl`` does not give:
     neither a public name of the package nor a submodule the script imports itself."""
-    import ast
-
     tree = ast.parse(path.read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):
@@ -371,8 +371,6 @@ def test_the_rule_sees_a_submodule_used_without_import(tmp_path):
                    "examples/forecast.py` stops with AttributeError (the tests pass only because "
                    "other modules imported lossdsl.config first)")
 def test_examples_use_only_what_their_imports_give():
-    from pathlib import Path
-
     examples = Path(__file__).resolve().parent.parent / "examples"
     found = {p.name: _package_attributes_used_without_import(p) for p in sorted(examples.glob("*.py"))}
     assert {name: used for name, used in found.items() if used} == {}
