@@ -40,8 +40,6 @@ def plain_total(pred, target):
 # --- states that do not fit ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Monitor.set_extra_state indexes the entry unchecked: a bare "
-                   "KeyError/TypeError, raised after the root's step was already copied")
 @pytest.mark.parametrize("entry", [{}, None, "calls"])
 def test_a_corrupt_monitor_entry_is_refused_before_anything_is_copied(entry):
     state = trained().state_dict()
@@ -52,8 +50,6 @@ def test_a_corrupt_monitor_entry_is_refused_before_anything_is_copied(entry):
     assert int(fresh.step) == 0  # "raises LossDSLError before anything is copied"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/state.py check_shapes checks shapes only: a meta tensor "
-                   "reaches nn.Module's copy, a bare RuntimeError after the step was copied")
 def test_a_state_holding_a_meta_tensor_is_refused_before_anything_is_copied():
     state = trained().state_dict()
     state["balancers.0.ema"] = state["balancers.0.ema"].to("meta")  # a state saved from a meta loss
@@ -63,8 +59,6 @@ def test_a_state_holding_a_meta_tensor_is_refused_before_anything_is_copied():
     assert int(fresh.step) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="load_state_dict copies any step tensor: a step that step= and "
-                   "set_step refuse (negative, fractional) is stored silently")
 @pytest.mark.parametrize("step", [torch.tensor(-3), torch.tensor(2.5)])
 def test_a_loaded_step_obeys_the_rules_of_step(step):
     state = trained().state_dict()
@@ -78,9 +72,6 @@ def test_a_loaded_step_obeys_the_rules_of_step(step):
 # --- the meta device and inference mode -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Monitor keeps its non-persistent _leaf on meta after "
-                   "load_state_dict(assign=True): folding the rows (monitor/stats.py fold_rows) raises a bare "
-                   "RuntimeError at the first read (NotImplementedError at the call after .to('meta'))")
 def test_a_meta_loss_loaded_with_assign_trains():
     # torch's recipe for big models: build on meta, then load_state_dict(..., assign=True)
     source = trained(PLAIN)
@@ -93,8 +84,6 @@ def test_a_meta_loss_loaded_with_assign_trains():
     assert crit.monitor.stats()["mse"]["count"] == 4  # three loaded calls and this one
 
 
-@pytest.mark.xfail(strict=True, reason="buffers made under torch.inference_mode() are inference tensors: "
-                   "the step's fill_ (and the monitor's and balancers' updates) raise a bare RuntimeError")
 @pytest.mark.parametrize("source", [PLAIN, SOURCE])
 def test_a_loss_compiled_under_inference_mode_trains(source):
     with torch.inference_mode():  # e.g. a setup hook that runs under inference mode
@@ -116,8 +105,6 @@ HUGE = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/steps.py _TensorMath.reached/phase turn the parameter into "
-                   "a Python int beyond int64 (math.ceil, int(period)): OverflowError on the tensor path")
 @pytest.mark.parametrize("source", HUGE)
 def test_a_schedule_beyond_int64_runs_on_the_tensor_path(source):
     # the CPU eager call computes the schedule on the host and works; the same program on
@@ -131,8 +118,6 @@ def test_a_schedule_beyond_int64_runs_on_the_tensor_path(source):
     assert total.device.type == "meta" and total.shape == ()
 
 
-@pytest.mark.xfail(strict=True, reason="as above, under torch.compile: dynamo reports the OverflowError "
-                   "of _TensorMath.reached as a TorchRuntimeError")
 def test_a_schedule_beyond_int64_compiles():
     crit = lossdsl.compile("after(1e30)*mse + mae")
     pred, target = inputs(3)
@@ -142,9 +127,6 @@ def test_a_schedule_beyond_int64_compiles():
     torch.testing.assert_close(total, F.l1_loss(pred, target))
 
 
-@pytest.mark.xfail(strict=True, reason="to_empty leaves the step and the balancers' buffers uninitialised "
-                   "(Balancer._follow restarts them only when the state is still on meta); the monitor does "
-                   "restart (Monitor._apply)")
 def test_a_loss_moved_to_meta_and_back_with_to_empty_starts_anew():
     # `.to("cpu")` from meta is refused by torch, whose message says to use to_empty()
     source = 'balance(mse, mae, method="relobralo") + linear(0, 1, steps=10)*huber'
@@ -164,8 +146,6 @@ def test_a_loss_moved_to_meta_and_back_with_to_empty_starts_anew():
 # --- what load_state_dict is given ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/state.py check_keys runs `in`/startswith on whatever it "
-                   "gets: a bare TypeError/AttributeError, and a path's characters listed as keys")
 @pytest.mark.parametrize("given", [None, 3, ("step", torch.tensor(1)), "loss_state.pt"],
                          ids=["None", "int", "tuple", "path"])
 def test_load_state_dict_of_something_that_is_not_a_mapping(given):
@@ -215,9 +195,6 @@ def test_backward_after_a_validation_call_reports_the_weights_it_gave():
         assert crit.monitor.stats()[name]["weight"] == pytest.approx(reference.monitor.stats()[name]["weight"])
 
 
-@pytest.mark.xfail(strict=True, reason="the step buffer does not follow the inputs' device as the balancers "
-                   "and the monitor do (Loss._store_step, runtime/steps.py ScheduleValue): it stays on meta, "
-                   "step= is not stored, and a schedule computed on it meets CPU terms (bare RuntimeError)")
 @pytest.mark.parametrize("source", ["mse + linear(0, 1, steps=10)*mae", 'balance(mse, mae, method="ema")'])
 def test_a_loss_moved_to_meta_takes_the_step_of_its_next_real_call(source):
     # README: state moved to meta with the loss holds no numbers and starts anew at the
@@ -233,8 +210,6 @@ def test_a_loss_moved_to_meta_takes_the_step_of_its_next_real_call(source):
 # --- writing the sinks by hand --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Monitor._write turns step with int() after the windows were read: "
-                   "a bare ValueError, and the sinks' windows are consumed, so those calls never reach a row")
 @pytest.mark.parametrize("step", [float("nan"), torch.tensor([1, 2])], ids=["nan", "vector"])
 def test_monitor_write_with_a_bad_step_refuses_and_loses_no_call(step):
     crit = lossdsl.compile("mse")
@@ -250,8 +225,6 @@ def test_monitor_write_with_a_bad_step_refuses_and_loses_no_call(step):
     assert rows == [(6, pytest.approx((1 + 1 + 1 + 4) / 4))]
 
 
-@pytest.mark.xfail(strict=True, reason="monitor/monitor.py probe (probe_settings) iterates inputs unchecked: "
-                   "a str is read letter by letter ('no term reads the input 'p''), None is a bare TypeError")
 def test_probe_inputs_given_as_one_name_or_none():
     crit = lossdsl.compile("mse")
     try:
