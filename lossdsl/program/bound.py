@@ -25,7 +25,7 @@ from ..errors import LossDSLError
 from ..resolve import ir
 from ..runtime.inputs import is_absent, missing_input, read_path
 from ..terms import CATALOGUE
-from ..terms._common import check_same_shape, upcast
+from ..terms._common import check_same_shape, residual
 
 # the catalogue's functions return what they promise; a user's term is checked (see _custom)
 _CATALOGUE_FUNCTIONS = frozenset(id(f) for f in CATALOGUE.values())
@@ -132,8 +132,7 @@ class Residual:
             err.message = f"term '{self.first}': {err.message}"
             err.term = self.first
             raise
-        p, t = upcast(pred, target)
-        return p - t
+        return residual(pred, target)
 
 
 class ResidualTerm(BoundTerm):

@@ -27,6 +27,7 @@ __all__ = [
     "HALF_DTYPES",
     "Stabiliser",
     "check_same_shape",
+    "residual",
     "check_tensor",
     "check_floating",
     "check_class_indices",
@@ -103,11 +104,23 @@ def upcast(*tensors: Tensor | None) -> list[Tensor | None]:
     return [t.float() if t is not None and t.dtype in HALF_DTYPES else t for t in tensors]
 
 
+def residual(pred: Tensor, target: Tensor) -> Tensor:
+    """``e = pred - target`` in the computation's dtype; a boolean or integer target counts as
+    its numbers in pred's dtype (as ``mse`` reads it), never wrapped or refused by ``-``.
+
+    >>> residual(torch.tensor([0.5, 2.0]), torch.tensor([True, False]))
+    tensor([-0.5000,  2.0000])
+    """
+    p, t = upcast(pred, target)
+    if not t.is_floating_point() and p.is_floating_point():
+        t = t.to(p.dtype)
+    return p - t
+
+
 def from_residual(on_residual, pred, target, *rest, **hyper) -> Tensor:
     """A term written on ``e = pred - target``, called with pred and target."""
     check_same_shape(pred, target)
-    p, t = upcast(pred, target)
-    out = on_residual(p - t, *rest, **hyper)
+    out = on_residual(residual(pred, target), *rest, **hyper)
     return out if out.dtype == pred.dtype else out.to(pred.dtype)
 
 
@@ -180,7 +193,8 @@ def _reduce_masked(loss: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "sum":
         return masked
     count = torch.broadcast_to(m, loss.shape).sum()
-    return masked / count.clamp_min(torch.finfo(loss.dtype).tiny)
+    # an all-zero mask leaves 0 / 1 = 0; a soft mask whose sum is subnormal still divides by it
+    return masked / torch.where(count != 0, count, torch.ones_like(count))
 
 
 def kept_positions(weight: Tensor | None, mask: Tensor | None, shape: torch.Size) -> Tensor | None:

@@ -186,7 +186,7 @@ def cross_entropy(
         denom = valid.sum().to(x.dtype)
     else:
         denom = torch.where(valid, w[torch.where(valid, t, 0)], 0.0).sum()
-    return (l.sum() / denom.clamp_min(torch.finfo(x.dtype).tiny)).to(pred.dtype)
+    return (l.sum() / torch.where(denom != 0, denom, torch.ones_like(denom))).to(pred.dtype)
 
 
 def focal(

@@ -28,6 +28,7 @@ from ._common import (
     check_same_shape,
     clamp_straight_through,
     reduce,
+    residual,
     upcast,
 )
 
@@ -103,10 +104,10 @@ def gaussian_nll(
     """
     check_same_shape(pred, target)
     v = _var_like(var, pred)
-    p, t, v = upcast(pred, target, v)
+    (v,) = upcast(v)
     # clamped value, identity gradient: torch clamps under no_grad, this is the same thing
     v = clamp_straight_through(v, min=eps)
-    e = p - t
+    e = residual(pred, target)
     l = 0.5 * (torch.log(v) + e * e / v)
     return reduce(l, reduction).to(pred.dtype)
 

@@ -69,10 +69,12 @@ def pairwise_ranking(
     t = t.movedim(axis, -1)
     n = p.shape[-1]
     dp = p.unsqueeze(-1) - p.unsqueeze(-2)  # dp[..., i, j] = p_i - p_j
-    dt = t.unsqueeze(-1) - t.unsqueeze(-2)
+    ti, tj = t.unsqueeze(-1), t.unsqueeze(-2)
+    # sign(t_i - t_j) by comparison: an unsigned target's difference wraps, a boolean one's is refused
+    order = (ti > tj).to(dp.dtype) - (ti < tj).to(dp.dtype)
     upper = torch.ones(n, n, dtype=torch.bool, device=p.device).triu(1)
-    counted = upper & (dt != 0)
-    hinge = F.relu(margin - torch.sign(dt).to(dp.dtype) * dp)
+    counted = upper & (ti != tj)
+    hinge = F.relu(margin - order * dp)
     total = torch.where(counted, hinge, torch.zeros_like(hinge)).sum()
     pairs = counted.sum().to(hinge.dtype)
     return (total / pairs.clamp_min(1.0)).to(pred.dtype)
