@@ -216,15 +216,15 @@ def reduce_kept(
 ) -> Tensor:
     """:func:`reduce_elementwise` of a ``loss`` computed on inputs cleaned at the left-out
     positions (``keep`` false, see :func:`elementwise`), so finite there: ``0 * loss`` is 0.
-    A weight that is NaN or infinite where the mask is 0 (``1 / count`` of an empty bin) is
-    kept out with ``torch.where`` (``0 * nan`` is NaN); that pass is made only when both are
-    given. ``"none"``: ``mask * weight * loss``, exactly 0 at the left-out positions."""
+    The weighted loss is kept out of those positions with ``torch.where``: a weight that is
+    NaN or infinite where the mask is 0 (``1 / count`` of an empty bin) stays out of the value
+    (``0 * nan`` is NaN), and a learnable weight gets no gradient where it is 0 (the product
+    would pass it ``fn``'s value at the cleaned inputs). ``"none"``: ``mask * weight * loss``,
+    exactly 0 at the left-out positions."""
     if keep is None:
         return reduce(loss, reduction)
     if weight is not None:
-        loss = loss * weight.to(loss.dtype)
-        if mask is not None:
-            loss = torch.where(keep, loss, 0.0)
+        loss = torch.where(keep, loss * weight.to(loss.dtype), 0.0)
     if mask is None:
         return reduce(loss, reduction)
     return _reduce_masked(loss, mask, reduction)
