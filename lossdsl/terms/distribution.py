@@ -134,8 +134,10 @@ def _per_sample_distill_kl(student: Tensor, teacher: Tensor, temperature: float,
     """``T^2 sum_c q_c (log q_c - log p_c)``, q = softmax(teacher / T), p = softmax(student / T)."""
     log_p = F.log_softmax(student / temperature, dim=axis)
     log_q = F.log_softmax(teacher / temperature, dim=axis)
-    # exp(log_q) underflows to 0 where q is tiny, and 0 * (finite) is 0: no 0 * log 0 here
-    kl = (torch.exp(log_q) * (log_q - log_p)).sum(axis)
+    # a class the teacher masks (-inf, q = 0) adds 0, not 0 * -inf: the difference is taken
+    # where q > 0 only, so neither the value nor a gradient sees the infinity
+    q = torch.exp(log_q)
+    kl = (q * torch.where(q > 0, log_q - log_p, 0.0)).sum(axis)
     return temperature * temperature * kl
 
 

@@ -58,6 +58,9 @@ def _ssim_map(x: Tensor, y: Tensor, g: Tensor, c1: float, c2: float) -> Tensor:
     shift = (0.5 * (x.mean((2, 3), keepdim=True) + y.mean((2, 3), keepdim=True))).detach()
     xs, ys = x - shift, y - shift
     channels = x.shape[1]
+    if channels == 0:  # nothing to compare (and a grouped convolution refuses 0 groups)
+        n = g.numel()
+        return (x + y)[:, :, n - 1 :, n - 1 :]
     blurred = _blur(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
     mx, my, exx, eyy, exy = blurred.split(channels, dim=1)
     # variances are >= 0; rounding can leave -1e-9, which must not cancel c2 in a denominator
