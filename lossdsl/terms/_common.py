@@ -28,6 +28,7 @@ __all__ = [
     "Stabiliser",
     "check_same_shape",
     "residual",
+    "direction_scaled",
     "check_tensor",
     "check_floating",
     "check_class_indices",
@@ -115,6 +116,21 @@ def residual(pred: Tensor, target: Tensor) -> Tensor:
     if not t.is_floating_point() and p.is_floating_point():
         t = t.to(p.dtype)
     return p - t
+
+
+def direction_scaled(x: Tensor, dim: int) -> Tensor:
+    """``x`` with each vector along ``dim`` whose largest entry exceeds 1 in size divided by
+    it: the same direction, and a norm that cannot overflow (entries of 1e20 in float32 have a
+    squared norm of inf, which normalises them to 0). Other vectors are left as they are, so a
+    norm floor (``eps``) acts where it did.
+
+    >>> direction_scaled(torch.tensor([[3e20, 4e20], [0.3, 0.4]]), 1)
+    tensor([[0.7500, 1.0000],
+            [0.3000, 0.4000]])
+    """
+    if x.shape[dim] == 0:  # empty vectors: no entry to scale by (amax of nothing is refused)
+        return x
+    return x / x.detach().abs().amax(dim, keepdim=True).clamp_min(1.0)
 
 
 def from_residual(on_residual, pred, target, *rest, **hyper) -> Tensor:

@@ -23,7 +23,7 @@ from annotated_types import Ge, Le
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, autocast_off, check_floating, reduce, upcast
+from ._common import Reduction, autocast_off, check_floating, direction_scaled, reduce, upcast
 
 __all__ = ["info_nce", "nt_xent"]
 
@@ -43,7 +43,7 @@ def _pairs(anchor: Tensor, positive: Tensor, term: str) -> tuple[Tensor, Tensor]
             "other axes into D",
         )
     a, p = upcast(anchor, positive)
-    return F.normalize(a, dim=1), F.normalize(p.to(a.dtype), dim=1)
+    return F.normalize(direction_scaled(a, 1), dim=1), F.normalize(direction_scaled(p.to(a.dtype), 1), dim=1)
 
 
 def _info_nce_per_anchor(a: Tensor, p: Tensor, temperature: float, symmetric: bool) -> Tensor:

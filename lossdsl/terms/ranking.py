@@ -17,7 +17,7 @@ from annotated_types import Ge
 from torch import Tensor
 
 from ..errors import LossInputError
-from ._common import Reduction, check_dim, check_floating, check_same_shape, reduce, upcast
+from ._common import Reduction, check_dim, check_floating, check_same_shape, direction_scaled, reduce, upcast
 
 __all__ = ["margin_ranking", "pairwise_ranking", "triplet", "cosine_distance"]
 
@@ -107,4 +107,5 @@ def cosine_distance(
     check_same_shape(pred, target)
     check_dim(pred, dim, "pred", hint="dim= names the axis of the vectors")
     p, t = upcast(pred, target)
-    return reduce(1.0 - F.cosine_similarity(p, t, dim=dim), reduction).to(pred.dtype)
+    cos = F.cosine_similarity(direction_scaled(p, dim), direction_scaled(t, dim), dim=dim)
+    return reduce(1.0 - cos, reduction).to(pred.dtype)
