@@ -1,6 +1,6 @@
 """The integration surface (configs, Hydra, the command line and its tools, the demo) given the
-input of a careless or hostile user. Each ``xfail(strict=True)`` test states the promised
-behaviour that does not hold yet; the others pin behaviour that held up and was not covered."""
+input of a careless or hostile user: each test states a promised behaviour, found broken
+and mended, or one that held up and was not covered."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@ float32 inputs far from 1, images without channels and targets made in inference
 
 Each test holds a term to DESIGN.md §5 (the value is the formula, computed in float32 for
 float32 inputs) and §8 (bad input is a ``LossDSLError`` naming the term, never a bare torch
-error), against a float64 reference written here. The tests marked ``xfail`` show a defect
-that is still open; the reason says what goes wrong.
+error), against a float64 reference written here.
 """
 
 from __future__ import annotations
@@ -44,8 +43,6 @@ def _pairwise_reference(pred: torch.Tensor, target: torch.Tensor, margin: float 
     return hinge[differ].mean()
 
 
-@pytest.mark.xfail(strict=True, reason="pairwise_ranking takes t_i - t_j in the target's dtype: "
-                   "for uint8 grades 0 - 1 wraps to 255, so half the pairs are ranked the wrong way")
 def test_pairwise_ranking_of_uint8_relevance_grades_is_the_formula():
     pred = torch.tensor([0.3, 1.2, -0.4, 0.8, 0.1], dtype=D, requires_grad=True)
     grades = torch.tensor([3, 0, 2, 1, 0], dtype=torch.uint8)
@@ -58,8 +55,6 @@ def test_pairwise_ranking_of_uint8_relevance_grades_is_the_formula():
     torch.testing.assert_close(grad, ref_grad)
 
 
-@pytest.mark.xfail(strict=True, reason="pairwise_ranking subtracts boolean targets: a bare "
-                   "RuntimeError from torch ('-' with two bool tensors), not a value or a LossInputError")
 def test_pairwise_ranking_of_boolean_relevance_is_the_formula_or_names_the_term():
     pred = torch.tensor([0.3, 1.2, -0.4, 0.8], dtype=D)
     relevant = torch.tensor([True, False, True, False])
@@ -87,10 +82,6 @@ def _residual_reference(name: str, p: torch.Tensor, t: torch.Tensor) -> torch.Te
     return torch.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta)).mean()
 
 
-@pytest.mark.xfail(strict=True, reason="the terms written on e = pred - target take pred - target "
-                   "as it is (lossdsl/program/bound.py residual, _common.from_residual, "
-                   "gaussian_nll): a boolean target is a bare RuntimeError, where mse, huber and "
-                   "bce_logits take it as 0/1")
 @pytest.mark.parametrize("name", ["mae", "l1", "quantile", "charbonnier", "log_cosh",
                                   "temporal_diff", "adaptive_huber", "mae(mask=m)", "gaussian_nll"])
 def test_terms_on_the_residual_take_a_boolean_target_as_mse_does(name):
@@ -132,10 +123,6 @@ def _per_element(name: str, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((p - t) ** 2 + 1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="_common.elementwise replaces pred and target by 0 where the "
-                   "weight is 0, and the product weight * loss then gives the weight there the "
-                   "gradient loss(0, 0) / N (log 2 / N for bce_logits): neither the formula's "
-                   "loss_i / N nor the 0 the README promises for a left-out position")
 @pytest.mark.parametrize("name", ["bce_logits", "focal", "hinge", "squared_hinge", "charbonnier", "bce"])
 def test_gradient_of_a_learnable_weight_where_it_is_zero(name):
     pred, target = torch.tensor(_PRED, dtype=D), torch.tensor(_TARGET, dtype=D)
@@ -156,9 +143,6 @@ def test_gradient_of_a_learnable_weight_where_it_is_zero(name):
 # --- subnormal weights: a weighted mean is a ratio, whatever the scale of the weights ------
 
 
-@pytest.mark.xfail(strict=True, reason="_common._reduce_masked divides by sum(mask).clamp_min(finfo.tiny): "
-                   "a soft mask whose sum is subnormal (4e-40) is divided by 1.2e-38 instead, 30 times "
-                   "too small, where float32 computes sum(m l) / sum(m) to 7.5")
 @pytest.mark.parametrize("name", ["mse", "mae", "huber"])
 def test_a_mask_of_subnormal_values_gives_the_masked_mean(name):
     pred, target = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4)
@@ -169,9 +153,6 @@ def test_a_mask_of_subnormal_values_gives_the_masked_mean(name):
     torch.testing.assert_close(value.double(), per_element.double().mean(), rtol=1e-3, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="cross_entropy divides by the summed class weights "
-                   "clamped to finfo.tiny (terms/classification.py:cross_entropy): subnormal class "
-                   "weights give 0.076 where F.cross_entropy gives 1.116")
 def test_cross_entropy_with_subnormal_class_weights_is_the_weighted_mean():
     logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -318,9 +299,6 @@ def _distill_reference(student, teacher, temperature):
     return torch.stack(rows).mean()
 
 
-@pytest.mark.xfail(strict=True, reason="distill_kl takes exp(log_q) * (log_q - log_p) "
-                   "(terms/distribution.py:_per_sample_distill_kl): a class the teacher masks with "
-                   "-inf gives 0 * -inf = NaN, where its share of KL(q || p) is 0")
 @pytest.mark.parametrize("student_masked", [False, True], ids=["teacher_masked", "both_masked"])
 def test_distill_kl_with_classes_masked_to_minus_infinity(student_masked):
     inf = float("inf")
@@ -341,8 +319,6 @@ def test_distill_kl_with_classes_masked_to_minus_infinity(student_masked):
 # --- images without channels, targets made in inference mode ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="ssim's grouped convolution with 0 channels: a bare RuntimeError "
-                   "('non-positive groups is not supported'), where an empty batch gives 0")
 def test_ssim_of_images_without_channels_is_zero_or_names_the_term():
     images = torch.rand(2, 0, 8, 8, dtype=D)
     value = _value_or_located_error(lambda: lossdsl.compile("ssim(window=3)")(images, images.clone()), "ssim")
@@ -358,11 +334,6 @@ INFERENCE_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a catalogue term given a target made under "
-                   "torch.inference_mode in a training call lets torch's RuntimeError ('Inference "
-                   "tensors cannot be saved for backward') through with a note; the same target "
-                   "in a tensor expression is a LossInputError naming the operator, and mae, msle "
-                   "or a hand-written (p - t)^2 compute it")
 @pytest.mark.parametrize("name", sorted(INFERENCE_CASES))
 def test_a_target_made_in_inference_mode_gives_the_value_or_names_the_term(name):
     with torch.inference_mode():

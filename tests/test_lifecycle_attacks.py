@@ -5,8 +5,8 @@ beyond the step's integer range.
 
 References: the state as it was before a refused load (a fresh loss's step is 0), the
 formula of the program written with ``torch.nn.functional``, and the documented error type.
-Each ``xfail(strict=True)`` marks a known defect: the test asserts what the README promises
-and turns red once the defect is fixed, so the mark is then removed.
+The one ``xfail(strict=True)`` marks a known defect: the test asserts what the README
+promises and turns red once the defect is fixed, so the mark is then removed.
 """
 
 import warnings

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import LossDSLError
+from ..errors import LossDSLError, LossInputError
 from ..resolve import ir
 from ..runtime.inputs import is_absent, missing_input, read_path
 from ..terms import CATALOGUE
@@ -79,6 +79,13 @@ class BoundTerm:
                 err.term = self.term_name
             raise
         except Exception as err:
+            if isinstance(err, RuntimeError) and "Inference tensors cannot be saved" in str(err):
+                raise LossInputError(
+                    f"term '{self.term_name}': an input was made under torch.inference_mode(), and a "
+                    "training call cannot save it for the backward pass",
+                    hint="make it outside inference_mode (torch.no_grad() does not have this limit), "
+                    "or pass a .clone() of it", term=self.term_name,
+                ) from err
             err.add_note(f"lossdsl: raised while computing term '{self.term_name}'")
             raise
 
