@@ -69,8 +69,12 @@ __all__ = [
 ]
 
 
-# the packages a user may reach as attributes after `import lossdsl` (lossdsl.config.load_config)
-_PACKAGES = frozenset({"config", "monitor", "tools", "terms", "errors", "syntax", "cli"})
+# the packages a user may reach as attributes after `import lossdsl` (lossdsl.config.load_config),
+# with the modules each brings along (lossdsl.tools.gradcheck.DOMAINS)
+_PACKAGES = {
+    "config": (), "monitor": (), "terms": (), "errors": (), "syntax": (), "cli": (),
+    "tools": ("catalogue", "demo", "explain", "gradcheck", "plot", "suggest", "weight_words"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +86,8 @@ def __getattr__(name: str) -> Any:
         # missing numpy is no concern of its users
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
         if module is None:
+            for part in _PACKAGES[name]:
+                importlib.import_module(f"lossdsl.{name}.{part}")
             return importlib.import_module(f"lossdsl.{name}")  # which sets the attribute
         if name == "term":
             importlib.import_module("lossdsl.compiler")  # the catalogue first: a new term may not shadow it
