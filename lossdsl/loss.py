@@ -261,8 +261,7 @@ class Loss(nn.Module):
 
         >>> import lossdsl
         >>> crit = lossdsl.compile("linear(0, 1, steps=4)*mse")
-        >>> crit.set_step(3)
-        >>> int(crit.step)
+        >>> crit.set_step(3); int(crit.step)
         3
         """
         self._store_step(step)
@@ -330,6 +329,7 @@ class Loss(nn.Module):
             raise locate(err, self.ir) from err.__cause__
         finally:
             self._backward_open = False
+        self._last.weights = weights  # the aggregator's, though a validation call came in between
         if not retain_graph:
             self._held = None
 

