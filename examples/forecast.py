@@ -17,18 +17,20 @@ from lossdsl.tools.demo import Forecaster, make_sensor_data, windows
 CONFIG = Path(__file__).with_name("configs") / "forecast.yaml"
 
 
-def main(steps: int = 200, seed: int = 0, log_dir: str | None = None) -> list[float]:
+def main(steps: int = 200, seed: int = 0, log_dir: str = "runs/forecast") -> list[float]:
     """Train for ``steps`` steps; returns the loss of every step.
 
-    The config writes its per-term log to ``runs/demo/terms.jsonl``; ``log_dir`` puts it
-    elsewhere.
+    The per-term log goes to ``<log_dir>/terms.jsonl`` (the config's own sink is the demo's);
+    a log that an earlier run of this example left there is replaced, and it says so.
     """
     torch.manual_seed(seed)
     config = lossdsl.config.load_config(CONFIG)
-    if log_dir is not None:
-        monitor = config.monitor.model_copy(update={"sink": str(Path(log_dir) / "terms.jsonl")})
-        config = config.model_copy(update={"monitor": monitor})
-    crit = config.compile()  # the same as lossdsl.from_config(CONFIG) without the override
+    log = Path(log_dir) / "terms.jsonl"
+    if log.exists():  # a JsonlWriter never replaces a log by itself
+        print(f"replacing the log of an earlier run: {log}")
+        log.unlink()
+    monitor = config.monitor.model_copy(update={"sink": str(log)})
+    crit = config.model_copy(update={"monitor": monitor}).compile()  # as lossdsl.from_config(CONFIG), sink aside
 
     series = make_sensor_data(32, 300, seed=seed)
     x, y = windows(series, 2048, seed=seed + 1)
@@ -51,7 +53,7 @@ def main(steps: int = 200, seed: int = 0, log_dir: str | None = None) -> list[fl
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--log-dir", default=None)
+    parser.add_argument("--log-dir", default="runs/forecast")
     args = parser.parse_args()
     losses = main(args.steps, log_dir=args.log_dir)
     print(f"loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
