@@ -249,8 +249,10 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "empty.yaml").write_text("# nothing\n")
     with pytest.raises(ConfigError, match="empty"):
         lossdsl.from_config(tmp_path / "empty.yaml")
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match="a mapping or a file path, got int"):
         lossdsl.from_config(42)
+    with pytest.raises(ConfigError, match="monitor.log_every"):  # not a bool taken for 1
+        lossdsl.from_config({"expr": "mse", "monitor": {"log_every": True}})
 
 
 def test_errors_pickle():

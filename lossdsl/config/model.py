@@ -59,16 +59,17 @@ class MonitorSettings(BaseModel):
         default=None, description="decay of the per-term exponential moving average (0 < ema < 1)"
     )
     probe_every: Annotated[int, Gt(0)] | None = Field(
-        default=None,
+        default=None, strict=True,
         description="every N calls also record each weighted term's gradient norm with respect to pred",
     )
     log_every: Annotated[int, Gt(0)] = Field(
-        default=10, description="write the per-term statistics to the sink every N calls"
+        default=10, strict=True, description="write the per-term statistics to the sink every N calls"
     )
     sink: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = Field(
         default=None,
         description="where to write: a path ending in .jsonl (one JSON object a line) or a "
-        "TensorBoard log directory; relative paths are relative to the working directory",
+        "TensorBoard log directory; relative paths are relative to the working directory, and "
+        "~ is the home folder",
     )
     append: bool = Field(
         default=False,
@@ -180,7 +181,8 @@ def load_config(config: Any, *, key: str | None = None) -> LossConfig:
         path = os.fspath(config)
         text, data, _, places = read_config_file(path)
     elif not isinstance(config, Mapping):
-        raise TypeError(f"from_config takes a mapping or a file path, got {type(config).__name__}")
+        raise ConfigError(f"from_config takes a mapping or a file path, got {type(config).__name__}",
+                          hint="pass a dict, a LossConfig, or the path of a .yaml/.json/.toml file")
     else:
         data = config
     prefix = _select(data, key, path, text, places)
@@ -229,7 +231,8 @@ def make_sink(target: str, append: bool = False):
     >>> type(make_sink("runs/terms.jsonl")).__name__
     'JsonlWriter'
     """
-    if str(target).endswith(".jsonl"):
+    target = os.path.expanduser(target)  # ~/runs/x.jsonl is the home folder's, as in a shell
+    if target.endswith(".jsonl"):
         return JsonlWriter(target, append=append)
     return TensorBoardWriter(target)
 
