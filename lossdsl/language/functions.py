@@ -167,8 +167,18 @@ def _pow_grad(args: tuple, out: Any) -> tuple:
 
 
 def _selected(args: tuple, out: Any) -> tuple:
-    # the derivative flows to the operand that was chosen (ties: each of them)
-    return tuple(A.indicator(a == out, out) for a in args)
+    # the derivative flows to the operand chosen; tensors tied for it share it evenly, as
+    # torch.maximum's backward splits a tie of two (so max(r, r) passes 1 to r), and a number
+    # bound tied with a tensor leaves it to the tensor, as a clamp does
+    chosen = [0.0 if A.is_number(a) else A.indicator(a == out, out) for a in args]
+    tied = [c for c in chosen if not A.is_number(c)]
+    if not tied:
+        return tuple(chosen)
+    count = tied[0]
+    for c in tied[1:]:
+        count = A.plus(count, c)
+    count = count if len(tied) == 1 else T.clamp(count, min=1.0)  # 0 where a number was chosen
+    return tuple(c if A.is_number(c) or len(tied) == 1 else A.divide(c, count) for c in chosen)
 
 
 def _clamp_grad(args: tuple, out: Any, min=None, max=None) -> tuple:  # noqa: A002
