@@ -160,10 +160,22 @@ def _product_grad(args: tuple, out: Any, ops: tuple) -> tuple:
 
 
 def _pow_grad(args: tuple, out: Any) -> tuple:
+    # at the limits where the products would give 0 * inf: a^0 is 1 for every a (d/da = 0),
+    # and 0^b is 0 for every b > 0 (d/db = 0), as autograd of the power has them
     base, exponent = args
-    d_base = A.times(exponent, base ** A.minus(exponent, 1)) if not A.is_number(base) else 0.0
-    d_exponent = A.times(out, A.log_of(base)) if not A.is_number(exponent) else 0.0
+    d_base = d_exponent = 0.0
+    if not A.is_number(base) and not (A.is_number(exponent) and exponent == 0):
+        d_base = _zero_where(exponent, A.times(exponent, base ** A.minus(exponent, 1)))
+    if not A.is_number(exponent):
+        d_exponent = _zero_where(out, A.times(out, A.log_of(base)))
     return d_base, d_exponent
+
+
+def _zero_where(zero: Any, value: Any) -> Any:
+    """``value``, and 0 where ``zero`` is 0."""
+    if A.is_number(zero):
+        return 0.0 if zero == 0 else value
+    return T.where(zero == 0, 0.0, value)
 
 
 def _selected(args: tuple, out: Any) -> tuple:
