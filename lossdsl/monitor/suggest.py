@@ -51,6 +51,13 @@ class Suggestion:
         return self.source or ", ".join(f"{k}: {format(v, '.4g')}" for k, v in self.weights.items())
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def target_shares(
     magnitude: Mapping[str, float], target: Mapping[str, float] | None, known: Sequence[str]
 ) -> dict[str, float]:
@@ -74,17 +81,20 @@ def target_shares(
             f"target names unknown term{'s' if len(unknown) > 1 else ''} " + ", ".join(map(repr, unknown)),
             hint="the terms are " + ", ".join(map(repr, known)),
         )
-    bad = [n for n, t in target.items() if isinstance(t, bool) or not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)]
+    bad = [n for n, t in target.items() if isinstance(t, bool) or not (isinstance(t, (int, float)) and _finite(t) and t >= 0)]
     given = [n for n in names if n in target]
     others = [n for n in names if n not in target]
-    named = 0.0 if bad else sum(target[n] for n in given)
+    if not others and not bad:  # ratios: scaled by the largest first, so that no sum overflows
+        top = max(float(target[n]) for n in names)
+        ratios = {n: float(target[n]) / top for n in names} if top > 0 else {}
+    named = 0.0 if bad else (sum(ratios.values()) if not others else sum(target[n] for n in given))
     if bad or (not others and named <= 0):
         raise LossDSLError(
             "target shares must be finite numbers >= 0, not all zero",
             hint="for example target={'mse': 0.8, 'mae': 0.2}",
         )
     if not others:
-        return {n: target[n] / named for n in names}
+        return {n: ratios[n] / named for n in names}
     if named > 1 + 1e-9:
         raise LossDSLError(
             f"target shares add up to {named:g}, more than the whole",
