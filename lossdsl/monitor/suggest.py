@@ -135,12 +135,21 @@ def suggest(
         unchanged = {n: float(weights.get(n, math.nan)) for n in terms}
         return Suggestion(unchanged, rewrite({}, {})[0] if rewrite is not None else "")
     shares = target_shares(usable, target, terms)
-    total = sum(usable.values())
-    scale: Mapping[str, float] = {n: shares[n] * total / usable[n] for n in usable}
+    top = max(usable.values())  # the magnitudes relative to the largest: their sum cannot overflow
+    total = sum(m / top for m in usable.values())
+    scale: Mapping[str, float] = {n: shares[n] * total / (usable[n] / top) for n in usable}
+    new = {n: float(weights[n]) * scale.get(n, 1.0) if n in weights else math.nan for n in terms}
+    beyond = [n for n in usable if not math.isfinite(new[n]) or not math.isfinite(scale[n])]
+    if beyond:
+        raise LossDSLError(
+            f"the weight that would balance '{beyond[0]}' is beyond the range of a float",
+            hint="the terms' magnitudes differ by more than a float spans: rescale a term's "
+            "inputs or units first",
+        )
     source = ""
     if rewrite is not None:
         source, scale = rewrite(scale, usable)
-    new = {n: float(weights[n]) * scale.get(n, 1.0) if n in weights else math.nan for n in terms}
+        new = {n: float(weights[n]) * scale.get(n, 1.0) if n in weights else math.nan for n in terms}
     return Suggestion(new, source)
 
 
