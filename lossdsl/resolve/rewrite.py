@@ -165,8 +165,12 @@ class _Editor:
             for operand, op in zip(node.operands, ("*",) + node.ops):
                 value = _literal(operand)
                 if value is not None and not (op == "/" and r == 0):
-                    start, end = operand.offsets
-                    self.edits.append((start, end, format_number(value * r if op == "*" else value / r)))
+                    # the digits alone: a minus keeps its place, and what stands between it
+                    # and them (a bracket, a comment) stays; r > 0 keeps the sign
+                    number = operand.operand if isinstance(operand, ast.Neg) else operand
+                    start, end = number.offsets
+                    new = abs(value * r if op == "*" else value / r)
+                    self.edits.append((start, end, format_number(new)))
                     return
         start = _true_start(node.offsets, self.brackets)
         self.edits.append((start, start, format_number(r) + "*"))
@@ -211,7 +215,7 @@ class _Editor:
 
 
 def _literal(node: ast.Node) -> float | None:
-    """The value of a number as written (``0.5``, ``-2``), else ``None``."""
+    """The value of a number as written (``0.5``, ``-2``, ``-(2)``), else ``None``."""
     if isinstance(node, ast.Number):
         return float(node.value)
     if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number):
@@ -224,9 +228,9 @@ def _bracket_pairs(text: str) -> dict[int, int]:
     pairs, stack, i = {}, [], 0
     while i < len(text):
         c = text[i]
-        if c == '"':
+        if c in "\"'":
             i += 1
-            while i < len(text) and text[i] != '"':
+            while i < len(text) and text[i] != c:
                 i += 2 if text[i] == "\\" else 1
         elif c == "#":
             while i < len(text) and text[i] != "\n":
