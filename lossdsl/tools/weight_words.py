@@ -181,7 +181,9 @@ class _Words:
                 continue
             outer = None if owner is None else self._owner_text(owner)
             parts = ([outer] if outer else []) + list(factor)
-            if all(_is_number(p) for p in parts):  # `-1 * 2` is -2
+            if DEPENDS in parts:  # a factor that depends on the values makes the whole so
+                ways.append(DEPENDS)
+            elif all(_is_number(p) for p in parts):  # `-1 * 2` is -2
                 product = 1.0
                 for p in parts:
                     product *= float(p)
