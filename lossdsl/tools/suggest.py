@@ -64,8 +64,8 @@ def suggest_from_log(
         )
     terms = [item.name for item in resolved.logged if item.is_term]
     absent = [n for n in terms if n not in names]
+    written = written_weights(resolved)
     if absent:  # the log has no magnitude of these: they keep the weight the program gives them
-        written = written_weights(resolved)
         unknown = [n for n in absent if n not in written]
         if unknown:
             raise LossDSLError(
@@ -74,8 +74,14 @@ def suggest_from_log(
                 hint="pass the program that wrote this log",
             )
         weights.update({n: written[n] for n in absent})
-    found = suggest(weights, magnitude, target, terms=terms, rewrite=rewriter(resolved))
-    return Suggestion(found.weights, found.source, kept=tuple(absent))
+    found = suggest(weights, magnitude, target, terms=terms)
+    # the text may weigh a term otherwise than the log did: each written weight is scaled to
+    # the one found (the others, relative to the log's)
+    now = {n: written.get(n, weights[n]) for n in terms}
+    scale = {n: found.weights[n] / now[n] for n in terms
+             if now[n] and math.isfinite(now[n]) and math.isfinite(found.weights[n]) and found.weights[n] != now[n]}
+    text, applied = rewriter(resolved)(scale, magnitude)
+    return Suggestion({n: now[n] * applied.get(n, 1.0) for n in terms}, text, kept=tuple(absent))
 
 
 def written_weights(resolved: ir.IR) -> dict[str, float]:
