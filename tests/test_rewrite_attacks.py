@@ -207,3 +207,28 @@ def test_a_comment_after_a_unary_minus_stays():
     assert "# subtracted: the a part\n" in s.source, s.source
     want = [-0.5 * 4.5 / 2.0, 0.5 * 4.5 / 0.5]
     assert rewritten_weights(s.source, scalars(a=2.0, b=0.5)) == pytest.approx(want, rel=1e-3)
+
+
+def _trained(source: str = "mse + mae") -> lossdsl.Loss:
+    crit = lossdsl.compile(source)
+    crit(torch.linspace(-3, 3, 20, dtype=F64), torch.zeros(20, dtype=F64))
+    return crit
+
+
+@pytest.mark.xfail(strict=True, reason="an int share too large for a float raises a bare OverflowError from "
+                   "math.isfinite (lossdsl/monitor/suggest.py:target_shares)")
+def test_a_share_too_large_for_a_float_is_a_lossdsl_error():
+    with pytest.raises(lossdsl.LossDSLError):
+        _trained().monitor.suggest_weights(target={"mse": 10**400, "mae": 1})
+
+
+@pytest.mark.xfail(strict=True, reason="ratios naming every term are added up first: 1e308 + 1e308 overflows to "
+                   "inf and every share becomes 0, so every weight is 0 "
+                   "(lossdsl/monitor/suggest.py:target_shares)")
+def test_equal_huge_ratios_are_equal_shares():
+    crit = _trained()
+    s = crit.monitor.suggest_weights(target={"mse": 1e308, "mae": 1e308})
+    e = torch.linspace(-3, 3, 20, dtype=F64)
+    mse, mae = (e * e).mean().item(), e.abs().mean().item()
+    total = mse + mae  # kept, split in halves
+    assert s.weights == pytest.approx({"mse": 0.5 * total / mse, "mae": 0.5 * total / mae}, rel=1e-9)
