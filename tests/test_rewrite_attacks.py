@@ -232,3 +232,21 @@ def test_equal_huge_ratios_are_equal_shares():
     mse, mae = (e * e).mean().item(), e.abs().mean().item()
     total = mse + mae  # kept, split in halves
     assert s.weights == pytest.approx({"mse": 0.5 * total / mse, "mae": 0.5 * total / mae}, rel=1e-9)
+
+
+@pytest.mark.xfail(strict=True, reason="the power rule multiplies out*log(base) and exponent*base^(exponent-1) "
+                   "without the zero cases: a term that is exactly 0 (a perfect fit) gives NaN weights where "
+                   "d total / d term is 0 (lossdsl/language/functions.py:_pow_grad)")
+@pytest.mark.parametrize("source, want", [
+    # 0^b is 0 for every b > 0: d/db = 0; d/da of a^2 at 0 is 0
+    ("r = leaf(x=a)\nr^leaf(x=b)", {"r": 0.0, "leaf": 0.0}),
+    # a^0 is 1 for every a: d/da = 0
+    ("r = leaf(x=a)\nr^0 + leaf(x=b)", {"r": 0.0, "leaf": 1.0}),
+])
+def test_a_power_of_a_zero_term_has_finite_weights(source, want):
+    xs = {"a": torch.tensor(0.0, dtype=F64, requires_grad=True), "b": torch.tensor(2.0, dtype=F64, requires_grad=True)}
+    crit = lossdsl.compile(source, terms=LEAF)
+    total = crit(**xs)
+    grads = torch.autograd.grad(total, [xs["a"], xs["b"]])
+    assert [float(g) for g in grads] == pytest.approx([want["r"], want["leaf"]])  # the reference agrees
+    assert {n: crit.weights[n].item() for n in want} == pytest.approx(want)
