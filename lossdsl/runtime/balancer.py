@@ -148,7 +148,9 @@ class Balancer(nn.Module):
         # A validation call (eval mode or no gradients) neither changes the state nor waits
         # for the other ranks, so it may run on one rank alone.
         update = self.training and torch.is_grad_enabled() and lent is None
-        if update and self.method.reads_losses:
+        if update and (self.method.reads_losses or self.method.gradients == "weights"):
+            # a gradient producer decides on the mean too: a term bad on one rank makes every
+            # rank skip the update, and its gradient all-reduce, alike
             seen, ok = mean_over_ranks(seen, ok)
         if torch.compiler.is_compiling():  # a lock is not traced; a compiled call is one graph
             weights, extra = self._weigh(values, seen, ok, shared, update, lent)

@@ -114,7 +114,8 @@ def aggregate(balancer: Any, matrix: Tensor) -> tuple[Tensor, Tensor]:
 
 def combine(balancer: Any, matrix: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor, bool]:
     """``(aggregate, weights, accepted)`` of ``matrix``: the aggregator's, its state moved on
-    only when ``accepted`` (every term finite and none refused, ``ok``). A matrix of zeros
+    only when ``accepted`` (every term finite and none refused, ``ok``; a refused call combines
+    the rows with the stored weights, changing nothing). A matrix of zeros
     (nothing reaches the cut, or ``skip_batch`` zeroed the terms) aggregates to zero and one
     that is not finite to the stored weights' combination (not finite too), both without the
     solver; on ``meta`` (no numbers) the stored weights combine the rows. A solver's failure
@@ -130,7 +131,9 @@ def combine(balancer: Any, matrix: Tensor, ok: Tensor | None) -> tuple[Tensor, T
         return stored @ matrix, stored, False
     if not bool(matrix.any()):
         return matrix.new_zeros(matrix.shape[1]), stored, False
-    accepted = ok is None or bool(ok)
+    if ok is not None and not bool(ok):  # a term refused (on some rank): weighed as stored, as a balancer does
+        return stored @ matrix, stored, False
+    accepted = True
     kept = {name: getattr(balancer, name).clone() for name in ("rng_counter", "carried") if hasattr(balancer, name)}
     try:
         vector, weights = aggregate(balancer, matrix)
@@ -260,7 +263,7 @@ def aggregated_backward(
     for balancer, (operands, balanced, _, ok) in pending:
         adjoint = outer_adjoint(total, balanced)
         local = jacobian(operands, cut)
-        matrix = local if by_features else mean_jacobian(local)
+        matrix, ok = (local, ok) if by_features else mean_jacobian(local, ok)
         matrix = matrix.to(torch.promote_types(matrix.dtype, torch.float32))  # half precision: in float32
         vector, new, accepted = combine(balancer, matrix, ok)
         if exact:  # the total is this balance: its gradient on `cut` is the aggregate itself
@@ -279,7 +282,13 @@ def aggregated_backward(
     backward_with_aggregates(total, corrections, retain_graph)
 
 
-def mean_jacobian(matrix: Tensor) -> Tensor:
+def mean_jacobian(matrix: Tensor, ok: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The Jacobian averaged over the ranks of an initialised process group, so that every
-    rank aggregates the same matrix and gets the same weights."""
-    return average_over_ranks({"jacobian": matrix})["jacobian"]
+    rank aggregates the same matrix and gets the same weights, and ``ok`` true only where it
+    is true on every rank (in the same all-reduce), so that every rank keeps or moves its
+    state alike."""
+    if ok is None:
+        return average_over_ranks({"jacobian": matrix})["jacobian"], None
+    refused = (~ok.to(torch.bool)).to(matrix.dtype).reshape(1)
+    mean = average_over_ranks({"jacobian": matrix, "refused": refused})
+    return mean["jacobian"], mean["refused"][0] == 0
