@@ -1,5 +1,6 @@
-"""Ranks that disagree and threads that race (DESIGN.md §6, §6.1, §7, §9; README "Several
-processes", "Reliability", "Seeing the balance").
+"""Ranks that disagree (DESIGN.md §6, §6.1, §7, §9; README "Several processes",
+"Reliability", "Seeing the balance"): a NaN on one rank under the gradient balancers, a synced
+read made on one rank alone, ranks that compiled other programs.
 
 Two gloo processes on the CPU meet through a file. Each scenario runs under a process group
 with a short timeout and the whole run under a deadline, so a hang, a crash of a rank or a
