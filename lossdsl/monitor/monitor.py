@@ -270,7 +270,7 @@ class Monitor(nn.Module):
         """Each reader's window (the sums of its phase since its previous read, as lists)
         and the stored step, in one copy to the host."""
         pending = self._pending
-        with pending.lock:
+        with pending.lock, self._windows.undone_on_error():
             self._flush()
             parts = {"windows": self._windows.take(self.sums, readers)}
             parts["step"] = step_part(pending.step, self.sums)  # on every rank: one collective

@@ -15,6 +15,7 @@ previous read: :class:`Windows` keeps, per reader, the sums of its phase at that
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,6 +69,17 @@ class Windows:
         for key, phase in readers:
             self.mark(key, sums[phase])
         return torch.stack(diffs)
+
+    @contextlib.contextmanager
+    def undone_on_error(self):
+        """Reads inside that raise (a synced read whose all-reduce times out) have read
+        nothing: every mark goes back to where it was."""
+        marks = dict(self.marks)
+        try:
+            yield
+        except BaseException:
+            self.marks = marks
+            raise
 
     def save(self) -> None:
         """Remember every mark as it is now, for :meth:`give_back` (the marks are replaced,

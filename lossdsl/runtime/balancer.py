@@ -126,6 +126,17 @@ class Balancer(nn.Module):
             self.restart()  # state on meta (a loss moved there whole) held no numbers
         return None
 
+    def _apply(self, fn, recurse: bool = True):
+        # `.half()`/`.bfloat16()` must not round the statistics, whose small updates would
+        # vanish below half precision: they stay in float32, converted from the original
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            old = before.get(name)
+            if buf is not None and buf.dtype in _HALF and old is not None and not old.is_meta:
+                self._buffers[name] = old.to(buf.device, torch.float32)
+        return self
+
     def restart(self) -> None:
         """Start with the state of a new balancer."""
         with torch.inference_mode(False), torch.no_grad():
