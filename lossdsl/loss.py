@@ -36,7 +36,7 @@ from .runtime.guard import CHECKED_POLICIES, POLICIES, bad_counts, nonfinite_err
 from .runtime.inputs import devices_error, missing_input, read_path, unread_error
 from .runtime.precision import values_row
 from .runtime.state import check_keys, check_program, check_shapes
-from .runtime.steps import STEP_LIMIT, StepWatch, checked_step
+from .runtime.step_check import STEP_LIMIT, StepWatch, checked_step
 
 __all__ = ["Loss"]
 

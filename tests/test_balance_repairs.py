@@ -114,7 +114,8 @@ def test_a_solver_failure_is_a_lossdsl_error_at_the_balance(monkeypatch):
     assert int(crit.state_dict()["balancers.0.carried"].sum()) == 2  # the initial solution, kept
 
 
-@pytest.mark.parametrize("method, policy", [("pcgrad", "zero_term"), ("nash_mtl", "zero_term"), ("upgrad", "skip_batch")])
+@pytest.mark.parametrize("method, policy", [("pcgrad", "zero_term"), ("nash_mtl", "zero_term"), ("upgrad", "skip_batch"),
+                                            ("graddrop", "zero_term"), ("graddrop", "skip_batch")])
 def test_a_refused_call_is_as_if_not_made(method, policy):
     def run(insert):
         net = model()

@@ -38,33 +38,30 @@ def plain_total(pred, target):
 # --- states that do not fit ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", [{}, None, "calls"])
-def test_a_corrupt_monitor_entry_is_refused_before_anything_is_copied(entry):
+def refused_before_anything_is_copied(key: str, value) -> None:
+    """A trained loss's state with ``key`` replaced by ``value`` is a LossDSLError for a fresh
+    loss, whose step is then still 0 (README: "raises LossDSLError before anything is copied")."""
     state = trained().state_dict()
-    state["monitor._extra_state"] = entry
-    fresh = lossdsl.compile(SOURCE)
-    with pytest.raises(lossdsl.LossDSLError):
-        fresh.load_state_dict(state)
-    assert int(fresh.step) == 0  # "raises LossDSLError before anything is copied"
-
-
-def test_a_state_holding_a_meta_tensor_is_refused_before_anything_is_copied():
-    state = trained().state_dict()
-    state["balancers.0.ema"] = state["balancers.0.ema"].to("meta")  # a state saved from a meta loss
+    state[key] = value
     fresh = lossdsl.compile(SOURCE)
     with pytest.raises(lossdsl.LossDSLError):
         fresh.load_state_dict(state)
     assert int(fresh.step) == 0
+
+
+@pytest.mark.parametrize("entry", [{}, None, "calls"])
+def test_a_corrupt_monitor_entry_is_refused_before_anything_is_copied(entry):
+    refused_before_anything_is_copied("monitor._extra_state", entry)
+
+
+def test_a_state_holding_a_meta_tensor_is_refused_before_anything_is_copied():
+    # a state saved from a meta loss
+    refused_before_anything_is_copied("balancers.0.ema", trained().state_dict()["balancers.0.ema"].to("meta"))
 
 
 @pytest.mark.parametrize("step", [torch.tensor(-3), torch.tensor(2.5)])
 def test_a_loaded_step_obeys_the_rules_of_step(step):
-    state = trained().state_dict()
-    state["step"] = step
-    fresh = lossdsl.compile(SOURCE)
-    with pytest.raises(lossdsl.LossDSLError):
-        fresh.load_state_dict(state)
-    assert int(fresh.step) == 0
+    refused_before_anything_is_copied("step", step)
 
 
 # --- the meta device and inference mode -----------------------------------------------------

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LossDSLError
+from ..runtime.step_check import checked_step
 from .gradients import GradientStats
 from .readers import PHASES, Windows, check_prefix, format_table, phase_index, stats_table, step_part
-from .readers import check_saved_windows, step_label, to_host, window_scalars
+from .readers import check_saved_windows, to_host, window_scalars
 from .sinks import AttachedSinks, as_sink
 from .stats import PENDING_ROWS, CallInputs, Increment, PendingRows, fold_row, new_statistics
 from .stats import fold_rows, probe_norms, probe_settings, probed_inputs, stack_rows, stat_dtype
@@ -124,9 +125,6 @@ class Monitor(nn.Module):
             if self._sinks.entries:
                 self._after_training_call(calls)
 
-    def _fold(self, rows: Tensor, phase: int) -> None:
-        self._add(fold_rows(rows, self._leaf, self.ema), phase)
-
     def _add(self, inc: Increment, phase: int) -> None:
         self.sums[phase, : inc.sums.shape[0]].add_(inc.sums)
         self.ema_acc[phase].mul_(inc.decay).add_(inc.ema_add)
@@ -141,7 +139,7 @@ class Monitor(nn.Module):
         with pending.lock:
             if pending.rows:
                 rows, pending.rows = pending.rows, []
-                self._fold(stack_rows(rows, self._leaf.dtype), pending.phase)
+                self._add(fold_rows(stack_rows(rows, self._leaf.dtype), self._leaf, self.ema), pending.phase)
 
     def _apply(self, fn, recurse: bool = True):
         self._flush()  # the pending rows are on the old device
@@ -234,7 +232,7 @@ class Monitor(nn.Module):
         >>> _ = crit(torch.zeros(2), torch.full((2,), 2.0)); crit.monitor.write(step=7); rows
         [(7, 4.0)]
         """
-        step = None if step is None else step_label(step)  # refused before a window is read
+        step = None if step is None else int(checked_step(step))  # refused before a window is read
         with self._pending.lock:
             self._sinks.start()
             self._write(self._sinks.every_sink(), step)

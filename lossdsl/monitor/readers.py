@@ -27,7 +27,7 @@ from .stats import QUANTITIES, ROWS, all_reduce, ratio
 
 __all__ = [
     "PHASES", "Windows", "phase_index", "check_prefix", "step_part", "to_host", "window_scalars", "stats_table",
-    "format_table", "check_saved_windows", "step_label",
+    "format_table", "check_saved_windows",
 ]
 
 PHASES = ("train", "eval")  # training calls, validation calls (eval mode or gradients disabled)
@@ -126,21 +126,6 @@ def check_saved_windows(state: Any) -> None:
         "the state's monitor entry is not one a monitor saved (nothing was loaded)",
         hint="load the state saved from this loss (crit.state_dict()), or drop the entry and load with strict=False",
     )
-
-
-def step_label(step: Any) -> int:
-    """The step a row is labelled with, given to ``write(step=...)``: a whole number >= 0 (an
-    int, an integral float or a one-element tensor), checked before any window is read.
-
-    >>> step_label(torch.tensor(7))
-    7
-    """
-    value = step.item() if isinstance(step, Tensor) and step.numel() == 1 else step
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LossDSLError(f"write(step={step!r}): a step is a whole number >= 0", hint="e.g. monitor.write(step=1000)")
-    return value
 
 
 def check_prefix(prefix: Any) -> None:

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor, nn
 
-from ..errors import LossDSLError
+from ..errors import LossDSLError, LossInputError
+from .step_check import checked_step
 
 __all__ = ["check_program", "check_keys", "check_shapes"]
 
@@ -69,12 +69,11 @@ def check_keys(module: nn.Module, state_dict: Any, canonical: str, strict: bool 
         )
     if not strict:
         return
-    prefix = ""
-    if prefix + "_extra_state" in state_dict:
-        check_program(state_dict[prefix + "_extra_state"], canonical)
-    held = _held(module, prefix)
+    if "_extra_state" in state_dict:
+        check_program(state_dict["_extra_state"], canonical)
+    held = _held(module, "")
     missing = [k for k in held if k not in state_dict]
-    unexpected = [k for k in state_dict if k.startswith(prefix) and k not in held]
+    unexpected = [k for k in state_dict if k not in held]
     if not (missing or unexpected):
         return
     parts = []
@@ -122,11 +121,11 @@ def check_shapes(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, 
 
 
 def _check_step(step: Tensor) -> None:
-    """A saved step obeys the rules of ``step=``: a whole number, at least 0."""
-    whole = not (step.is_floating_point() or step.is_complex() or step.dtype == torch.bool)
-    if not whole or (not step.is_meta and int(step) < 0):
+    """A saved step obeys the rules of ``step=`` (:func:`.step_check.checked_step`)."""
+    try:
+        checked_step(step)
+    except LossInputError as err:
         raise LossDSLError(
-            f"the state's step is {step.item() if not step.is_meta else step}: a step is a whole number >= 0 "
-            "(nothing was loaded)",
+            f"the state's step: {err.message} (nothing was loaded)",
             hint="load the state saved from this loss (crit.state_dict())",
-        )
+        ) from None
